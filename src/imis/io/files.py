@@ -1,0 +1,48 @@
+"""File-name helpers shared by the readers and writers: compound extensions and atomic output."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+__all__ = ["atomic_output", "file_extension"]
+
+
+def file_extension(path: str | os.PathLike) -> str:
+    """Lower-case extension, ``.nii.gz`` kept whole: ``'a/b.NII.GZ'`` -> ``'.nii.gz'``, ``'x'`` -> ``''``."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz") and len(name) > len(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it is renamed onto ``path`` with ``os.replace``.
+
+    The temporary name keeps the extension (``.x.nii.gz.<hex>.tmp.nii.gz``) so that writers choosing the
+    format by extension (SimpleITK, Pillow, numpy) behave as for ``path``. A reader never sees a
+    half-written ``path``; on any error the temporary file is removed and ``path`` is left untouched.
+    Missing parent folders are created. The file is created with mode 0o666 less the umask.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ext = file_extension(target)
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp{ext}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+        os.close(fd)
+        break
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(tmp)
+        raise
