@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 	touch $@
 
 run: setup
-	$(PY) -m imis.demo --shared $(SHARED) --out runs/demo
+	$(VENV)/bin/imis demo --shared $(SHARED) --out runs/demo
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,1 +1,5 @@
-"""imis.session"""
+"""Session API: encode once, prompt many times (clicks, boxes, text, masks), undo/redo, commit objects."""
+
+from imis.session.session import ObjectState, Session, Step
+
+__all__ = ["Session", "Step", "ObjectState"]

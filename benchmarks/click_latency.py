@@ -1,0 +1,95 @@
+"""Click-to-mask latency with a cached embedding: ours vs the official SamPredictor, same weights.
+
+Measures prompt encoder + mask decoder + resize to a 512x512 image, for one positive click (SAM's
+multimask rule) and for a box, on a real btcv-demo slice geometry. Prints one JSON line with median
+milliseconds, ratios and the IoU between the two implementations' masks.
+Needs `pip install --no-deps segment-anything==1.0` (benchmarks only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+from _official_sam import official_sam
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sa = official_sam()
+    build = __import__("segment_anything.build_sam", fromlist=["build_sam_vit_b"])
+    torch.manual_seed(0)
+    sam = build.build_sam_vit_b(checkpoint=None).eval()
+    predictor = sa.predictor.SamPredictor(sam)
+
+    from imis.models.build import build_sam_vit
+    from imis.models.formats import load_strict
+    from imis.models.formats import sam as sam_format
+    from imis.models.interactive import Embedding, InteractiveModel, PromptSpec
+    from imis.models.preprocess import frame_for
+    from imis.models.registry import get_spec
+
+    spec = get_spec("sam-vit-b")
+    net = build_sam_vit()
+    load_strict(net, sam_format.to_internal(sam.state_dict()), "sam")
+    ours = InteractiveModel(
+        "sam-vit-b", net, spec.preprocess, spec.multimask, spec.prompt_types, spec.license
+    )
+
+    torch.manual_seed(2)
+    feats = torch.randn(1, 256, 64, 64) * 0.5
+    predictor.features = feats
+    predictor.original_size = (512, 512)
+    predictor.input_size = (1024, 1024)
+    predictor.is_image_set = True
+    emb = Embedding(feats, frame_for((512, 512), spec.preprocess))
+
+    click = np.array([[250.0, 300.0]])
+    box = np.array([62.0, 193.0, 313.0, 385.0])
+
+    def off_click():
+        masks, scores, _ = predictor.predict(
+            point_coords=click, point_labels=np.array([1]), multimask_output=True
+        )
+        return masks[int(np.argmax(scores))]
+
+    def off_box():
+        masks, _, _ = predictor.predict(box=box, multimask_output=False)
+        return masks[0]
+
+    def ours_click():
+        return ours.decode(emb, PromptSpec(points=click.astype(np.float32), labels=np.array([1]))).mask
+
+    def ours_box():
+        return ours.decode(emb, PromptSpec(box=box.astype(np.float32))).mask
+
+    res = {"benchmark": "click_latency_512", "torch": torch.__version__, "threads": args.threads}
+    for name, fo, fu in (("click", off_click, ours_click), ("box", off_box, ours_box)):
+        a, b = fo(), fu()
+        inter, union = int((a & b).sum()), int((a | b).sum())
+        t_o, t_u = [], []
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            fo()
+            t_o.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            fu()
+            t_u.append(time.perf_counter() - t)
+        mo, mu = statistics.median(t_o) * 1e3, statistics.median(t_u) * 1e3
+        res[f"{name}_official_ms"] = round(mo, 2)
+        res[f"{name}_ours_ms"] = round(mu, 2)
+        res[f"{name}_ratio"] = round(mu / mo, 3)
+        res[f"{name}_mask_iou"] = round(1.0 if union == 0 else inter / union, 4)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The `imis prepare` and `imis restack` commands (wired into :mod:`imis.cli` by the lead).
+
+Both command functions take the parsed ``argparse.Namespace``, raise :class:`imis.errors.ImisError`
+subclasses for problems the user can fix (the CLI prints the one-line reason and exits 2) and return the
+exit code: ``prepare`` returns 1 when some cases failed (the dataset then holds the others; rerun to
+retry them), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from imis.errors import InputError
+
+__all__ = ["cmd_prepare", "cmd_restack", "register_prepare_commands"]
+
+PREPARE_DESCRIPTION = """\
+Turn a collection of 3D (or 2D) labelled images into an IMIS dataset the way IMed-361M was built
+(paper §3.1): 2D slices along the chosen axes, 8-bit intensities (CT windows, MR percentiles),
+one-hot CSR masks, the paper's exclusion rules, target names from one vocabulary, a case-level
+train/test split with a leakage check, and a provenance record for every image.
+
+SOURCE is an MSD / nnU-Net raw folder (dataset.json, imagesTr/<case>_0000.nii.gz, labelsTr/<case>.nii.gz)
+or a case list (.yaml/.json: name, modality, labels, cases: [{case, image, label}], paths relative to
+the file; images in any format imis reads, DICOM series folders included).
+"""
+
+PREPARE_EPILOG = """\
+what it does, per case (one work unit):
+  read image + label map (same shape and geometry, whole-number labels, no NaN)
+  -> intensities to 8 bit: CT by window (soft_tissue W400/L40, lung W1500/L-600, bone W2500/L480,
+     brain W80/L40, liver W150/L90) or percentile; MR and others 0.5-99.5 percentile, then min-max
+  -> slices along z, y, x (np.take of the (z, y, x) array; axis and index recorded)
+  -> exclude slices with aspect ratio > 1.5 (1.5 kept), masks below 1/1000 of the pixels (1/1000 kept),
+     and slices left without a mask; optionally split labels into connected components
+  -> write image/<stem>.png (RGB) and label/x___<stem>.(C, H, W, 1).npz (CSR), stem <case>_<axis>_<index>
+
+the dataset folder (--out):
+  dataset.json         IMed-361M layout: labels, training/test entries (90/10 by case, <= 3000 test
+                       images; test images identical to training/other-dataset images moved out)
+  image/ label/        the images and one-hot masks
+  manifest.jsonl       one provenance record per image: source file, case, axis, index, spacing,
+                       origin, direction, window, masks, split
+  summary.json         cases, slices kept/excluded by rule, masks, failures, leakage
+  prepare.json         the settings and channel layout; cases/<case>.json marks a finished case
+
+resuming: rerun the same command; finished cases are skipped, half-finished ones redone. The result is
+byte-identical to an uninterrupted run. A broken case is reported with its cause and the others go on;
+the exit status is then 1.
+
+prepare.yaml (every key optional; see imis.data.prepare.config):
+  axes: [z, y, x]              modality: ct            ct_window: soft_tissue   # or {width: 400, level: 40}
+  percentiles: [0.5, 99.5]     max_aspect_ratio: 1.5   min_mask_fraction: 0.001
+  split_components: [lung nodule]  max_components: 8   connectivity: 8
+  labels: {1: liver}           ignore_labels: [3]      vocabulary: my_targets.yaml
+  test_fraction: 0.1           max_test_images: 3000   seed: 0
+  leakage_datasets: [../other_dataset]                 empty_labels: error     # or skip
+
+examples:
+  imis prepare Task02_Heart --out datasets/heart
+  imis prepare nnUNet_raw/Dataset003_Liver --out datasets/liver --config prepare.yaml --workers 8
+  RAY_ADDRESS=auto imis prepare /shared/raw/Lung --out /shared/datasets/lung --executor ray
+  imis restack datasets/liver --case liver_7 -o liver_7_restacked.nii.gz
+"""
+
+RESTACK_DESCRIPTION = """\
+Put the 2D masks of one case of a prepared dataset (or a model's predictions for its images) back into
+a 3D label map on the source volume's grid, using the provenance `imis prepare` recorded (shape,
+spacing, origin, direction, and each image's axis and index). The output overlays the source image.
+"""
+
+RESTACK_EPILOG = """\
+values: each mask is painted with the source label value it came from (--values dataset: the dataset's
+label id instead). Excluded slices and masks are background. With several axes prepared, pick one
+with --axis (each voxel then comes from exactly one image).
+
+--predictions DIR: one file per image, named by its stem (<case>_<axis>_<index>):
+  <stem>.png or <stem>.npy  integer label map of dataset label ids (0 = background), or
+  x___<stem>.(C, H, W, 1).npz  one-hot CSR masks like the dataset's label/ files.
+Images without a prediction file stay empty (their number is printed).
+
+examples:
+  imis restack datasets/colin27 --case colin_000 -o colin_000_labels.nii.gz
+  imis restack datasets/colin27 --case colin_000 --axis x -o sagittal.nii.gz
+  imis restack datasets/liver --case liver_7 --predictions runs/bench/liver/pred -o liver_7_pred.nii.gz
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
+def register_prepare_commands(subparsers) -> None:
+    """Add ``prepare`` and ``restack`` to an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser(
+        "prepare",
+        help="turn labelled volumes into an IMIS dataset (IMed-361M protocol)",
+        description=PREPARE_DESCRIPTION,
+        epilog=PREPARE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "source", type=Path, metavar="SOURCE", help="MSD/nnU-Net raw folder, or a case list (.yaml/.json)"
+    )
+    p.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="DATASET", help="dataset folder to write (or resume)"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="prepare.yaml",
+        help="settings (YAML); default: the paper's protocol",
+    )
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="cases prepared in parallel: processes on this machine (default 1); with --executor ray, tasks in flight",
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local (this machine) or ray (the Ray cluster of RAY_ADDRESS, else a local Ray; `pip install ray`)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+
+    r = subparsers.add_parser(
+        "restack",
+        help="2D masks or predictions of a prepared dataset -> a 3D label map in the source geometry",
+        description=RESTACK_DESCRIPTION,
+        epilog=RESTACK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("dataset", type=Path, metavar="DATASET", help="a dataset folder written by `imis prepare`")
+    r.add_argument("--case", required=True, metavar="C", help="case id (as in cases/<C>.json)")
+    r.add_argument("--axis", choices=["z", "y", "x"], default="z", help="which slices to stack (default z)")
+    r.add_argument(
+        "-o",
+        "--out",
+        type=Path,
+        required=True,
+        metavar="OUT.nii.gz",
+        help="label map to write (.nii.gz, .nrrd, .mha, .npy)",
+    )
+    r.add_argument(
+        "--predictions",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="stack these per-image predictions instead of the dataset's masks",
+    )
+    r.add_argument(
+        "--values",
+        choices=["source", "dataset"],
+        default="source",
+        help="paint source label values (default) or dataset label ids",
+    )
+    r.set_defaults(func=cmd_restack)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from imis.data.prepare.config import load_config
+    from imis.data.prepare.pipeline import prepare
+
+    config = load_config(args.config)
+    summary = prepare(
+        args.source,
+        args.out,
+        config,
+        workers=args.workers,
+        executor=args.executor,
+        progress=False if getattr(args, "no_progress", False) else None,
+        log=lambda line: print(line, flush=True),
+    )
+    if summary.failures:
+        print(
+            f"imis prepare: {len(summary.failures)} of {summary.cases} case(s) failed (see above and "
+            f"{Path(args.out) / 'summary.json'}); the others are in the dataset. Fix them and rerun to resume.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_restack(args: argparse.Namespace) -> int:
+    from imis.data.prepare.restack import restack_to_file
+
+    if args.out.suffix.lower() == ".png":
+        raise InputError(f"{args.out}: a restacked label map is 3D; write .nii.gz, .nrrd, .mha or .npy")
+    res = restack_to_file(
+        args.dataset, args.case, args.out, args.axis, predictions=args.predictions, values=args.values
+    )
+    shape = "x".join(str(s) for s in res.labels.shape)
+    print(
+        f"{args.out}: case {res.case}, {res.slices} {res.axis} slice(s) placed in a {shape} (z, y, x) volume"
+    )
+    if res.missing:
+        print(f"note: {res.missing} image(s) of the case had no prediction file and are empty")
+    return 0

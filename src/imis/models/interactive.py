@@ -1,0 +1,183 @@
+"""A loaded model with its preprocessing: encode an image once, then decode prompts at native coordinates.
+
+This is the boundary between the networks (`PromptableSegmenter`, network-input coordinates, tensors)
+and everything else (native pixel coordinates, numpy arrays). The Session, the benchmark and the app
+only talk to :class:`InteractiveModel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from imis.errors import PromptError
+from imis.models.preprocess import Frame, Preprocess, logits_to_native, prepare_image
+
+MultimaskPolicy = Literal["single", "best_iou", "auto"]
+
+
+@dataclass
+class Embedding:
+    """The cached result of the image encoder for one image: features (1, C, h, w) and its frame."""
+
+    features: torch.Tensor
+    frame: Frame
+
+
+@dataclass
+class Prediction:
+    """One decoded mask.
+
+    mask: bool (H, W) at native resolution; logits: float32 (H, W) native logits; low_res_logits:
+    (1, 1, h, w) logits in the network's mask-prompt frame, to feed back as the next mask prompt;
+    quality: the model's predicted IoU of the selected mask.
+    """
+
+    mask: np.ndarray
+    logits: np.ndarray
+    low_res_logits: torch.Tensor
+    quality: float
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Normalised prompts, in native pixel coordinates."""
+
+    points: np.ndarray | None = None  # (N, 2) float x, y
+    labels: np.ndarray | None = None  # (N,) int 1 positive / 0 negative
+    box: np.ndarray | None = None  # (4,) x0, y0, x1, y1
+    mask_logits: torch.Tensor | None = None  # (1, 1, h, w) previous low-res logits
+    text: str | None = None
+
+
+class InteractiveModel:
+    """A network plus the recipe it was trained with.
+
+    net: a `PromptableSegmenter`; preprocess: its input recipe; multimask: how one mask is chosen
+    ("single": the single-mask token, as LiteMedSAM/MedSAM are used; "best_iou": the best of the
+    three multimask outputs, as IMIS-Net always does; "auto": SAM's rule, multimask for a lone click);
+    text_encoder_fn: str -> (1, D) text embedding, for models that take text.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        net: torch.nn.Module,
+        preprocess: Preprocess,
+        multimask: MultimaskPolicy,
+        prompt_types: frozenset[str],
+        license: str,
+        text_fn: Callable[[str], torch.Tensor] | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.name = name
+        self.net = net.eval().to(device)
+        self.preprocess = preprocess
+        self.multimask = multimask
+        self.prompt_types = prompt_types
+        self.license = license
+        self._text_fn = text_fn
+        self.device = torch.device(device)
+        # bfloat16 autocast for the encoder where the CPU/GPU has fast bf16; None keeps float32.
+        self.dtype = dtype
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    def __repr__(self) -> str:
+        return f"InteractiveModel({self.name!r}, prompts={sorted(self.prompt_types)})"
+
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray, name: str = "image") -> Embedding:
+        x, frame = prepare_image(image, self.preprocess, name)
+        x = x.to(self.device)
+        if self.dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                feats = self.net.image_encoder(x)
+            feats = feats.float()
+        else:
+            feats = self.net.image_encoder(x)
+        return Embedding(feats, frame)
+
+    def text_embedding(self, text: str) -> torch.Tensor:
+        if "text" not in self.prompt_types or self._text_fn is None:
+            raise PromptError(
+                f"model {self.name!r} does not take text prompts (it takes: {', '.join(sorted(self.prompt_types))})"
+            )
+        if text not in self._text_cache:
+            with torch.inference_mode():
+                self._text_cache[text] = self._text_fn(text).to(self.device)
+        return self._text_cache[text]
+
+    def check_supported(self, prompts: PromptSpec) -> None:
+        wanted = set()
+        if prompts.points is not None and len(prompts.points):
+            wanted.add("point")
+        if prompts.box is not None:
+            wanted.add("box")
+        if prompts.text is not None:
+            wanted.add("text")
+        if prompts.mask_logits is not None:
+            wanted.add("mask")
+        missing = wanted - set(self.prompt_types)
+        if missing:
+            raise PromptError(
+                f"model {self.name!r} does not support {'/'.join(sorted(missing))} prompts "
+                f"(it takes: {', '.join(sorted(self.prompt_types))})"
+            )
+        if not wanted - {"mask"}:
+            raise PromptError("no prompt given: pass at least a click, a box or a text")
+
+    @torch.inference_mode()
+    def decode(self, embedding: Embedding, prompts: PromptSpec, threshold: float = 0.0) -> Prediction:
+        """Decode one object from prompts in native pixel coordinates."""
+        self.check_supported(prompts)
+        frame = embedding.frame
+        points = None
+        if prompts.points is not None and len(prompts.points):
+            coords = torch.from_numpy(frame.to_input(prompts.points))[None].to(self.device)
+            labels = torch.as_tensor(np.asarray(prompts.labels), dtype=torch.int64)[None].to(self.device)
+            points = (coords, labels)
+        boxes = None
+        if prompts.box is not None:
+            corners = frame.to_input(np.asarray(prompts.box, dtype=np.float64).reshape(2, 2))
+            boxes = torch.from_numpy(corners.reshape(1, 4)).to(self.device)
+        text = self.text_embedding(prompts.text) if prompts.text is not None else None
+        mask_in = prompts.mask_logits.to(self.device) if prompts.mask_logits is not None else None
+        multimask = self._use_multimask(prompts)
+        out = self.net.decode(
+            embedding.features,
+            points=points,
+            boxes=boxes,
+            masks=mask_in,
+            text_embedding=text,
+            multimask_output=multimask,
+        )
+        low_res, iou = out["low_res_masks"], out["iou_pred"]
+        if low_res.shape[1] > 1:
+            best = int(torch.argmax(iou[0]))
+            low_res, iou = low_res[:, best : best + 1], iou[:, best : best + 1]
+        native = logits_to_native(low_res.float(), frame)[0, 0]
+        logits = native.cpu().numpy()
+        return Prediction(
+            mask=logits > threshold,
+            logits=logits,
+            low_res_logits=low_res.detach().float().cpu(),
+            quality=float(iou[0, 0]),
+        )
+
+    def _use_multimask(self, prompts: PromptSpec) -> bool:
+        if self.multimask == "best_iou":
+            return True
+        if self.multimask == "single":
+            return False
+        lone_click = (
+            prompts.points is not None
+            and len(prompts.points) == 1
+            and prompts.box is None
+            and prompts.mask_logits is None
+        )
+        return lone_click

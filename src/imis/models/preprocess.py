@@ -1,0 +1,164 @@
+"""Per-model preprocessing (native image -> network input) and postprocessing (logits -> native mask).
+
+Every model family was trained with its own recipe, and reproducing it exactly matters more than any
+choice we would make ourselves:
+
+- LiteMedSAM: min-max to [0, 1] over the whole image, bilinear resize of the longest side to 256,
+  zero padding at the bottom/right to 256x256.
+- Segment Anything (SAM ViT-B): uint8 RGB, longest side to 1024, ImageNet mean/std on 0-255, padding.
+- MedSAM (ViT-B): square bicubic resize to 1024, min-max to [0, 1], no mean/std.
+- IMIS-Net: square *nearest* resize to the input size, ImageNet mean/std on 0-255 RGB.
+
+A :class:`Frame` records how native pixel coordinates map to the network input so that prompts go in
+and masks come out at the image's native resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imis.errors import InputError
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its input.
+
+    input_size: side of the square network input.
+    resize: "longest_side" keeps the aspect ratio and pads bottom/right; "square" stretches.
+    interpolation: torch interpolation mode for the image resize.
+    intensity: "minmax01" scales the image to [0, 1]; "imagenet" maps it to 0-255 and applies
+        ImageNet mean/std.
+    minmax_before_resize: LiteMedSAM normalises the native image, then resizes (the order changes
+        the values at edges).
+    """
+
+    input_size: int = 256
+    resize: Literal["longest_side", "square"] = "longest_side"
+    interpolation: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
+    intensity: Literal["minmax01", "imagenet"] = "minmax01"
+    minmax_before_resize: bool = True
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Geometry of one image inside the network input.
+
+    orig_hw: native (height, width); valid_hw: the resized image's extent inside the input (the
+    rest is padding); input_size: side of the square input.
+    """
+
+    orig_hw: tuple[int, int]
+    valid_hw: tuple[int, int]
+    input_size: int
+
+    @property
+    def scale_xy(self) -> tuple[float, float]:
+        return self.valid_hw[1] / self.orig_hw[1], self.valid_hw[0] / self.orig_hw[0]
+
+    def to_input(self, xy: np.ndarray) -> np.ndarray:
+        """Native (x, y) pixel coordinates (..., 2) -> network-input coordinates."""
+        sx, sy = self.scale_xy
+        out = np.asarray(xy, dtype=np.float64).copy()
+        out[..., 0] *= sx
+        out[..., 1] *= sy
+        return out.astype(np.float32)
+
+    def to_native(self, xy: np.ndarray) -> np.ndarray:
+        sx, sy = self.scale_xy
+        out = np.asarray(xy, dtype=np.float64).copy()
+        out[..., 0] /= sx
+        out[..., 1] /= sy
+        return out.astype(np.float32)
+
+
+def frame_for(orig_hw: tuple[int, int], pre: Preprocess) -> Frame:
+    h, w = orig_hw
+    s = pre.input_size
+    if pre.resize == "square":
+        return Frame((h, w), (s, s), s)
+    scale = s / max(h, w)
+    # Rounding as SAM's ResizeLongestSide does (int(x + 0.5)), so the valid area matches its weights.
+    return Frame((h, w), (int(h * scale + 0.5), int(w * scale + 0.5)), s)
+
+
+def to_float_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any 2D grey (H, W) or colour (H, W, 3|4) array of any numeric dtype -> float32 (H, W, 3)."""
+    a = np.asarray(image)
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    if not np.issubdtype(a.dtype, np.number):
+        raise InputError(f"{name}: dtype {a.dtype} is not numeric")
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    elif a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3]
+    else:
+        raise InputError(f"{name}: expected a 2D grey (H, W) or RGB (H, W, 3) image, got shape {a.shape}")
+    if min(a.shape[:2]) < 2:
+        raise InputError(f"{name}: image of {a.shape[0]}x{a.shape[1]} pixels is too small (at least 2x2)")
+    a = a.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise InputError(f"{name}: image contains NaN or Inf intensities")
+    return a
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    lo, hi = x.min(), x.max()
+    return (x - lo) / torch.clamp(hi - lo, min=1e-8)
+
+
+def prepare_image(image: np.ndarray, pre: Preprocess, name: str = "image") -> tuple[torch.Tensor, Frame]:
+    """Native image -> (network input (1, 3, S, S) float32, frame)."""
+    rgb = to_float_rgb(image, name)
+    frame = frame_for(rgb.shape[:2], pre)
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    if pre.intensity == "minmax01" and pre.minmax_before_resize:
+        x = _minmax(x)
+    elif pre.intensity == "imagenet" and not _is_uint8_range(rgb):
+        # The ImageNet statistics assume 0-255 RGB; other ranges (CT HU, 16-bit MR) are rescaled.
+        x = _minmax(x) * 255.0
+    align = None if pre.interpolation == "nearest" else False
+    x = F.interpolate(x, size=frame.valid_hw, mode=pre.interpolation, align_corners=align)
+    if pre.intensity == "minmax01" and not pre.minmax_before_resize:
+        x = _minmax(x)
+    if pre.intensity == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    s = pre.input_size
+    pad_h, pad_w = s - frame.valid_hw[0], s - frame.valid_hw[1]
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+    return x.contiguous(), frame
+
+
+def _is_uint8_range(a: np.ndarray) -> bool:
+    return float(a.min()) >= 0.0 and float(a.max()) <= 255.0 and float(a.max()) > 1.0
+
+
+def logits_to_native(low_res: torch.Tensor, frame: Frame) -> torch.Tensor:
+    """Low-res mask logits (B, M, h, w) -> logits at native resolution (B, M, H, W).
+
+    The logits are first brought to the network-input frame, the padding is cut off, then they are
+    resized to the native size, all bilinearly, as the SAM family does.
+    """
+    s = frame.input_size
+    x = low_res
+    if x.shape[-2:] != (s, s):
+        x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+    vh, vw = frame.valid_hw
+    x = x[..., :vh, :vw]
+    if (vh, vw) != tuple(frame.orig_hw):
+        x = F.interpolate(x, size=frame.orig_hw, mode="bilinear", align_corners=False)
+    return x
