@@ -35,7 +35,7 @@ def run_btcv(model, dataset_root: Path, out: Path, progress: bool = True) -> dic
     ds = imed.read_dataset(dataset_root)
     session = Session(model, cache_size=2)
     per_target: dict[str, list[float]] = defaultdict(list)
-    example_written = False
+    example = None  # the largest liver of the split: (area, stem, image, predicted mask)
     t0 = time.perf_counter()
     for entry in tqdm(ds.split("test"), desc="btcv-demo test", unit="img", disable=not progress):
         image = imed.read_image(entry.image)
@@ -46,16 +46,16 @@ def run_btcv(model, dataset_root: Path, out: Path, progress: bool = True) -> dic
             if not gt.any():
                 continue
             pred = session.predict(box=tight_box(gt))
+            session.reset()
             name = ds.labels[c + 1]
             per_target[name].append(dice(pred.mask, gt))
-            if not example_written and name == "liver":
-                session.commit(c + 1)
-                out.mkdir(parents=True, exist_ok=True)
-                write_label_map(out / f"{entry.stem}_liver.png", session.label_map)
-                write_overlay_png(out / f"{entry.stem}_liver_overlay.png", image, session.label_map)
-                example_written = True
-            else:
-                session.reset()
+            if name == "liver" and (example is None or gt.sum() > example[0]):
+                example = (int(gt.sum()), entry.stem, image, pred.mask)
+    if example is not None:
+        _, stem, image, mask = example
+        out.mkdir(parents=True, exist_ok=True)
+        write_label_map(out / f"{stem}_liver.png", mask.astype(np.uint8))
+        write_overlay_png(out / f"{stem}_liver_overlay.png", image, mask.astype(np.uint8))
     seconds = time.perf_counter() - t0
     scores = [d for v in per_target.values() for d in v]
     return {

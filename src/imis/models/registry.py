@@ -190,20 +190,35 @@ def is_imis_checkpoint(obj: Any) -> bool:
 def _make_text_fn(net: torch.nn.Module, template: str) -> Callable[[str], torch.Tensor] | None:
     if getattr(net, "text_projection", None) is None or getattr(net, "text_encoder", None) is None:
         return None
+    from imis.data.vocabulary import Vocabulary
     from imis.models.tokenizer import CLIPTokenizer
 
     tokenizer = CLIPTokenizer()
+    vocabulary = Vocabulary.builtin()
 
     def encode(text: str) -> torch.Tensor:
-        ids = torch.tensor([tokenizer.encode(template.format(normalise_target_name(text)))])
+        ids = torch.tensor([tokenizer.encode(template.format(prompt_name(text, vocabulary)))])
         device = next(net.parameters()).device
         return net.encode_text(ids.to(device))
 
     return encode
 
 
-def normalise_target_name(text: str) -> str:
-    """'kidney_right' / 'Right-kidney' -> 'kidney right' / 'right kidney' as IMIS-Net's prompts were made."""
+def prompt_name(text: str, vocabulary=None) -> str:
+    """The target name as IMIS-Net's text prompts spell it.
+
+    A dataset label key or a known synonym ('kidney_right', 'Right-kidney') becomes the vocabulary's
+    display name ('right kidney'), as the released model was trained; free text is kept, only
+    lower-cased with '_'/'-' as spaces (an unknown name is embedded, never refused).
+    """
+    if not text or not text.strip():
+        from imis.errors import PromptError
+
+        raise PromptError("text prompt is empty")
+    if vocabulary is not None:
+        target = vocabulary.resolve(text)
+        if target.known:
+            text = target.display
     return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
 
 
