@@ -50,8 +50,8 @@ class PositionEmbeddingRandom(nn.Module):
     def forward_with_coords(self, coords: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """(B, N, 2) pixel coordinates (x, y) in an image of ``image_size`` (h, w) -> (B, N, C)."""
         h, w = image_size
-        scale = coords.new_tensor([1.0 / w, 1.0 / h], dtype=torch.float32)
-        return self._pe_encoding(coords.float() * scale)
+        size = torch.tensor([w, h], dtype=torch.float32, device=coords.device)
+        return self._pe_encoding(coords.float() / size)
 
 
 class PromptEncoder(nn.Module):
