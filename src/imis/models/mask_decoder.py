@@ -12,6 +12,7 @@ channels of the upscaled image features: a dot product per pixel gives that mask
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from imis.models.common import MLP, LayerNorm2d
@@ -85,11 +86,16 @@ class MaskDecoder(nn.Module):
         Returns masks (B, M, 4h, 4w) logits, iou_pred (B, M) and semantic_pred (B, M, S) or None, with
         M = num_multimask_outputs (tokens 1..) when ``multimask_output`` else 1 (token 0).
         """
-        masks, iou_pred, semantic_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, text_embedding
-        )
         sel = slice(1, None) if multimask_output else slice(0, 1)
-        masks, iou_pred = masks[:, sel], iou_pred[:, sel]
+        masks, iou_pred, semantic_pred = self.predict_masks(
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            text_embedding,
+            tokens=sel,
+        )
+        iou_pred = iou_pred[:, sel]
         if semantic_pred is not None:
             semantic_pred = semantic_pred[:, sel]
         return masks, iou_pred, semantic_pred
@@ -101,44 +107,73 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         text_embedding: torch.Tensor | None = None,
+        tokens: slice = slice(None),
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """All mask tokens: masks (B, T, 4h, 4w), iou (B, T), semantic (B, T, S) or None; T = 1 + multimask."""
+        """Masks of the mask tokens picked by ``tokens`` (B, M, 4h, 4w); iou (B, T) and semantic
+        (B, T, S) or None for all T = 1 + multimask tokens (they are cheap; the masks are not)."""
         b = sparse_prompt_embeddings.shape[0]
         t = self.num_mask_tokens
         out_tokens = [self.iou_token.weight, self.mask_tokens.weight]
         if self.semantic_tokens is not None:
             out_tokens.append(self.semantic_tokens.weight)
         out_tokens = torch.cat(out_tokens, dim=0).to(sparse_prompt_embeddings.dtype)
-        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
+        tokens_in = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1)
 
         # One image embedding may serve a batch of prompts (SAM repeats it); otherwise one per prompt.
         src = _match_batch(image_embeddings, b, "image_embeddings") + dense_prompt_embeddings
         pos = _match_batch(image_pe, b, "image_pe")
-        _, c, h, w = src.shape
+        _, _, h, w = src.shape
 
-        hs, src = self.transformer(src, pos, tokens)
+        hs, src_tokens = self.transformer(src, pos, tokens_in)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1 : 1 + t]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))  # (B, D/8, 4h, 4w)
-        _, cu, hu, wu = upscaled.shape
+        mlps = list(self.output_hypernetworks_mlps)[tokens]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], 1
+            [mlp(mask_tokens_out[:, i]) for i, mlp in zip(range(t)[tokens], mlps, strict=True)], 1
         )
-        flat = upscaled.reshape(b, cu, hu * wu)
-        masks = hyper_in @ flat  # (B, T, 4h*4w)
         if self.text_output is not None and text_embedding is not None:
-            text_w = self.text_output(text_embedding.reshape(b, -1).to(flat.dtype)).unsqueeze(
-                1
-            )  # (B, 1, D/8)
-            masks = masks + text_w @ flat
-        masks = masks.view(b, t, hu, wu)
+            # IMIS-Net adds text_output(text) @ features to every mask; that equals adding the text
+            # weights to each mask token's weights before the product.
+            hyper_in = hyper_in + self.text_output(
+                text_embedding.reshape(b, -1).to(hyper_in.dtype)
+            ).unsqueeze(1)
+        masks = self._upscale_and_project(src_tokens, h, w, hyper_in)
 
         iou_pred = self.iou_prediction_head(iou_token_out)
         semantic_pred = None
         if self.semantic_prediction_head is not None:
             semantic_pred = self.semantic_prediction_head(hs[:, 1 + t : 1 + 2 * t])
         return masks, iou_pred, semantic_pred
+
+    def _upscale_and_project(self, tokens: torch.Tensor, h: int, w: int, hyper: torch.Tensor) -> torch.Tensor:
+        """Upscale the image tokens 4x and take each mask's dot product: (B, h*w, D) -> (B, M, 4h, 4w).
+
+        ``output_upscaling`` is two stride-2, kernel-2 transposed convolutions: their 2x2 output blocks
+        do not overlap, so each is a per-pixel linear map D -> 4 * D/4. Running them as matmuls on the
+        channels-last tokens (and the LayerNorm on the last axis) skips the layout copies and the slow
+        CPU transposed-convolution kernel; pixels are put back in raster order only for the M masks.
+        """
+        up1, ln, act1, up2, act2 = self.output_upscaling
+        b = tokens.shape[0]
+        x = tokens.reshape(b, h, w, -1)
+        x = _block_linear(x, up1)  # (B, h, w, 2, 2, D/4): sub-pixel (a, c) of pixel (i, j)
+        x = act1(F.layer_norm(x, (x.shape[-1],), ln.weight, ln.bias, ln.eps))
+        x = act2(_block_linear(x, up2))  # (B, h, w, 2, 2, 2, 2, D/8)
+        m = hyper.shape[1]
+        masks = x.reshape(b, -1, x.shape[-1]) @ hyper.transpose(1, 2)  # (B, 16*h*w, M)
+        # output row 4i + 2a + a', column 4j + 2c + c'
+        masks = masks.view(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+        return masks.reshape(b, m, 4 * h, 4 * w)
+
+
+def _block_linear(x: torch.Tensor, deconv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A kernel-2 stride-2 ConvTranspose2d on channels-last input (..., C) -> (..., 2, 2, C_out)."""
+    c_in, c_out = deconv.weight.shape[:2]
+    weight = deconv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)  # columns ordered (a, c, out)
+    bias = deconv.bias.repeat(4) if deconv.bias is not None else None
+    y = F.linear(x, weight.t(), bias)
+    return y.view(*x.shape[:-1], 2, 2, c_out)
 
 
 def _match_batch(x: torch.Tensor, b: int, name: str) -> torch.Tensor:

@@ -91,8 +91,24 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: (1, D, h, w)."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Positional encoding of the image embedding grid: (1, D, h, w).
+
+        It depends only on the Gaussian buffer, so it is cached; the buffer's version counter (bumped
+        by load_state_dict and any in-place change) and its device/dtype invalidate the cache.
+        """
+        g = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (g.device, g.dtype, g._version, g.data_ptr())
+        cached = getattr(self, "_dense_pe_cache", None)
+        if cached is None or cached[0] != key or torch.is_grad_enabled():
+            pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            if torch.is_grad_enabled():
+                return pe
+            with torch.inference_mode(False), torch.no_grad():
+                # a normal tensor (not an inference tensor) so that it can be reused outside inference mode
+                pe = self.pe_layer(self.image_embedding_size).unsqueeze(0).contiguous()
+            self._dense_pe_cache = (key, pe)
+            return pe
+        return cached[1]
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """(B, N, 2) pixel coords + (B, N) labels -> (B, N [+1], D).

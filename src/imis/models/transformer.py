@@ -41,9 +41,11 @@ class Attention(nn.Module):
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = self._heads(self.q_proj(q))
-        k = self._heads(self.k_proj(k))
-        v = self._heads(self.v_proj(v))
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention on already projected q (B, Nq, C'), k, v (B, Nk, C') -> (B, Nq, D)."""
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         out = F.scaled_dot_product_attention(q, k, v)  # scale 1/sqrt(C / heads), as SAM
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, self.internal_dim))
@@ -91,15 +93,21 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
+        # The token->image keys and the image->token queries are both projections of keys + key_pe,
+        # and keys do not change in between: one sum and one fused matmul over the 4096 image tokens.
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        keys_pe = keys + key_pe
+        weight = torch.cat([t2i.k_proj.weight, i2t.q_proj.weight])
+        bias = torch.cat([t2i.k_proj.bias, i2t.q_proj.bias])
+        k_t2i, q_i2t = F.linear(keys_pe, weight, bias).split([t2i.internal_dim, i2t.internal_dim], dim=-1)
+
         q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm2(queries + t2i.attend(t2i.q_proj(q), k_t2i, t2i.v_proj(keys)))
 
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(keys + i2t.attend(q_i2t, i2t.k_proj(q), i2t.v_proj(queries)))
         return queries, keys
 
 
@@ -144,8 +152,10 @@ class TwoWayTransformer(nn.Module):
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = image_embedding.flatten(2).transpose(1, 2)  # (B, h*w, D)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        # Token-major copies once: every later add, LayerNorm and projection on a transposed view
+        # would run a strided kernel or copy again (those made up most of the decoder's CPU time).
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()  # (B, h*w, D)
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)
