@@ -137,14 +137,29 @@ def _check_pair(images: list[ImageData], label: ImageData, case: str) -> None:
             )
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The layout's groups split for speed: single-value unsplit groups are handled as arrays."""
+
+    values: np.ndarray  # source value of each simple group
+    channels: np.ndarray  # its channel
+    others: tuple  # multi-value or component-split groups (Layout.Group)
+    restack: np.ndarray  # source value recorded for each channel
+
+    @classmethod
+    def of(cls, layout: Layout) -> _Plan:
+        groups = layout.groups
+        simple = [g for g in groups if not g.split and len(g.values) == 1]
+        return cls(
+            values=np.array([g.values[0] for g in simple], dtype=np.int64),
+            channels=np.array([g.channels[0] for g in simple], dtype=np.int64),
+            others=tuple(g for g in groups if g.split or len(g.values) != 1),
+            restack=layout.restack_values(),
+        )
+
+
 def _slice_channels(
-    lab: np.ndarray,
-    layout: Layout,
-    groups,
-    lut: np.ndarray,
-    config: PrepareConfig,
-    min_frac,
-    counts_out: dict,
+    lab: np.ndarray, plan: _Plan, lut: np.ndarray, config: PrepareConfig, min_frac, counts_out: dict
 ) -> tuple[np.ndarray | None, list[dict]]:
     """The channel map of a label slice after the mask filters (-1 = no mask), and the mask records.
 
@@ -155,30 +170,37 @@ def _slice_channels(
     total = h * w
     counts = np.bincount(lab.ravel(), minlength=lut.size)
     lut.fill(-1)
-    kept: list[tuple[int, int, int | None]] = []  # (channel, pixels, component)
+    px = counts[plan.values]
+    present = px > 0
+    ok = large_enough(px, total, min_frac)
+    counts_out["masks_excluded_small"] += int(np.count_nonzero(present & ~ok))
+    lut[plan.values[ok]] = plan.channels[ok]
+    kept: list[tuple[int, int, int | None]] = [
+        (int(c), int(n), None) for c, n in zip(plan.channels[ok], px[ok], strict=True)
+    ]  # (channel, pixels, component)
     splits: list[tuple[int, np.ndarray]] = []
-    for g in groups:
-        px = int(counts[list(g.values)].sum())
-        if px == 0:
+    for g in plan.others:
+        n_px = int(counts[list(g.values)].sum())
+        if n_px == 0:
             continue
         if not g.split:
-            if not large_enough(px, total, min_frac):
+            if not large_enough(n_px, total, min_frac):
                 counts_out["masks_excluded_small"] += 1
                 continue
             lut[list(g.values)] = g.channels[0]
-            kept.append((g.channels[0], px, None))
+            kept.append((g.channels[0], n_px, None))
             continue
         union = lab == g.values[0] if len(g.values) == 1 else np.isin(lab, g.values)
         comps = split_components(union, config.connectivity)
         sizes = [int(c.sum()) for c in comps]
-        ok = [(c, n) for c, n in zip(comps, sizes, strict=True) if large_enough(n, total, min_frac)]
-        counts_out["masks_excluded_small"] += len(comps) - len(ok)
-        if len(ok) > len(g.channels):
-            counts_out["masks_excluded_component_limit"] += len(ok) - len(g.channels)
-            ok = ok[: len(g.channels)]
+        good = [(c, n) for c, n in zip(comps, sizes, strict=True) if large_enough(n, total, min_frac)]
+        counts_out["masks_excluded_small"] += len(comps) - len(good)
+        if len(good) > len(g.channels):
+            counts_out["masks_excluded_component_limit"] += len(good) - len(g.channels)
+            good = good[: len(g.channels)]
         if len(comps) > 1:
             counts_out["labels_split"] += 1
-        for rank, (c, n) in enumerate(ok):
+        for rank, (c, n) in enumerate(good):
             splits.append((g.channels[rank], c))
             kept.append((g.channels[rank], n, rank + 1))
     if not kept:
@@ -187,8 +209,8 @@ def _slice_channels(
     for ch, comp in splits:
         chmap[comp] = ch
     records = []
-    for ch, px, comp in sorted(kept):
-        rec = {"label": ch + 1, "value": min(layout.channels[ch].values), "pixels": px}
+    for ch, n, comp in sorted(kept):
+        rec = {"label": ch + 1, "value": int(plan.restack[ch]), "pixels": n}
         if comp is not None:
             rec["component"] = comp
         records.append(rec)
@@ -319,7 +341,7 @@ def _process_case(task: CaseTask) -> CaseResult:
     axes = ("2d",) if kind == "2d" else cfg.axes
     min_frac = exact(cfg.min_mask_fraction)
     max_ratio = exact(cfg.max_aspect_ratio)
-    groups = layout.groups
+    plan = _Plan.of(layout)
     n_channels = len(layout.channels)
     lut = np.full(
         max(int(present.max()), max(layout.values)) + 1,
@@ -349,7 +371,7 @@ def _process_case(task: CaseTask) -> CaseResult:
             if not aspect_ratio_ok(h, w, max_ratio):
                 counts["slices_excluded_aspect_ratio"] += 1
                 continue
-            chmap, mrec = _slice_channels(lab2, layout, groups, lut, cfg, min_frac, counts)
+            chmap, mrec = _slice_channels(lab2, plan, lut, cfg, min_frac, counts)
             if chmap is None:
                 counts["slices_excluded_no_mask"] += 1
                 continue
