@@ -205,3 +205,20 @@ def test_settings_file_records_layout(colin_prepared):
     assert len(settings["layout"]) == 116
     assert settings["layout"][76]["values"] == [77]
     assert Path(settings["source"]).name == "Dataset001_Colin"
+
+
+def test_stats_on_btcv_and_the_prepared_colin_dataset(colin_prepared, btcv_dir, tmp_path):
+    """`imis stats` over btcv-demo and a dataset made by `imis prepare`: counts computed independently."""
+    from imis.cli import main
+    from imis.data.formats import imed
+
+    root = colin_prepared[0]
+    out = tmp_path / "report"
+    assert main(["stats", str(btcv_dir), str(root), "-o", str(out), "--no-progress"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    for d in (btcv_dir, root):
+        ds = imed.read_dataset(d)
+        n_gt = sum(int(imed.read_label(e.label).any(axis=(1, 2)).sum()) for e in ds.entries)
+        row = next(r for r in stats["datasets"] if r["images"] == len(ds.entries) and r["gt_masks"] == n_gt)
+        assert row["failures"] == 0
+    assert len(list(out.glob("*.png"))) >= 5 and (out / "report.md").is_file()
