@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--overlay", type=Path, default=None, help="also write a PNG overlay of the mask")
     seg.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    seg.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="image encoder precision; auto: bfloat16 autocast where the CPU/GPU has fast bf16 (default fp32)",
+    )
     seg.set_defaults(func=cmd_segment)
 
     mod = sub.add_parser(
@@ -154,7 +160,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
         data = slice_volume(data, args.axis or "z", args.slice_index)
     elif args.slice_index is not None or args.axis is not None:
         raise InputError(f"{args.image}: is a 2D image; --axis/--slice apply to volumes only")
-    model = load_model(args.model, checkpoint=args.checkpoint, device=args.device)
+    from imis.models.interactive import resolve_precision
+
+    dtype = resolve_precision(args.precision, args.device)
+    model = load_model(args.model, checkpoint=args.checkpoint, device=args.device, dtype=dtype)
     t_load = time.perf_counter()
     session = Session(model)
     session.set_image(data.array, name=str(args.image))

@@ -132,3 +132,20 @@ def test_text_prompt_end_to_end_with_small_imis_net(tmp_path, parity_dir):
 
     assert prompt_name("kidney_right", Vocabulary.builtin()) == "right kidney"
     assert prompt_name("a Brand-new lesion", Vocabulary.builtin()) == "a brand new lesion"
+
+
+def test_bf16_path_agrees_with_fp32(litemedsam, btcv_dir):
+    """The bfloat16 autocast encoder path gives (nearly) the same mask as float32."""
+    from imis.bench.metrics import iou
+    from imis.models.interactive import resolve_precision
+
+    assert resolve_precision("fp32", "cpu") is None and resolve_precision("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError):
+        resolve_precision("fp8", "cpu")
+    bf16 = load_model("litemedsam", dtype=torch.bfloat16)
+    image = imed.read_image(btcv_dir / "image" / "ABD_001_100.png")
+    prompt = PromptSpec(box=np.array([62, 193, 313, 385], np.float32))
+    a = litemedsam.decode(litemedsam.encode(image), prompt).mask
+    b = bf16.decode(bf16.encode(image), prompt).mask
+    # measured 0.944 for LiteMedSAM (its TinyViT is more sensitive than ViT-B, 0.998 in benchmarks/encoder.py)
+    assert iou(a, b) >= 0.9
