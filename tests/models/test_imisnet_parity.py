@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import small_imis_kwargs
 
 from imis.errors import PromptError
 from imis.models.build import build_imis_net
@@ -16,27 +17,7 @@ CASES = ["points", "box", "text", "points_text_mask", "box_text"]
 
 
 def build_from_config(c: dict):
-    t = c["text"]
-    # Decoder sizes the fixture's config leaves implicit; they follow from its tensor shapes
-    # (mlp.lin1 (64, 32), iou head hidden 32) and from its outputs (4 decoder heads).
-    return build_imis_net(
-        img_size=c["img_size"],
-        embed_dim=c["embed_dim"],
-        depth=c["depth"],
-        num_heads=c["num_heads"],
-        global_attn_indexes=tuple(c["global_attn_indexes"]),
-        window_size=c["window_size"],
-        neck_out=c["neck_out"],
-        prompt_dim=c["prompt_dim"],
-        semantic_out_dim=c["semantic_out_dim"],
-        decoder_mlp_dim=64,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=32,
-        text_hidden_size=t["hidden_size"],
-        text_intermediate_size=t["intermediate_size"],
-        text_num_layers=t["num_hidden_layers"],
-        text_num_heads=t["num_attention_heads"],
-    ).eval()
+    return build_imis_net(**small_imis_kwargs(c)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_helpers import small_imis_kwargs
 
 from imis.data.formats import imed
 from imis.errors import CheckpointError, ModelNotAvailableError
@@ -93,25 +94,7 @@ def test_text_prompt_end_to_end_with_small_imis_net(tmp_path, parity_dir):
     from imis.models.registry import prompt_name
 
     fx = torch.load(parity_dir / "imisnet_small.pt", weights_only=False)
-    c, t = fx["config"], fx["config"]["text"]
-    kwargs = dict(
-        img_size=c["img_size"],
-        embed_dim=c["embed_dim"],
-        depth=c["depth"],
-        num_heads=c["num_heads"],
-        global_attn_indexes=tuple(c["global_attn_indexes"]),
-        window_size=c["window_size"],
-        neck_out=c["neck_out"],
-        prompt_dim=c["prompt_dim"],
-        semantic_out_dim=c["semantic_out_dim"],
-        decoder_mlp_dim=64,
-        decoder_num_heads=4,
-        iou_head_hidden_dim=32,
-        text_hidden_size=t["hidden_size"],
-        text_intermediate_size=t["intermediate_size"],
-        text_num_layers=t["num_hidden_layers"],
-        text_num_heads=t["num_attention_heads"],
-    )
+    kwargs = small_imis_kwargs(fx["config"])
     net = build_imis_net(**kwargs)
     load_strict(net, imis_format.to_internal(fx["state_dict"]), "imis-net")
     pre = Preprocess(256, "square", "nearest", "imagenet", False)

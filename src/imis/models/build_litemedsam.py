@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from imis.models.mask_decoder import MaskDecoder
-from imis.models.prompt_encoder import PromptEncoder
+from imis.models.build import _prompt_and_decoder
 from imis.models.segmenter import PromptableSegmenter
 from imis.models.tiny_vit import TinyViT
-from imis.models.transformer import TwoWayTransformer
 
 __all__ = ["build_litemedsam"]
 
@@ -27,20 +25,17 @@ def build_litemedsam(
     """
     encoder = TinyViT(img_size=img_size, out_chans=prompt_dim)
     grid = img_size // 4  # the stride-1 stem and merge strides (2, 2, 1) give a 4x smaller grid
-    prompt_encoder = PromptEncoder(
-        embed_dim=prompt_dim,
-        image_embedding_size=(grid, grid),
-        input_image_size=(img_size, img_size),
-        mask_in_chans=mask_in_chans,
-    )
-    mask_decoder = MaskDecoder(
-        transformer_dim=prompt_dim,
-        transformer=TwoWayTransformer(
-            depth=decoder_depth, embedding_dim=prompt_dim, num_heads=decoder_heads, mlp_dim=decoder_mlp_dim
-        ),
-        num_multimask_outputs=3,
+    prompt_encoder, mask_decoder = _prompt_and_decoder(
+        img_size,
+        grid,
+        prompt_dim,
+        mask_in_chans,
+        decoder_depth,
+        decoder_mlp_dim,
+        decoder_heads,
         iou_head_depth=3,
         iou_head_hidden_dim=iou_head_hidden_dim,
+        num_multimask_outputs=3,
     )
     return PromptableSegmenter(
         image_encoder=encoder, prompt_encoder=prompt_encoder, mask_decoder=mask_decoder
