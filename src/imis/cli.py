@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_prepare_commands(sub)
     register_stats_command(sub)
+
+    from imis.bench.commands import register_bench_commands
+
+    register_bench_commands(sub)
     return parser
 
 

@@ -1,0 +1,128 @@
+"""The ``imis bench`` and ``imis report`` subcommands (wired into the CLI by ``register_bench_commands``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from imis.errors import InputError
+
+__all__ = ["cmd_bench", "cmd_report", "register_bench_commands"]
+
+BENCH_HELP = """\
+Benchmark interactive segmentation models on one dataset split with seeded, replayed prompts.
+
+Prompts are generated once per (dataset, protocol, seed) into RUN_DIR/prompts.json and every model
+receives exactly the same ones. Each prediction is one line of RUN_DIR/predictions.jsonl; rerunning the
+same command resumes where it stopped. At the end RUN_DIR holds summary.json, results.csv,
+leaderboard.md and figures/.
+
+protocols:
+  single     per target: 1 click, tight box, text, click+box, box+text, click+text (kinds a model
+             does not take are recorded as skipped, not scored)
+  iterative  first click, then correction clicks (accumulated, previous logits fed back):
+             Dice after each interaction, NoC@85/90 (cap 20 clicks = failure)
+
+examples:
+  imis bench --models litemedsam,grabcut --data data/btcv-demo:test --protocol single -o runs/single
+  imis bench --models litemedsam --data data/btcv-demo --protocol iterative --seed 1 -o runs/iter
+  imis report runs/single runs/iter
+"""
+
+
+def _parse_data(spec: str) -> tuple[Path, str]:
+    path, sep, split = spec.rpartition(":")
+    if sep and split in ("test", "train") and path:
+        return Path(path), split
+    return Path(spec), "test"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from imis.bench.report import format_table, merge_runs
+    from imis.bench.runner import BenchConfig, run_bench
+
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    data, split = _parse_data(args.data)
+    if not (data / "dataset.json").is_file():
+        raise InputError(f"{data}: not a dataset folder (no dataset.json); pass --data DATASET[:split]")
+    config = BenchConfig(
+        models=models,
+        data=data,
+        split=split,
+        protocol=args.protocol,
+        seed=args.seed,
+        max_interactions=args.max_interactions,
+        click_simulator=args.click_simulator,
+        first_click=args.first_click,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        limit_images=args.limit_images,
+        device=args.device,
+    )
+    summary = run_bench(config, args.output, progress=not args.no_progress)
+    print(format_table(merge_runs([args.output])), end="")
+    for model, n in summary["noc"].items():
+        print(
+            f"{model}: NoC@85 {n['noc85']:.2f}, NoC@90 {n['noc90']:.2f}, failures {n['failures90']}/{n['n_masks']}"
+        )
+    if summary["errors"]:
+        print(f"{len(summary['errors'])} error(s), see {Path(args.output) / 'leaderboard.md'}")
+    print(f"report: {Path(args.output) / 'leaderboard.md'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from imis.bench.report import format_table, merge_runs, write_report
+
+    for d in args.run_dirs:
+        write_report(d)
+    print(format_table(merge_runs(args.run_dirs)), end="")
+    return 0
+
+
+def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and ``report`` to the CLI's subparsers."""
+    from imis.bench.runner import CLICK_SIMULATORS, FIRST_CLICKS, PROTOCOLS
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    b = subparsers.add_parser(
+        "bench", help="benchmark models with seeded prompts", description=BENCH_HELP, formatter_class=fmt
+    )
+    b.add_argument(
+        "--models",
+        required=True,
+        help="comma-separated registry models (see 'imis models') and baselines (grabcut, random-walker)",
+    )
+    b.add_argument(
+        "--data", required=True, help="an IMed-361M dataset folder, optionally ':test' or ':train'"
+    )
+    b.add_argument("--protocol", choices=PROTOCOLS, default="single", help="prompt protocol (default single)")
+    b.add_argument("--seed", type=int, default=0, help="seed of every simulated prompt (default 0)")
+    b.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory")
+    b.add_argument("--max-interactions", type=int, default=9, help="iterative: interactions per target (9)")
+    b.add_argument(
+        "--click-simulator",
+        choices=CLICK_SIMULATORS,
+        default="ritm",
+        help="iterative: correction clicks (ritm)",
+    )
+    b.add_argument(
+        "--first-click",
+        choices=FIRST_CLICKS,
+        default="center",
+        help="which first click of the prompt file (center)",
+    )
+    b.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    b.add_argument("--limit-images", type=int, default=None, help="only the first N images (quick runs)")
+    b.add_argument("--device", default="cpu", help="torch device of the learned models (default cpu)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.set_defaults(func=cmd_bench)
+    r = subparsers.add_parser(
+        "report",
+        help="aggregate benchmark runs into one table",
+        description="Rewrite each RUN_DIR's summary.json, results.csv, leaderboard.md and figures, "
+        "and print one table merging all runs (run, dataset, protocol, model, prompt kind, Dice).",
+    )
+    r.add_argument(
+        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="directories written by imis bench"
+    )
+    r.set_defaults(func=cmd_report)

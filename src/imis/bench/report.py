@@ -1,0 +1,301 @@
+"""Aggregation and reports of a benchmark run directory (see :mod:`imis.bench.runner` for the rows).
+
+Two averages of every metric are given, as they differ on small targets:
+
+* mask level: the mean over all (image, target) masks;
+* image level (the IMIS paper's "Image Avg Dice"): the mean over each image's masks, then over images.
+
+``summary.json`` holds, per model and prompt kind (``iterative@k`` for interaction k): both averages,
+the counts, and breakdowns per target, anatomical group and dataset; NoC@85/90 and failures for the
+iterative protocol; skipped kinds and errors with their reasons. ``results.csv`` is the flat table,
+``leaderboard.md`` the models x prompt kinds table, ``figures/`` the bar and curve plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imis.bench.runner import SINGLE_KINDS, read_rows
+from imis.errors import InputError
+
+__all__ = ["aggregate", "format_table", "merge_runs", "write_report"]
+
+METRICS = ("dice", "iou", "nsd", "hd95")
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _levels(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_masks": len(rows), "n_images": len({r["image"] for r in rows})}
+    for m in METRICS:
+        out[f"{m}_mask"] = _mean(r.get(m) for r in rows)
+        per_image: dict[str, list] = defaultdict(list)
+        for r in rows:
+            per_image[r["image"]].append(r.get(m))
+        out[f"{m}_image"] = _mean(_mean(v) for v in per_image.values())
+    out["hd95_infinite"] = sum(1 for r in rows if r.get("hd95") is None)
+    out["seconds_mean"] = _mean(r.get("seconds") for r in rows)
+    return out
+
+
+def _kind_label(row: dict[str, Any]) -> str:
+    return f"iterative@{row['k']}" if row["kind"] == "iterative" else row["kind"]
+
+
+def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary object of a list of prediction rows."""
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("kind") not in ("noc",)]
+    results: dict[str, dict[str, Any]] = defaultdict(dict)
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for r in ok:
+        groups[(r["model"], _kind_label(r))].append(r)
+    for (model, kind), rs in sorted(groups.items()):
+        entry = _levels(rs)
+        for by in ("target", "group", "dataset"):
+            parts: dict[str, list] = defaultdict(list)
+            for r in rs:
+                parts[str(r.get(by))].append(r)
+            entry[f"by_{by}"] = {
+                k: {
+                    "dice_mask": _mean(x["dice"] for x in v),
+                    "dice_image": _levels(v)["dice_image"],
+                    "n_masks": len(v),
+                }
+                for k, v in sorted(parts.items())
+            }
+        results[model][kind] = entry
+    noc: dict[str, Any] = {}
+    noc_rows: dict[str, list] = defaultdict(list)
+    for r in rows:
+        if r.get("kind") == "noc" and r.get("status") == "ok":
+            noc_rows[r["model"]].append(r)
+    for model, rs in sorted(noc_rows.items()):
+        noc[model] = {
+            "n_masks": len(rs),
+            "noc85": _mean(r["noc85"] for r in rs),
+            "noc90": _mean(r["noc90"] for r in rs),
+            "failures85": sum(bool(r["failed85"]) for r in rs),
+            "failures90": sum(bool(r["failed90"]) for r in rs),
+        }
+    skipped: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r.get("status") == "skipped":
+            skipped[f"{r['model']} | {r['kind']} | {r.get('reason')}"] += 1
+    errors = [
+        {k: r.get(k) for k in ("model", "image", "target", "kind", "k", "reason")}
+        for r in rows
+        if r.get("status") == "error"
+    ]
+    return {
+        "results": {m: dict(v) for m, v in sorted(results.items())},
+        "noc": noc,
+        "skipped": dict(sorted(skipped.items())),
+        "errors": errors,
+    }
+
+
+def _kind_order(kinds: Iterable[str]) -> list[str]:
+    def key(k: str) -> tuple:
+        if k.startswith("iterative@"):
+            return (1, int(k.split("@")[1]), "")
+        return (0, list(SINGLE_KINDS).index(k) if k in SINGLE_KINDS else 99, k)
+
+    return sorted(set(kinds), key=key)
+
+
+def _fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.4f}"
+
+
+def _leaderboard(summary: dict[str, Any]) -> str:
+    res = summary["results"]
+    kinds = _kind_order(k for m in res.values() for k in m)
+    lines = [
+        "# Leaderboard",
+        "",
+        "Dice: mask-level mean / image-level mean (the paper's Image Avg Dice).",
+        "",
+    ]
+    lines.append("| model | " + " | ".join(kinds) + " |")
+    lines.append("|---|" + "---|" * len(kinds))
+    for model, per in res.items():
+        cells = [
+            f"{_fmt(per[k]['dice_mask'])} / {_fmt(per[k]['dice_image'])}" if k in per else "skipped"
+            for k in kinds
+        ]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    if summary["noc"]:
+        lines += [
+            "",
+            "| model | NoC@85 | NoC@90 | failures@85 | failures@90 | masks |",
+            "|---|---|---|---|---|---|",
+        ]
+        for model, n in summary["noc"].items():
+            lines.append(
+                f"| {model} | {_fmt(n['noc85'])} | {_fmt(n['noc90'])} | {n['failures85']} | "
+                f"{n['failures90']} | {n['n_masks']} |"
+            )
+    if summary["skipped"]:
+        lines += ["", "Skipped (not scored):", ""] + [f"- {k}: {v}" for k, v in summary["skipped"].items()]
+    if summary["errors"]:
+        lines += ["", "Errors (not scored):", ""]
+        lines += [
+            f"- {e['model']} {e['image']} {e['target'] or ''} {e['kind']}: {e['reason']}"
+            for e in summary["errors"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for model, per in summary["results"].items():
+        for kind in _kind_order(per):
+            e = per[kind]
+            out.append(
+                {"model": model, "kind": kind, "level": "all", "name": "all", "n_masks": e["n_masks"]}
+                | {f"{m}_mask": e[f"{m}_mask"] for m in METRICS}
+                | {f"{m}_image": e[f"{m}_image"] for m in METRICS}
+            )
+            for by in ("target", "group", "dataset"):
+                for name, v in e[f"by_{by}"].items():
+                    out.append(
+                        {"model": model, "kind": kind, "level": by, "name": name, "n_masks": v["n_masks"]}
+                        | {"dice_mask": v["dice_mask"], "dice_image": v["dice_image"]}
+                    )
+    return out
+
+
+def _figures(summary: dict[str, Any], fig_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    res = summary["results"]
+    models = list(res)
+    written = []
+    single = [k for k in _kind_order(k for m in res.values() for k in m) if not k.startswith("iterative@")]
+    if single:  # Fig. 5: bars per model and prompt kind
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(single) * max(1, len(models))), 4))
+        width = 0.8 / max(1, len(models))
+        for i, model in enumerate(models):
+            vals = [res[model].get(k, {}).get("dice_mask") or 0.0 for k in single]
+            ax.bar(np.arange(len(single)) + i * width, vals, width, label=model)
+        ax.set_xticks(np.arange(len(single)) + 0.4 - width / 2, single)
+        ax.set_ylabel("Dice (mask level)")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        fig.tight_layout()
+        written.append(fig_dir / "dice_by_prompt.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    if any(k.startswith("iterative@") for m in res.values() for k in m):  # Fig. 6: Dice vs interactions
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for model in models:
+            ks = sorted(int(k.split("@")[1]) for k in res[model] if k.startswith("iterative@"))
+            ax.plot(ks, [res[model][f"iterative@{k}"]["dice_mask"] for k in ks], marker="o", label=model)
+        ax.set_xlabel("interactions")
+        ax.set_ylabel("Dice (mask level)")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        fig.tight_layout()
+        written.append(fig_dir / "dice_vs_interactions.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    # per anatomical group: the box kind (single) or the last interaction (iterative)
+    for model in models:
+        kinds = [k for k in ("box", "click") if k in res[model]] or sorted(
+            (k for k in res[model] if k.startswith("iterative@")), key=lambda k: int(k.split("@")[1])
+        )[-1:]
+        if not kinds:
+            continue
+        by = res[model][kinds[0]]["by_group"]
+        fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(by)), 4))
+        ax.bar(list(by), [v["dice_mask"] or 0.0 for v in by.values()])
+        ax.set_title(f"{model}, {kinds[0]}: Dice per anatomical group")
+        ax.set_ylim(0, 1)
+        fig.tight_layout()
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+        written.append(fig_dir / f"dice_by_group_{safe}.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    return written
+
+
+def write_report(run_dir: str | Path) -> dict[str, Any]:
+    """Aggregate ``run_dir/predictions.jsonl`` and write summary.json, results.csv, leaderboard.md and
+    figures/. Returns the summary."""
+    run = Path(run_dir)
+    pred = run / "predictions.jsonl"
+    if not pred.is_file():
+        raise InputError(f"{run}: no predictions.jsonl (not a benchmark run directory)")
+    summary = aggregate(read_rows(pred))
+    cfg = run / "config.json"
+    if cfg.is_file():
+        summary["config"] = json.loads(cfg.read_text())
+    (run / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    rows = _csv_rows(summary)
+    fields = ["model", "kind", "level", "name", "n_masks"] + [
+        f"{m}_{lv}" for m in METRICS for lv in ("mask", "image")
+    ]
+    with (run / "results.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    (run / "leaderboard.md").write_text(_leaderboard(summary))
+    _figures(summary, run / "figures")
+    return summary
+
+
+def merge_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """One row per (run, model, prompt kind): dataset, protocol, masks, mask- and image-level Dice."""
+    table = []
+    for d in run_dirs:
+        run = Path(d)
+        pred = run / "predictions.jsonl"
+        if not pred.is_file():
+            raise InputError(f"{run}: no predictions.jsonl (not a benchmark run directory)")
+        cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+        summary = aggregate(read_rows(pred))
+        for model, per in summary["results"].items():
+            for kind in _kind_order(per):
+                e = per[kind]
+                table.append(
+                    {
+                        "run": run.name,
+                        "dataset": ",".join(sorted(e["by_dataset"])),
+                        "protocol": cfg.get("protocol", "?"),
+                        "model": model,
+                        "kind": kind,
+                        "n_masks": e["n_masks"],
+                        "dice_mask": e["dice_mask"],
+                        "dice_image": e["dice_image"],
+                    }
+                )
+    return table
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    """A Markdown table of :func:`merge_runs` rows (or any list of flat dicts)."""
+    if not table:
+        return "(no results)\n"
+    cols = list(table[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table:
+        lines.append(
+            "| "
+            + " | ".join(_fmt(v) if isinstance(v, float) else str(v) for v in (r[c] for c in cols))
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
