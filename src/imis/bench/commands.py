@@ -22,10 +22,16 @@ protocols:
              does not take are recorded as skipped, not scored)
   iterative  first click, then correction clicks (accumulated, previous logits fed back):
              Dice after each interaction, NoC@85/90 (cap 20 clicks = failure)
+  box-offset     per target: the box with each coordinate offset by 0, 5, 10 and 20 px
+                 (kinds box+0, box+5, box+10, box+20)
+  click-position per target: one uniformly random foreground click, binned by its distance to the
+                 mask centroid over the equivalent radius sqrt(area/pi) (kinds click@[0,0.25) ...
+                 click@>=1): Dice per distance bin
 
 examples:
   imis bench --models litemedsam,grabcut --data data/btcv-demo:test --protocol single -o runs/single
   imis bench --models litemedsam --data data/btcv-demo --protocol iterative --seed 1 -o runs/iter
+  imis bench --models litemedsam --data data/btcv-demo --protocol box-offset -o runs/offset
   imis report runs/single runs/iter
 """
 
@@ -95,7 +101,12 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--data", required=True, help="an IMed-361M dataset folder, optionally ':test' or ':train'"
     )
-    b.add_argument("--protocol", choices=PROTOCOLS, default="single", help="prompt protocol (default single)")
+    b.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="single",
+        help="prompt protocol: " + ", ".join(PROTOCOLS) + " (default single; see below)",
+    )
     b.add_argument("--seed", type=int, default=0, help="seed of every simulated prompt (default 0)")
     b.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory")
     b.add_argument("--max-interactions", type=int, default=9, help="iterative: interactions per target (9)")

@@ -5,7 +5,8 @@ Two averages of every metric are given, as they differ on small targets:
 * mask level: the mean over all (image, target) masks;
 * image level (the IMIS paper's "Image Avg Dice"): the mean over each image's masks, then over images.
 
-``summary.json`` holds, per model and prompt kind (``iterative@k`` for interaction k): both averages,
+``summary.json`` holds, per model and prompt kind (``iterative@k`` for interaction k, ``box+<px>`` per box
+offset, ``click@<bin>`` per click-distance bin): both averages,
 the counts, and breakdowns per target, anatomical group and dataset; NoC@85/90 and failures for the
 iterative protocol; skipped kinds and errors with their reasons. ``results.csv`` is the flat table,
 ``leaderboard.md`` the models x prompt kinds table, ``figures/`` the bar and curve plots.
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from imis.bench.runner import SINGLE_KINDS, read_rows
+from imis.bench.runner import CLICK_BINS, SINGLE_KINDS, read_rows
 from imis.errors import InputError
 
 __all__ = ["aggregate", "format_table", "merge_runs", "write_report"]
@@ -107,7 +108,12 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _kind_order(kinds: Iterable[str]) -> list[str]:
     def key(k: str) -> tuple:
         if k.startswith("iterative@"):
-            return (1, int(k.split("@")[1]), "")
+            return (3, int(k.split("@")[1]), "")
+        if k.startswith("box+") and k[4:].isdigit():  # box-offset protocol, by offset
+            return (1, int(k[4:]), "")
+        if k.startswith("click@"):  # click-position protocol, by distance bin
+            b = k[len("click@") :]
+            return (2, CLICK_BINS.index(b) if b in CLICK_BINS else 99, b)
         return (0, list(SINGLE_KINDS).index(k) if k in SINGLE_KINDS else 99, k)
 
     return sorted(set(kinds), key=key)

@@ -12,8 +12,11 @@ Rows (``status`` is ``ok``, ``skipped`` or ``error``)::
      "seconds", "encode_seconds", "click", "reason"}
 
 ``kind`` is a single-protocol prompt kind (``click``, ``box``, ``text``, ``click+box``, ``box+text``,
-``click+text``), ``iterative`` (``k`` = interaction 1..N) or ``noc`` (the NoC@85/90 of one target:
-``noc85``, ``noc90``, ``failed85``, ``failed90``). ``hd95`` is ``null`` where it is infinite (one mask empty).
+``click+text``), ``iterative`` (``k`` = interaction 1..N), ``noc`` (the NoC@85/90 of one target:
+``noc85``, ``noc90``, ``failed85``, ``failed90``), ``box+<px>`` (box-offset protocol: the prompt file's box
+with each coordinate offset by up to <px> pixels) or ``click@<bin>`` (click-position protocol: the uniform
+first click, binned by ``click_distance``, its distance to the mask centroid divided by the mask's
+equivalent radius sqrt(area/pi); the row also holds ``click_bin``). ``hd95`` is ``null`` where it is infinite (one mask empty).
 The file is append-only and flushed after each row; a rerun skips the ``(model, image, target, kind, k)``
 rows already present (a torn last line is ignored). A model that raises is recorded as an ``error`` row
 with the reason (never as a zero) and counts as done; delete those lines to retry.
@@ -49,13 +52,15 @@ __all__ = [
     "PROTOCOLS",
     "SINGLE_KINDS",
     "BenchConfig",
+    "click_bin",
+    "click_distance",
     "load_any_model",
     "read_rows",
     "row_key",
     "run_bench",
 ]
 
-PROTOCOLS = ("single", "iterative")
+PROTOCOLS = ("single", "iterative", "box-offset", "click-position")
 CLICK_SIMULATORS = ("ritm", "uniform", "largest-component")
 FIRST_CLICKS = ("center", "centroid", "uniform")
 BASELINES = ("grabcut", "random-walker")
@@ -69,6 +74,29 @@ SINGLE_KINDS: dict[str, tuple[str, ...]] = {
     "click+text": ("point", "text"),
 }
 NOC_THRESHOLDS = (0.85, 0.90)
+BOX_OFFSETS = (0, 5, 10, 20)
+#: click-position bin edges, in units of the mask's equivalent radius sqrt(area/pi)
+CLICK_BIN_EDGES = (0.0, 0.25, 0.5, 0.75, 1.0)
+CLICK_BINS = tuple(f"[{a:g},{b:g})" for a, b in zip(CLICK_BIN_EDGES[:-1], CLICK_BIN_EDGES[1:], strict=True))
+CLICK_BINS += (f">={CLICK_BIN_EDGES[-1]:g}",)
+
+
+def click_distance(xy: tuple[float, float] | list[float], mask: np.ndarray) -> float:
+    """Distance of the click ``(x, y)`` to the centroid of ``mask`` (non-empty), divided by the mask's
+    equivalent radius sqrt(area / pi)."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise InputError("click distance of an empty mask")
+    d = float(np.hypot(float(xy[0]) - xs.mean(), float(xy[1]) - ys.mean()))
+    return d / float(np.sqrt(ys.size / np.pi))
+
+
+def click_bin(distance: float) -> str:
+    """The click-position bin (one of ``CLICK_BINS``) of a normalised distance."""
+    for label, hi in zip(CLICK_BINS[:-1], CLICK_BIN_EDGES[1:], strict=True):
+        if distance < hi:
+            return label
+    return CLICK_BINS[-1]
 
 
 @dataclass
@@ -315,6 +343,7 @@ class _Run:
         self.config = config
         self.dataset = dataset
         self.writer = writer
+        self.box_offsets = BOX_OFFSETS
 
     def base(self, model: str, image: str, target: str | None, kind: str, k: int) -> dict[str, Any]:
         return {
@@ -327,18 +356,27 @@ class _Run:
             "k": k,
         }
 
-    def expected(self, model: str, image: _Image, targets: list[str]) -> list[tuple]:
-        if self.config.protocol == "single":
-            kinds = [(kind, 1) for kind in SINGLE_KINDS]
-        else:
-            kinds = [("iterative", k) for k in range(1, self.config.max_interactions + 1)] + [("noc", 0)]
-        return [(model, image.image_id, t, kind, k) for t in targets for kind, k in kinds]
+    def _kinds(self, rec: dict[str, Any], gt: np.ndarray) -> list[tuple[str, int]]:
+        protocol = self.config.protocol
+        if protocol == "single":
+            return [(kind, 1) for kind in SINGLE_KINDS]
+        if protocol == "box-offset":
+            return [(f"box+{off}", 1) for off in self.box_offsets]
+        if protocol == "click-position":
+            return [(f"click@{click_bin(click_distance(rec['clicks']['uniform'], gt))}", 1)]
+        return [("iterative", k) for k in range(1, self.config.max_interactions + 1)] + [("noc", 0)]
+
+    def expected(self, model: str, image: _Image, recs: list[dict[str, Any]]) -> list[tuple]:
+        return [
+            (model, image.image_id, r["target"], kind, k)
+            for r in recs
+            for kind, k in self._kinds(r, image.masks[r["target"]])
+        ]
 
     def run_image(self, name: str, model: Any, image: _Image, recs: list[dict[str, Any]]) -> None:
         from imis.data.formats.imed import read_image
 
-        targets = [r["target"] for r in recs]
-        if all(key in self.writer.done for key in self.expected(name, image, targets)):
+        if all(key in self.writer.done for key in self.expected(name, image, recs)):
             return
         if (name, image.image_id, None, "error", 0) in self.writer.done:
             return
@@ -355,6 +393,8 @@ class _Run:
             gt = image.masks[rec["target"]]
             if self.config.protocol == "single":
                 self._single(name, model, emb, image, rec, gt, enc)
+            elif self.config.protocol in ("box-offset", "click-position"):
+                self._variants(name, model, emb, image, rec, gt, enc)
             else:
                 self._iterative(name, model, emb, image, rec, gt, enc)
 
@@ -379,6 +419,46 @@ class _Run:
             reason = (
                 f"model does not take {' or '.join(missing)} prompts"
                 if missing
+                else _unsupported(model, spec)
+            )
+            if reason:
+                row.update(status="skipped", reason=reason)
+                self.writer.write(row)
+                continue
+            try:
+                pred, secs = self._decode(model, emb, spec)
+                row.update(_metrics(pred.mask, gt, image.spacing, self.config.nsd_tolerance_mm))
+            except Exception as exc:  # noqa: BLE001
+                self._error(row, exc)
+                continue
+            row.update(status="ok", seconds=secs, encode_seconds=enc)
+            self.writer.write(row)
+
+    def _variants(self, name, model, emb, image, rec, gt, enc) -> None:
+        """box-offset (one box per offset) and click-position (the uniform first click) predictions."""
+        from imis.models.interactive import PromptSpec
+
+        if self.config.protocol == "box-offset":
+            need = "box"
+            jobs = [
+                (f"box+{off}", {}, PromptSpec(box=np.array(rec["boxes"][f"offset_{off}"], dtype=np.float64)))
+                for off in self.box_offsets
+            ]
+        else:
+            need = "point"
+            xy = rec["clicks"]["uniform"]
+            dist = click_distance(xy, gt)
+            spec = PromptSpec(points=np.array([xy], dtype=np.float64), labels=np.array([1]))
+            extra = {"click": "uniform", "click_distance": dist, "click_bin": click_bin(dist)}
+            jobs = [(f"click@{extra['click_bin']}", extra, spec)]
+        for kind, extra, spec in jobs:
+            row = self.base(name, image.image_id, rec["target"], kind, 1)
+            if row_key(row) in self.writer.done:
+                continue
+            row.update(extra)
+            reason = (
+                f"model does not take {need} prompts"
+                if need not in set(model.prompt_types)
                 else _unsupported(model, spec)
             )
             if reason:
@@ -489,6 +569,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -
     for rec in prompts["targets"]:
         if "skip_reason" not in rec:
             by_image.setdefault(rec["image_id"], []).append(rec)
+    if config.protocol == "box-offset" and not set(BOX_OFFSETS) <= set(prompts.get("box_offsets", [])):
+        raise InputError(f"{out / 'prompts.json'}: lacks the box offsets {list(BOX_OFFSETS)}")
     writer = _Writer(pred_path)
     run = _Run(config, dataset, writer)
     try:
