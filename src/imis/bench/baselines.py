@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imis.errors import InputError, ModelNotAvailableError, PromptError
-from imis.models.interactive import Prediction, PromptSpec
+from imis.models.interactive import Prediction, PromptSpec, check_prompt_support
 from imis.models.preprocess import Frame
 
 __all__ = [
@@ -135,22 +135,7 @@ class _Baseline:
         return f"{type(self).__name__}({self.name!r}, prompts={sorted(self.prompt_types)})"
 
     def check_supported(self, prompts: PromptSpec) -> None:
-        wanted = set()
-        if prompts.points is not None and len(prompts.points):
-            wanted.add("point")
-        if prompts.box is not None:
-            wanted.add("box")
-        if prompts.text is not None:
-            wanted.add("text")
-        if prompts.mask_logits is not None:
-            wanted.add("mask")
-        missing = wanted - set(self.prompt_types)
-        if missing:
-            raise PromptError(
-                f"model {self.name!r} does not support {'/'.join(sorted(missing))} prompts "
-                f"(it takes: {', '.join(sorted(self.prompt_types))})"
-            )
-        if not wanted:
+        if not check_prompt_support(self.name, self.prompt_types, prompts):
             raise PromptError("no prompt given: pass at least a click or a box")
 
     @staticmethod

@@ -421,18 +421,22 @@ class _Run:
                 if missing
                 else _unsupported(model, spec)
             )
-            if reason:
-                row.update(status="skipped", reason=reason)
-                self.writer.write(row)
-                continue
-            try:
-                pred, secs = self._decode(model, emb, spec)
-                row.update(_metrics(pred.mask, gt, image.spacing, self.config.nsd_tolerance_mm))
-            except Exception as exc:  # noqa: BLE001
-                self._error(row, exc)
-                continue
-            row.update(status="ok", seconds=secs, encode_seconds=enc)
+            self._score(row, reason, model, emb, spec, gt, image, enc)
+
+    def _score(self, row, reason, model, emb, spec, gt, image, enc) -> None:
+        """Write one single-shot row: skipped with its reason, an error with its cause, or the metrics."""
+        if reason:
+            row.update(status="skipped", reason=reason)
             self.writer.write(row)
+            return
+        try:
+            pred, secs = self._decode(model, emb, spec)
+            row.update(_metrics(pred.mask, gt, image.spacing, self.config.nsd_tolerance_mm))
+        except Exception as exc:  # noqa: BLE001
+            self._error(row, exc)
+            return
+        row.update(status="ok", seconds=secs, encode_seconds=enc)
+        self.writer.write(row)
 
     def _variants(self, name, model, emb, image, rec, gt, enc) -> None:
         """box-offset (one box per offset) and click-position (the uniform first click) predictions."""
@@ -461,18 +465,7 @@ class _Run:
                 if need not in set(model.prompt_types)
                 else _unsupported(model, spec)
             )
-            if reason:
-                row.update(status="skipped", reason=reason)
-                self.writer.write(row)
-                continue
-            try:
-                pred, secs = self._decode(model, emb, spec)
-                row.update(_metrics(pred.mask, gt, image.spacing, self.config.nsd_tolerance_mm))
-            except Exception as exc:  # noqa: BLE001
-                self._error(row, exc)
-                continue
-            row.update(status="ok", seconds=secs, encode_seconds=enc)
-            self.writer.write(row)
+            self._score(row, reason, model, emb, spec, gt, image, enc)
 
     def _iterative(self, name, model, emb, image, rec, gt, enc) -> None:
         from imis.models.interactive import PromptSpec

@@ -54,6 +54,32 @@ class PromptSpec:
     text: str | None = None
 
 
+def requested_prompt_types(prompts: PromptSpec) -> set[str]:
+    """The prompt types a PromptSpec uses: point, box, text, mask."""
+    wanted = set()
+    if prompts.points is not None and len(prompts.points):
+        wanted.add("point")
+    if prompts.box is not None:
+        wanted.add("box")
+    if prompts.text is not None:
+        wanted.add("text")
+    if prompts.mask_logits is not None:
+        wanted.add("mask")
+    return wanted
+
+
+def check_prompt_support(name: str, prompt_types: frozenset[str], prompts: PromptSpec) -> set[str]:
+    """Raise PromptError naming the prompt types a model does not take; return the types used."""
+    wanted = requested_prompt_types(prompts)
+    missing = wanted - set(prompt_types)
+    if missing:
+        raise PromptError(
+            f"model {name!r} does not support {'/'.join(sorted(missing))} prompts "
+            f"(it takes: {', '.join(sorted(prompt_types))})"
+        )
+    return wanted
+
+
 def fast_bf16_available(device: str | torch.device) -> bool:
     """Whether bfloat16 autocast is a speed-up here: a CUDA GPU with bf16, or a CPU with AMX / AVX512-BF16.
 
@@ -137,21 +163,7 @@ class InteractiveModel:
         return self._text_cache[text]
 
     def check_supported(self, prompts: PromptSpec) -> None:
-        wanted = set()
-        if prompts.points is not None and len(prompts.points):
-            wanted.add("point")
-        if prompts.box is not None:
-            wanted.add("box")
-        if prompts.text is not None:
-            wanted.add("text")
-        if prompts.mask_logits is not None:
-            wanted.add("mask")
-        missing = wanted - set(self.prompt_types)
-        if missing:
-            raise PromptError(
-                f"model {self.name!r} does not support {'/'.join(sorted(missing))} prompts "
-                f"(it takes: {', '.join(sorted(self.prompt_types))})"
-            )
+        wanted = check_prompt_support(self.name, self.prompt_types, prompts)
         if not wanted - {"mask"}:
             raise PromptError("no prompt given: pass at least a click, a box or a text")
 
