@@ -238,3 +238,32 @@ def test_against_deepmind_surface_distance():
     assert nsd(pred, gt, (1.0, 1.0), 2.0) == pytest.approx(
         sdm.compute_surface_dice_at_tolerance(ref, 2.0), abs=0.05
     )
+
+
+def _full_array_distances(p: np.ndarray, g: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
+    """The surface distances computed on the whole array, without the crop surface_distances uses."""
+    from scipy import ndimage
+
+    st = ndimage.generate_binary_structure(p.ndim, 1)
+    sp_, sg_ = (m & ~ndimage.binary_erosion(m, structure=st, border_value=0) for m in (p, g))
+    return (
+        ndimage.distance_transform_edt(~sg_, sampling=spacing)[sp_],
+        ndimage.distance_transform_edt(~sp_, sampling=spacing)[sg_],
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cropped_surface_distances_equal_whole_array(seed):
+    rng = np.random.default_rng(seed)
+    shape = (64, 80) if seed % 2 else (12, 30, 40)
+    p, g = np.zeros(shape, bool), np.zeros(shape, bool)
+    for m in (p, g):
+        for _ in range(3):  # random boxes, some touching the border
+            lo = [int(rng.integers(0, s - 2)) for s in shape]
+            hi = [min(s, a + int(rng.integers(1, s // 2 + 2))) for a, s in zip(lo, shape, strict=True)]
+            m[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = True
+    spacing = (0.7, 1.3) if len(shape) == 2 else (2.5, 0.8, 0.8)
+    sd = surface_distances(p, g, spacing)
+    want_pg, want_gp = _full_array_distances(p, g, spacing)
+    np.testing.assert_array_equal(sd.pred_to_gt, want_pg)
+    np.testing.assert_array_equal(sd.gt_to_pred, want_gp)

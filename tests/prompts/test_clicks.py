@@ -270,3 +270,21 @@ def test_text_prompt():
         text_prompt("")
     with pytest.raises(ValueError):
         text_prompt("liver", "no field")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_cropped_distance_transform_equals_whole_image(seed):
+    from scipy import ndimage
+
+    from imis.prompts.clicks import _edt
+
+    rng = np.random.default_rng(seed)
+    region = np.zeros((40, 50), bool)
+    for _ in range(3):  # blobs, some touching the border
+        y, x = int(rng.integers(0, 40)), int(rng.integers(0, 50))
+        region[max(0, y - 6) : y + int(rng.integers(1, 9)), max(0, x - 7) : x + int(rng.integers(1, 9))] = (
+            True
+        )
+    region &= rng.random(region.shape) > 0.1  # holes
+    want = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    np.testing.assert_array_equal(_edt(region), want)

@@ -106,6 +106,26 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return m & ~ndimage.binary_erosion(m, structure=structure, border_value=0)
 
 
+def _union_box(p: np.ndarray, g: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of ``p | g`` grown by one voxel on every side (clipped to the array), or None when
+    both are empty.
+
+    Surfaces and surface distances computed on this crop equal those on the whole array: the added ring
+    is background in both masks, so the erosion sees the same neighbours (outside the array counts as
+    background either way), and every surface voxel of both masks lies inside the crop, so the Euclidean
+    distance transform finds the same nearest voxel. On a 512 x 512 slice with an organ of a few thousand
+    pixels this makes the metrics 10-50x cheaper.
+    """
+    u = p | g
+    out = []
+    for ax in range(u.ndim):
+        hit = np.flatnonzero(u.any(axis=tuple(i for i in range(u.ndim) if i != ax)))
+        if hit.size == 0:
+            return None
+        out.append(slice(max(0, int(hit[0]) - 1), min(u.shape[ax], int(hit[-1]) + 2)))
+    return tuple(out)
+
+
 def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> SurfaceDistances:
     """Distances (mm) from each boundary voxel of one mask to the nearest boundary voxel of the other.
 
@@ -113,6 +133,9 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]
     ``(z, y, x)``). See the module docstring for the surface definition and empty cases.
     """
     p, g, sp = _check(pred, gt, spacing)
+    box = _union_box(p, g)
+    if box is not None:  # exact on the crop: see _union_box
+        p, g = p[box], g[box]
     sp_surf, sg_surf = surface(p), surface(g)
 
     def directed(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

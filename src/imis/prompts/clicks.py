@@ -85,9 +85,16 @@ def _clicked_map(shape: tuple[int, int], clicked: Iterable[Click | tuple[int, in
 def _edt(region: np.ndarray) -> np.ndarray:
     """Euclidean distance of each region pixel to the nearest non-region pixel, the image border counting
     as non-region (the region is padded by one False pixel before the transform)."""
-    if not region.any():
-        return np.zeros(region.shape, dtype=np.float64)
-    return ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    out = np.zeros(region.shape, dtype=np.float64)
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if rows.size == 0:
+        return out
+    # Exact on the region's bounding box padded by one False pixel: the nearest non-region pixel of any
+    # region pixel is never farther out than that ring (clamping a point onto the ring only brings it
+    # closer), and at the image border the pad is the border rule itself.
+    sl = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    out[sl] = ndimage.distance_transform_edt(np.pad(region[sl], 1))[1:-1, 1:-1]
+    return out
 
 
 def _first_argmax(values: np.ndarray) -> tuple[int, int]:
