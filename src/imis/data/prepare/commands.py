@@ -32,7 +32,8 @@ what it does, per case (one work unit):
   read image + label map (same shape and geometry, whole-number labels, no NaN)
   -> intensities to 8 bit: CT by window (soft_tissue W400/L40, lung W1500/L-600, bone W2500/L480,
      brain W80/L40, liver W150/L90) or percentile; MR and others 0.5-99.5 percentile, then min-max
-  -> slices along z, y, x (np.take of the (z, y, x) array; axis and index recorded)
+  -> slices along z, y, x (np.take of the (z, y, x) array; axis and index recorded; slice_step N
+     keeps every Nth slice, centred on each axis)
   -> exclude slices with aspect ratio > 1.5 (1.5 kept), masks below 1/1000 of the pixels (1/1000 kept),
      and slices left without a mask; optionally split labels into connected components
   -> write image/<stem>.png (RGB) and label/x___<stem>.(C, H, W, 1).npz (CSR), stem <case>_<axis>_<index>
@@ -55,7 +56,8 @@ prepare.yaml (every key optional; see imis.data.prepare.config):
   percentiles: [0.5, 99.5]     max_aspect_ratio: 1.5   min_mask_fraction: 0.001
   split_components: [lung nodule]  max_components: 8   connectivity: 8
   labels: {1: liver}           ignore_labels: [3]      vocabulary: my_targets.yaml
-  test_fraction: 0.1           max_test_images: 3000   seed: 0
+  test_fraction: 0.1           max_test_images: 3000   seed: 0     # 0: all training, 1: all test
+  slice_step: 1                # keep every Nth slice along each axis
   leakage_datasets: [../other_dataset]                 empty_labels: error     # or skip
 
 examples:

@@ -9,6 +9,8 @@ IMed-361M protocol (paper §3.1, SPEC.md "prepare")::
     modality: null            # ct, mr, pet, ... (default: the source's dataset.json channel name)
     channels: [0]             # input channels (_0000, _0001, ...) to prepare; each becomes its own images
     axes: [z, y, x]           # slicing axes of (z, y, x) volume arrays
+    slice_step: 1             # keep every Nth slice along each axis (indices centred: the first kept
+                              # index is ((n - 1) % N) // 2 for an axis of n slices)
     ct_window: soft_tissue    # soft_tissue W400/L40 | lung W1500/L-600 | bone W2500/L480 | brain W80/L40
                               # | liver W150/L90 | percentile | {width: W, level: L}
     percentiles: [0.5, 99.5]  # clipping range for MR and other modalities (and ct_window: percentile)
@@ -22,7 +24,8 @@ IMed-361M protocol (paper §3.1, SPEC.md "prepare")::
     labels: {}                # source label value -> name, overriding the source's dataset.json
     ignore_labels: []         # source label values (or names) to leave out
     vocabulary: null          # YAML file extending the built-in target vocabulary
-    test_fraction: 0.1        # share of the cases in the test split (case level)
+    test_fraction: 0.1        # share of the cases in the test split (case level); 0: every case in
+                              # training, 1: every case in the test split (a single case too)
     max_test_images: 3000     # at most this many test images per dataset
     seed: 0                   # seed of the case-level split
     leakage_datasets: []      # other prepared/IMed datasets: their images are kept out of our test split
@@ -62,6 +65,7 @@ class PrepareConfig:
     modality: str | None = None
     channels: tuple[int, ...] = (0,)
     axes: tuple[str, ...] = _AXES
+    slice_step: int = 1
     ct_window: str | tuple[float, float] = "soft_tissue"
     percentiles: tuple[float, float] = (0.5, 99.5)
     rgb: bool = True
@@ -181,7 +185,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not _is_num(value):
             raise bad("a number")
         return float(value)
-    if key in ("max_components", "connectivity", "max_test_images", "seed"):
+    if key in ("max_components", "connectivity", "max_test_images", "seed", "slice_step"):
         if not _is_int(value):
             raise bad("an integer")
         return int(value)
@@ -258,8 +262,10 @@ def _validate(c: PrepareConfig, source: str) -> None:
         raise bad("max_components", f"must be >= 1, got {c.max_components}")
     if c.connectivity not in (4, 8):
         raise bad("connectivity", f"must be 4 or 8, got {c.connectivity}")
-    if not 0.0 <= c.test_fraction < 1.0:
-        raise bad("test_fraction", f"must be in [0, 1), got {c.test_fraction}")
+    if not _is_int(c.slice_step) or c.slice_step < 1:
+        raise bad("slice_step", f"must be a whole number >= 1 (1 keeps every slice), got {c.slice_step!r}")
+    if not 0.0 <= c.test_fraction <= 1.0:
+        raise bad("test_fraction", f"must be in [0, 1], got {c.test_fraction}")
     if c.max_test_images < 0:
         raise bad("max_test_images", f"must be >= 0, got {c.max_test_images}")
     if c.empty_labels not in ("error", "skip"):

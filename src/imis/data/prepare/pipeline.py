@@ -71,6 +71,9 @@ _SPLIT_KEYS = (
     "leakage_datasets",
     "vocabulary",
 )
+#: Settings added after format version 1, left out of the fingerprint at their default (which gives the
+#: output of the versions before them), so that datasets prepared before they existed still resume.
+_LATER_KEYS: dict[str, Any] = {"slice_step": 1}
 _TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp")
 
 
@@ -363,7 +366,9 @@ def _process_case(task: CaseTask) -> CaseResult:
         windows.append(win.to_json())
         vol = to_uint8(img.array, win)
         channel = ch if len(cfg.channels) > 1 else None
-        slice_iter: Iterable[tuple[str, int]] = [("2d", 0)] if kind == "2d" else iter_slices(shape, axes)
+        slice_iter: Iterable[tuple[str, int]] = (
+            [("2d", 0)] if kind == "2d" else iter_slices(shape, axes, cfg.slice_step)
+        )
         for axis, index in slice_iter:
             lab2 = take_slice(lab, axis, index)
             counts["slices"] += 1
@@ -615,7 +620,11 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def _settings(source: str, info: SourceInfo, cfg: PrepareConfig, layout: Layout, modality: tuple[str, ...]):
-    case_cfg = {k: v for k, v in cfg.to_json().items() if k not in _SPLIT_KEYS}
+    case_cfg = {
+        k: v
+        for k, v in cfg.to_json().items()
+        if k not in _SPLIT_KEYS and not (k in _LATER_KEYS and v == _LATER_KEYS[k])
+    }
     fingerprint = _fingerprint(
         {"version": FORMAT_VERSION, "config": case_cfg, "layout": layout.to_json(), "modality": modality}
     )

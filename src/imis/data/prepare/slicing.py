@@ -6,6 +6,11 @@ Arrays follow :mod:`imis.io.geometry`: a volume is ``(z, y, x)``. The slice at a
 :mod:`imis.data.prepare.restack` can put a 2D mask back with the same index arithmetic. A 2D source image
 is one slice with axis ``"2d"`` and index 0.
 
+With ``slice_step`` N > 1 every Nth slice along each axis is kept, centred on the axis: an axis of n
+slices keeps ``range(((n - 1) % N) // 2, n, N)`` (:func:`slice_indices`), so that volumes on the same grid
+(an image prepared with two different label maps) keep the same indices, and the kept set is symmetric
+about the middle of the axis. N = 1 keeps every slice.
+
 The provenance record of each slice (``manifest.jsonl``) holds the source file(s), the case, the axis
 and index, the parent volume's shape (z, y, x) and its geometry (spacing, origin, direction in
 SimpleITK's x, y, z LPS order), the physical origin of the slice's first pixel, and the intensity window.
@@ -20,7 +25,7 @@ import numpy as np
 
 from imis.io import AXES, Geometry, SliceInfo
 
-__all__ = ["iter_slices", "slice_origin", "slice_stem", "take_slice", "valid_case_id"]
+__all__ = ["iter_slices", "slice_indices", "slice_origin", "slice_stem", "take_slice", "valid_case_id"]
 
 _CASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
@@ -30,10 +35,18 @@ def valid_case_id(case: str) -> bool:
     return bool(_CASE_RE.fullmatch(case)) and len(case) <= 200
 
 
-def iter_slices(shape: Sequence[int], axes: Sequence[str]) -> Iterator[tuple[str, int]]:
-    """``(axis, index)`` of every slice of a ``(z, y, x)`` volume along ``axes``, in that order."""
+def slice_indices(n: int, step: int = 1) -> range:
+    """Indices kept along an axis of ``n`` slices with every ``step``-th slice kept, centred on the axis."""
+    if step < 1:
+        raise ValueError(f"slice step must be >= 1, got {step}")
+    n = int(n)
+    return range(((n - 1) % step) // 2 if n > 0 else 0, n, step)
+
+
+def iter_slices(shape: Sequence[int], axes: Sequence[str], step: int = 1) -> Iterator[tuple[str, int]]:
+    """``(axis, index)`` of the slices of a ``(z, y, x)`` volume along ``axes`` (every ``step``-th, centred)."""
     for axis in axes:
-        for index in range(int(shape[AXES[axis]])):
+        for index in slice_indices(int(shape[AXES[axis]]), step):
             yield axis, index
 
 

@@ -4,7 +4,9 @@
 sorted by id and shuffled with ``random.Random(seed)`` (the result depends on the seed and the case ids
 only, not on the order the cases were processed in). The test split aims at
 ``round(test_fraction * n_cases)`` cases (at least one when there are two cases or more; never all of
-them, so a single case goes to training). Cases are taken in shuffled order; a case whose images would
+them, so a single case goes to training), except at the ends: ``test_fraction`` 0 puts every case in
+training and 1 every case in the test split, a single case included (a dataset made only to evaluate,
+e.g. on structures held out of training). Cases are taken in shuffled order; a case whose images would
 push the test split above ``max_test_images`` (3000) goes to training instead, and the next case is
 tried. A case larger than the limit on its own therefore never enters the test split.
 
@@ -55,7 +57,9 @@ def split_cases(
     n = len(cases)
     f = Fraction(repr(float(test_fraction)))
     target = int(f * n + Fraction(1, 2)) if n else 0  # round half up, exactly
-    if n >= 2 and f > 0:
+    if f >= 1:
+        target = n
+    elif n >= 2 and f > 0:
         target = min(max(target, 1), n - 1)
     else:
         target = 0
