@@ -1,4 +1,5 @@
-"""`slice_step` (every Nth slice, centred on each axis) and the forced splits test_fraction 0 and 1."""
+"""`slice_step` (every Nth slice, centred on each axis), `drop_duplicate_slices`, and the forced splits
+test_fraction 0 and 1."""
 
 from __future__ import annotations
 
@@ -96,6 +97,35 @@ def test_default_step_keeps_the_fingerprint_of_datasets_made_before_it(tmp_path)
     (out / "prepare.json").write_text(json.dumps(settings))
     s = prepare(src, out, progress=False)
     assert s.ok and s.cases_resumed == 1
+
+
+# -- drop_duplicate_slices ----------------------------------------------------------------------------------
+def test_mirror_slices_of_a_symmetric_volume_are_dropped_once_seen(tmp_path):
+    """A left-right symmetric volume (like MNI152 2009a sym): x slice i equals slice n-1-i, masks too."""
+    rng = np.random.default_rng(0)
+    half = rng.integers(0, 1000, size=(6, 7, 4)).astype(np.int16)
+    img = np.concatenate([half, rng.integers(0, 1000, size=(6, 7, 1)).astype(np.int16), half[:, :, ::-1]], 2)
+    lab = np.ones(img.shape, dtype=np.uint8)
+    lab[:, :3] = 2  # masks differ between y slices but not between mirrored x slices
+    assert np.array_equal(img, img[:, :, ::-1]) and img.shape == (6, 7, 9)
+    src = _source(tmp_path / "src", [("sym", img, lab)], {1: "gray matter", 2: "white matter"}, "MR")
+    cfg = PrepareConfig(test_fraction=0.0, drop_duplicate_slices=True)
+    s = prepare(src, tmp_path / "out", cfg, progress=False)
+    kept = {(r["axis"], r["index"]) for r in _manifest(tmp_path / "out")}
+    assert {i for a, i in kept if a == "x"} == {0, 1, 2, 3, 4}  # 5..8 repeat 3..0
+    assert {i for a, i in kept if a == "z"} == set(range(6)) and {i for a, i in kept if a == "y"} == set(
+        range(7)
+    )
+    assert s.counts["slices_excluded_duplicate"] == 4 and s.counts["slices_kept"] == 6 + 7 + 5
+    assert any("4 duplicates" in line for line in s.lines())
+    # off by default: every slice is kept
+    s0 = prepare(src, tmp_path / "all", PrepareConfig(test_fraction=0.0), progress=False)
+    assert s0.counts["slices_kept"] == 6 + 7 + 9 and s0.counts["slices_excluded_duplicate"] == 0
+    assert s0.leakage["train_duplicate_groups"] == 4
+    cfg_file = tmp_path / "p.yaml"
+    cfg_file.write_text("drop_duplicate_slices: 1\n")
+    with pytest.raises(InputError, match="'drop_duplicate_slices' must be true or false"):
+        load_config(cfg_file)
 
 
 # -- forced splits ------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ prepare.yaml (every key optional; see imis.data.prepare.config):
   labels: {1: liver}           ignore_labels: [3]      vocabulary: my_targets.yaml
   test_fraction: 0.1           max_test_images: 3000   seed: 0     # 0: all training, 1: all test
   slice_step: 1                # keep every Nth slice along each axis
+  drop_duplicate_slices: false # leave out slices whose image and masks repeat a kept slice of the case
   leakage_datasets: [../other_dataset]                 empty_labels: error     # or skip
 
 examples:

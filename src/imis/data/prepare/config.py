@@ -30,6 +30,8 @@ IMed-361M protocol (paper §3.1, SPEC.md "prepare")::
     seed: 0                   # seed of the case-level split
     leakage_datasets: []      # other prepared/IMed datasets: their images are kept out of our test split
     empty_labels: error       # a case whose label map holds no foreground: error | skip
+    drop_duplicate_slices: false  # leave out a slice whose image and masks equal those of a slice already
+                              # kept from the same case (e.g. mirror slices of a symmetric template)
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class PrepareConfig:
     seed: int = 0
     leakage_datasets: tuple[str, ...] = ()
     empty_labels: str = "error"
+    drop_duplicate_slices: bool = False
 
     def __post_init__(self) -> None:
         _validate(self, "configuration")
@@ -177,7 +180,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, list) or len(value) != 2 or not all(_is_num(v) for v in value):
             raise bad("two numbers [low, high], e.g. [0.5, 99.5]")
         return (float(value[0]), float(value[1]))
-    if key in ("rgb",):
+    if key in ("rgb", "drop_duplicate_slices"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value

@@ -4,7 +4,8 @@ One **work unit per case** (:func:`process_case`), run in this process, in a pro
 (``workers > 1``) or as Ray tasks (``executor="ray"``)::
 
     read image channel(s) + label map -> check them against each other -> intensities to 8 bit
-    -> slice along the chosen axes -> filter (aspect ratio, small masks, no mask left) -> one-hot
+    -> slice along the chosen axes (every ``slice_step``-th) -> filter (aspect ratio, small masks, no
+    mask left; optionally slices that repeat a kept one, ``drop_duplicate_slices``) -> one-hot
     channels named through the vocabulary -> write image PNG + CSR label (IMed writer) -> case record
 
 Output folder (``--out DATASET``)::
@@ -73,7 +74,7 @@ _SPLIT_KEYS = (
 )
 #: Settings added after format version 1, left out of the fingerprint at their default (which gives the
 #: output of the versions before them), so that datasets prepared before they existed still resume.
-_LATER_KEYS: dict[str, Any] = {"slice_step": 1}
+_LATER_KEYS: dict[str, Any] = {"slice_step": 1, "drop_duplicate_slices": False}
 _TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp")
 
 
@@ -269,6 +270,7 @@ def _new_counts() -> dict[str, int]:
         "slices_kept": 0,
         "slices_excluded_aspect_ratio": 0,
         "slices_excluded_no_mask": 0,
+        "slices_excluded_duplicate": 0,
         "masks_kept": 0,
         "masks_excluded_small": 0,
         "masks_excluded_component_limit": 0,
@@ -366,6 +368,9 @@ def _process_case(task: CaseTask) -> CaseResult:
         windows.append(win.to_json())
         vol = to_uint8(img.array, win)
         channel = ch if len(cfg.channels) > 1 else None
+        seen: set[tuple[str, str]] = (
+            set()
+        )  # (image, masks) digests of the kept slices (drop_duplicate_slices)
         slice_iter: Iterable[tuple[str, int]] = (
             [("2d", 0)] if kind == "2d" else iter_slices(shape, axes, cfg.slice_step)
         )
@@ -381,6 +386,13 @@ def _process_case(task: CaseTask) -> CaseResult:
                 counts["slices_excluded_no_mask"] += 1
                 continue
             gray = take_slice(vol, axis, index)
+            digest = image_digest(gray)
+            if cfg.drop_duplicate_slices:
+                key = (digest, hashlib.sha1(f"{chmap.shape}".encode() + chmap.tobytes()).hexdigest())
+                if key in seen:
+                    counts["slices_excluded_duplicate"] += 1
+                    continue
+                seen.add(key)
             image = gray if img.is_rgb or not cfg.rgb else _rgb(gray)
             stem = slice_stem(case, axis, index, channel)
             entry = write_slice(root, stem, image, chmap, n_channels)
@@ -402,7 +414,7 @@ def _process_case(task: CaseTask) -> CaseResult:
                     "window": windows[-1],
                     "size": [h, w],
                     "masks": mrec,
-                    "digest": image_digest(gray),
+                    "digest": digest,
                 }
             )
     record.update(windows=windows, counts=counts, slices=slices)
@@ -539,7 +551,10 @@ class PrepareSummary:
             f"cases: {self.cases} ({self.cases_done} done, {self.cases_resumed} already done before this run, "
             f"{len(self.cases_skipped)} skipped, {len(self.failures)} failed)",
             f"slices: {c['slices']} seen, {c['slices_kept']} kept; excluded: {c['slices_excluded_aspect_ratio']} "
-            f"aspect ratio > max, {c['slices_excluded_no_mask']} no mask left",
+            f"aspect ratio > max, {c['slices_excluded_no_mask']} no mask left"
+            + (
+                f", {c['slices_excluded_duplicate']} duplicates" if c.get("slices_excluded_duplicate") else ""
+            ),
             f"masks: {c['masks_kept']} kept; excluded: {c['masks_excluded_small']} below the minimum foreground, "
             f"{c['masks_excluded_component_limit']} beyond max_components",
             f"split: {self.train_images} training images ({self.train_cases} cases), {self.test_images} test "
