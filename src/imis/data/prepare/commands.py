@@ -9,12 +9,13 @@ retry them), 0 otherwise.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from imis.errors import InputError
 
-__all__ = ["cmd_prepare", "cmd_restack", "register_prepare_commands"]
+__all__ = ["cmd_prepare", "cmd_prepare_templates", "cmd_restack", "register_prepare_commands"]
 
 PREPARE_DESCRIPTION = """\
 Turn a collection of 3D (or 2D) labelled images into an IMIS dataset the way IMed-361M was built
@@ -91,6 +92,35 @@ examples:
 """
 
 
+TEMPLATES_DESCRIPTION = """\
+Build the training/evaluation data of imis-lite from the brain templates we may train on: Colin27 T1
+with the AAL atlas and Brodmann areas (Debian mricron-data) and the MNI152 2009a T1 with grey/white
+matter maps (inside PyPI nilearn), as IMed-361M datasets made with `imis prepare` (all three axes,
+every Nth slice). A fixed list of AAL structures (bilateral pairs) is held out of training and makes
+its own test dataset. btcv-demo's training split, the other part of imis-lite's data, is listed and
+counted in place.
+"""
+
+TEMPLATES_EPILOG = """\
+datasets written under OUT (sources/ holds their case lists and derived label volumes):
+  colin27-aal          train  Colin27, 92 AAL structures (the held-out ones are background)
+  colin27-aal-heldout  test   Colin27, only the 24 held-out AAL structures (unseen in training)
+  colin27-brodmann     train  Colin27, 41 Brodmann areas
+  mni152-tissue        train  MNI152: grey matter, white matter (one label map) and brain (another)
+  datasets.json        the datasets, splits, roles, counts, held-out list and slice steps
+
+held-out AAL structures (both sides): Caudate, Putamen, Thalamus, Hippocampus, Amygdala, Insula, Heschl,
+  Rectus, Angular, Calcarine, Supp_Motor_Area, Cerebelum_9 (imis.data.brain_templates)
+
+The Colin27 datasets share one image and one step: they hold the same slices, byte for byte. Rerun
+the same command to resume; finished datasets are skipped. Another step needs another --out folder.
+
+examples:
+  imis prepare-templates --out runs/imis-lite-data
+  imis prepare-templates --out runs/imis-lite-quick --slice-step 10
+"""
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -138,6 +168,41 @@ def register_prepare_commands(subparsers) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
+
+    t = subparsers.add_parser(
+        "prepare-templates",
+        help="build imis-lite's datasets from Colin27/AAL/Brodmann and MNI152 (held-out AAL structures)",
+        description=TEMPLATES_DESCRIPTION,
+        epilog=TEMPLATES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument(
+        "--out", "-o", type=Path, required=True, metavar="DIR", help="run folder to write (or resume)"
+    )
+    t.add_argument(
+        "--slice-step",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="keep every Nth slice along each axis of both templates (default 2 for Colin27, 3 for MNI152)",
+    )
+    t.add_argument(
+        "--mni-slice-step",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="the step for MNI152 alone (overrides --slice-step)",
+    )
+    t.add_argument(
+        "--btcv",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="btcv-demo folder to list beside (read in place; default $IMIS_SHARED/data/btcv-demo or "
+        "../shared/data/btcv-demo when present)",
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_prepare_templates)
 
     r = subparsers.add_parser(
         "restack",
@@ -194,6 +259,43 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _default_btcv() -> Path | None:
+    shared = Path(os.environ.get("IMIS_SHARED", "../shared"))
+    d = shared / "data" / "btcv-demo"
+    return d if (d / "dataset.json").is_file() else None
+
+
+def cmd_prepare_templates(args: argparse.Namespace) -> int:
+    import time
+
+    from imis.cli import print_table
+    from imis.data import brain_templates as bt
+
+    t0 = time.perf_counter()
+    colin_step = args.slice_step or bt.COLIN_SLICE_STEP
+    mni_step = args.mni_slice_step or args.slice_step or bt.MNI_SLICE_STEP
+    btcv = args.btcv if args.btcv is not None else _default_btcv()
+    if args.btcv is not None and not (args.btcv / "dataset.json").is_file():
+        raise InputError(f"--btcv {args.btcv}: not a btcv-demo folder (no dataset.json)")
+    rows = bt.build_template_datasets(
+        args.out,
+        colin_step=colin_step,
+        mni_step=mni_step,
+        btcv=btcv,
+        progress=False if args.no_progress else None,
+        log=lambda line: print(line, flush=True),
+    )
+    print()
+    print_table([r.row() for r in rows], ["dataset", "split", "images", "masks", "targets", "step", "status"])
+    distinct = ", ".join(f"{k} {v}" for k, v in bt.distinct_images(rows).items())
+    print(f"\ndistinct images to encode (by pixel digest): {distinct}")
+    if btcv is None:
+        print("btcv-demo not found (pass --btcv DIR): not listed")
+    print(f"index: {Path(args.out) / bt.INDEX_FILE}")
+    print(f"time: {time.perf_counter() - t0:.1f} s")
     return 0
 
 
