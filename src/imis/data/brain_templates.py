@@ -54,11 +54,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imis.errors import InputError
+
+if TYPE_CHECKING:
+    from imis.data.prepare import PrepareConfig
+    from imis.io import ImageData
 
 __all__ = [
     "COLIN_SLICE_STEP",
@@ -235,7 +239,7 @@ class TemplateSource:
 
     name: str
     case_list: Path
-    config: Any  # PrepareConfig
+    config: PrepareConfig
     role: str  # "train" or "eval"
     source: str  # "colin27" or "mni152": datasets of one source share their images
 
@@ -328,7 +332,7 @@ def _label_values(array: np.ndarray, path: Path) -> np.ndarray:
     return array.astype(np.uint16, copy=False)
 
 
-def _same_grid(image, reference):
+def _same_grid(image: ImageData, reference: ImageData) -> ImageData:
     if image.array.shape != reference.array.shape or not image.geometry.allclose(
         reference.geometry, atol=1e-3
     ):
@@ -349,7 +353,7 @@ def _probability(array: np.ndarray, path: Path) -> np.ndarray:
     return a
 
 
-def _write_volume_if_changed(path: Path, labels: np.ndarray, reference) -> None:
+def _write_volume_if_changed(path: Path, labels: np.ndarray, reference: ImageData) -> None:
     """Write a label volume on ``reference``'s grid unless the file already holds exactly it."""
     from imis.io import read_image, write_label_map
 
