@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     from imis.bench.commands import register_bench_commands
 
     register_bench_commands(sub)
+
+    from imis.train.commands import register_train_command
+
+    register_train_command(sub)
     return parser
 
 

@@ -52,6 +52,12 @@ def _build_litemedsam(**kw: Any) -> torch.nn.Module:
     return build_litemedsam(**kw)
 
 
+def _build_imis_lite(**kw: Any) -> torch.nn.Module:
+    from imis.models.build_litemedsam import build_imis_lite
+
+    return build_imis_lite(**kw)
+
+
 def _build_sam_vit(**kw: Any) -> torch.nn.Module:
     from imis.models.build import build_sam_vit
 
@@ -66,6 +72,7 @@ def _build_imis_net(**kw: Any) -> torch.nn.Module:
 
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
     "litemedsam": _build_litemedsam,
+    "imis-lite": _build_imis_lite,
     "sam-vit": _build_sam_vit,
     "imis-net": _build_imis_net,
 }
@@ -187,8 +194,17 @@ def is_imis_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == IMIS_FORMAT_TAG
 
 
-def _make_text_fn(net: torch.nn.Module, template: str) -> Callable[[str], torch.Tensor] | None:
-    if getattr(net, "text_projection", None) is None or getattr(net, "text_encoder", None) is None:
+def _make_text_fn(
+    net: torch.nn.Module, template: str, tower: str | None = None
+) -> Callable[[str], torch.Tensor] | None:
+    """str -> (1, D) text prompt embedding: the template filled with the target name, through the
+    model's frozen text tower (its own CLIP tower, or the MiniLM sentence encoder for imis-lite) and
+    its trained projection."""
+    if getattr(net, "text_projection", None) is None:
+        return None
+    if tower == "minilm":
+        return _minilm_text_fn(net, template)
+    if getattr(net, "text_encoder", None) is None:
         return None
     from imis.data.vocabulary import Vocabulary
     from imis.models.tokenizer import CLIPTokenizer
@@ -200,6 +216,23 @@ def _make_text_fn(net: torch.nn.Module, template: str) -> Callable[[str], torch.
         ids = torch.tensor([tokenizer.encode(template.format(prompt_name(text, vocabulary)))])
         device = next(net.parameters()).device
         return net.encode_text(ids.to(device))
+
+    return encode
+
+
+def _minilm_text_fn(net: torch.nn.Module, template: str) -> Callable[[str], torch.Tensor]:
+    from imis.data.vocabulary import Vocabulary
+    from imis.models.minilm import load_minilm
+
+    vocabulary = Vocabulary.builtin()
+    loaded: list = []  # the sentence encoder is loaded on the first text prompt only
+
+    def encode(text: str) -> torch.Tensor:
+        if not loaded:
+            loaded.append(load_minilm()[0])
+        feats = loaded[0].embed_texts([template.format(prompt_name(text, vocabulary))])
+        device = next(net.parameters()).device
+        return net.project_text(feats.to(device))
 
     return encode
 
@@ -248,6 +281,8 @@ def load_model(
             )
         obj = read_checkpoint(path)
         checkpoint = path
+        if is_imis_checkpoint(obj):  # a model we trained ourselves (imis-lite) ships in our format
+            return _load_own(obj, Path(path), spec.name, device, dtype)
     try:
         internal = LAYOUTS[spec.layout](obj)
         net = ARCHITECTURES[spec.arch](**spec.arch_kwargs)
@@ -338,7 +373,11 @@ def _load_own(
         multimask=obj.get("multimask", "single"),
         prompt_types=frozenset(obj.get("prompt_types", ["box", "point", "mask"])),
         license=obj.get("license", "unknown"),
-        text_fn=_make_text_fn(net, obj.get("metadata", {}).get("text_template", TEXT_TEMPLATE)),
+        text_fn=_make_text_fn(
+            net,
+            obj.get("metadata", {}).get("text_template", TEXT_TEMPLATE),
+            obj.get("metadata", {}).get("text_encoder"),
+        ),
         device=device,
         dtype=dtype,
     )

@@ -56,6 +56,12 @@ class PromptableSegmenter(nn.Module):
             raise PromptError("this model has no text encoder: it does not take text prompts")
         return self.text_projection(self.text_encoder(input_ids, attention_mask))
 
+    def project_text(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T) features of a frozen text tower (CLIP pooled, MiniLM sentence vector) -> (B, D)."""
+        if self.text_projection is None:
+            raise PromptError("this model has no text projection: it does not take text prompts")
+        return self.text_projection(features)
+
     def decode(
         self,
         image_embeddings: torch.Tensor,

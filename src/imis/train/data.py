@@ -1,0 +1,173 @@
+"""Training images and their targets, in the network's low-resolution mask frame.
+
+Every target (a ground-truth mask or a cleaned interactive-mask region) is warped once into the frame of
+the decoder's low-res logits (``lowres`` x ``lowres``, e.g. 256 for LiteMedSAM and IMIS-Net): prompts
+are simulated, and the loss is computed, there. Network-input coordinates are low-res coordinates times
+``input_size / lowres``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from imis.errors import ImisError, InputError
+from imis.models.preprocess import Frame, Preprocess, frame_for
+from imis.train.config import DatasetSpec
+
+__all__ = ["Target", "TrainImage", "clean_imask", "load_images", "to_lowres"]
+
+MIN_TARGET_PIXELS = 4  # in the low-res frame: smaller targets cannot be clicked/boxed meaningfully
+IMASK_MIN_FRACTION = 0.0005  # the reference's 0.05 %
+
+
+@dataclass
+class Target:
+    """One mask to segment: ``mask`` bool (lowres, lowres); ``name`` None for imask regions."""
+
+    mask: np.ndarray
+    name: str | None
+    source: str  # "gt" or "imask"
+
+
+@dataclass
+class TrainImage:
+    """One image: where it is, its cache key, its frame and its targets."""
+
+    key: str
+    path: Path
+    dataset: str
+    stem: str
+    frame: Frame
+    gt: list[Target]
+    imask: list[Target]
+
+
+def to_lowres(mask: np.ndarray, frame: Frame, lowres: int) -> np.ndarray:
+    """A native (H, W) mask -> bool (lowres, lowres) in the low-res logit frame (padding is background).
+
+    Area interpolation thresholded at one half, falling back to nearest neighbour for a mask that would
+    vanish (a thin or tiny structure keeps at least its nearest pixels).
+    """
+    s = frame.input_size
+    vh = max(1, int(round(frame.valid_hw[0] * lowres / s)))
+    vw = max(1, int(round(frame.valid_hw[1] * lowres / s)))
+    m = mask.astype(np.uint8)
+    small = cv2.resize(m.astype(np.float32), (vw, vh), interpolation=cv2.INTER_AREA) >= 0.5
+    if not small.any() and m.any():
+        small = cv2.resize(m, (vw, vh), interpolation=cv2.INTER_NEAREST).astype(bool)
+    out = np.zeros((lowres, lowres), dtype=bool)
+    out[:vh, :vw] = small
+    return out
+
+
+def ids_to_lowres(ids: np.ndarray, frame: Frame, lowres: int) -> np.ndarray:
+    """An (H, W) id map -> int32 (lowres, lowres) by nearest neighbour; the padding gets id -1."""
+    s = frame.input_size
+    vh = max(1, int(round(frame.valid_hw[0] * lowres / s)))
+    vw = max(1, int(round(frame.valid_hw[1] * lowres / s)))
+    out = np.full((lowres, lowres), -1, dtype=np.int32)
+    out[:vh, :vw] = cv2.resize(ids.astype(np.int32), (vw, vh), interpolation=cv2.INTER_NEAREST)
+    return out
+
+
+def clean_imask(
+    ids: np.ndarray, min_fraction: float = IMASK_MIN_FRACTION, clean: bool = True
+) -> list[np.ndarray]:
+    """Regions of an interactive-mask id map -> bool masks, as the reference cleans them.
+
+    Ids covering less than ``min_fraction`` of the pixels are dropped; with ``clean``, each region is
+    opened then closed and its connected components below ``min_fraction`` are removed.
+    """
+    n = int((ids >= 0).sum())
+    out = []
+    values, counts = np.unique(ids, return_counts=True)
+    for v, c in zip(values, counts, strict=True):
+        if v < 0 or c < min_fraction * n:
+            continue
+        m = ids == v
+        if clean:
+            m = ndimage.binary_closing(ndimage.binary_opening(m))
+            lab, k = ndimage.label(m)
+            if k:
+                sizes = np.bincount(lab.ravel())
+                keep = sizes >= min_fraction * n
+                keep[0] = False
+                m = keep[lab]
+        if m.any():
+            out.append(m)
+    return out
+
+
+def _image_key(path: Path) -> str:
+    h = hashlib.sha1()
+    h.update(path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def load_images(
+    spec: DatasetSpec,
+    preprocess: Preprocess,
+    lowres: int,
+    clean_imasks: bool = True,
+    with_imask: bool | None = None,
+) -> list[TrainImage]:
+    """Read one dataset's images and warp their targets to the low-res frame.
+
+    Raises InputError when the folder is not a dataset or has no usable target at all.
+    """
+    from imis.data.formats.imed import read_dataset, read_imask, read_label
+
+    root = Path(spec.path)
+    if not root.exists():
+        raise InputError(f"{root}: training dataset not found")
+    ds = read_dataset(root)
+    entries = ds.entries if spec.split == "all" else ds.split(spec.split)
+    entries = sorted(entries, key=lambda e: e.stem)
+    if spec.max_images is not None:
+        entries = entries[: spec.max_images]
+    if not entries:
+        raise InputError(f"{root}: split {spec.split!r} has no images")
+    excluded = {n.lower() for n in spec.exclude_targets}
+    use_imask = spec.imask if with_imask is None else with_imask
+    images: list[TrainImage] = []
+    for e in entries:
+        try:
+            label = read_label(e.label)
+        except ImisError as exc:
+            raise InputError(f"{root}: {exc}") from None
+        h, w = label.shape[-2:]
+        frame = frame_for((h, w), preprocess)
+        names = ds.label_names(label.shape[0])
+        gt = []
+        for c in range(label.shape[0]):
+            if names[c].lower() in excluded or not label[c].any():
+                continue
+            m = to_lowres(label[c], frame, lowres)
+            if m.sum() >= MIN_TARGET_PIXELS:
+                gt.append(Target(m, names[c], "gt"))
+        imask = []
+        if use_imask and e.imask is not None:
+            try:
+                ids = read_imask(e.imask)
+            except InputError:
+                ids = None  # an image without its imask file still trains on its ground truth
+            if ids is not None:
+                # Cleaned in the low-res frame, as the reference cleans after resizing to its input size.
+                for m in clean_imask(ids_to_lowres(ids, frame, lowres), clean=clean_imasks):
+                    if m.sum() >= MIN_TARGET_PIXELS:
+                        imask.append(Target(m, None, "imask"))
+        if not gt and not imask:
+            continue
+        images.append(TrainImage(_image_key(Path(e.image)), Path(e.image), ds.name, e.stem, frame, gt, imask))
+    if not images:
+        raise InputError(
+            f"{root}: no usable target in split {spec.split!r} (every mask is empty, excluded or "
+            f"smaller than {MIN_TARGET_PIXELS} pixels at the network's resolution)"
+        )
+    return images

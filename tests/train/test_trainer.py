@@ -1,0 +1,208 @@
+"""The training loop on real btcv-demo slices with a tiny IMIS-Net-layout model: it learns, resumes
+exactly, runs data-parallel on CPU (gloo) with the single-process result, and fails cleanly."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import tiny_config, write_config
+
+from imis.errors import ImisError, InputError
+from imis.train.config import TrainConfig, load_train_config
+from imis.train.trainer import STATE_FILE, save_state, train
+
+
+def _cfg(btcv, tmp_path, cache, name="run", **over) -> TrainConfig:
+    path = write_config(tmp_path / f"{name}.yaml", tiny_config(btcv, tmp_path / name, cache, **over))
+    return load_train_config(path)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    obj = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
+    return obj["state_dict"]
+
+
+def _read_log(out: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(out / "train_log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_imis_net_learns(btcv_dir, tmp_path, embedding_cache):
+    cfg = _cfg(
+        btcv_dir,
+        tmp_path,
+        embedding_cache,
+        steps_per_epoch=12,
+        batch_images=1,
+        datasets=[{"path": str(btcv_dir), "split": "train", "max_images": 1}],
+        first_prompts={"box": 1.0},
+        interactions=1,
+    )
+    res = train(cfg, progress=False)
+    losses = [float(r["loss"]) for r in _read_log(res.out)]
+    assert len(losses) == 12 and res.skipped_steps == 0
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+    # the exported checkpoint loads through the registry and segments with a text prompt
+    from imis.models.registry import load_model
+
+    model = load_model(checkpoint=res.model_path)
+    assert "text" in model.prompt_types
+
+
+def test_resume_takes_the_same_next_step(btcv_dir, tmp_path, embedding_cache):
+    full = train(_cfg(btcv_dir, tmp_path, embedding_cache, "full"), progress=False)
+    cfg = _cfg(btcv_dir, tmp_path, embedding_cache, "split")
+    train(cfg, progress=False, stop_after=2)
+    assert (Path(cfg.out) / STATE_FILE).is_file() and not (Path(cfg.out) / "model.pt").exists()
+    resumed = train(cfg, progress=False)
+    assert resumed.steps == full.steps == 3
+    a, b = _weights(full.out), _weights(resumed.out)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+    la, lb = _read_log(full.out), _read_log(resumed.out)
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+
+
+def test_resume_refuses_another_configuration(btcv_dir, tmp_path, embedding_cache):
+    cfg = _cfg(btcv_dir, tmp_path, embedding_cache, "a")
+    train(cfg, progress=False, stop_after=1)
+    other = cfg.with_overrides(lr=0.5)
+    with pytest.raises(InputError, match="another configuration"):
+        train(other, progress=False)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_single_process(btcv_dir, tmp_path, embedding_cache):
+    single = train(_cfg(btcv_dir, tmp_path, embedding_cache, "single"), progress=False)
+    cfg_path = write_config(tmp_path / "ddp.yaml", tiny_config(btcv_dir, tmp_path / "ddp", embedding_cache))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "29517"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            "-m",
+            "imis.cli",
+            "train",
+            "--config",
+            str(cfg_path),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = _weights(single.out), _weights(tmp_path / "ddp")
+    assert a.keys() == b.keys()
+    # Adam normalises each element's step, so an element whose gradient is ~0 (pure rounding noise,
+    # summed in another order across processes) may move by up to lr either way; every other element
+    # must agree to float precision.
+    diffs = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
+    assert float(diffs.max()) <= 3 * 1e-3
+    assert float((diffs > 1e-5).float().mean()) < 0.01, float((diffs > 1e-5).float().mean())
+
+
+def test_nan_steps_are_skipped_counted_and_stop(btcv_dir, tmp_path, embedding_cache, monkeypatch):
+    import imis.train.interaction as interaction
+
+    real = interaction.mask_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):  # every loss of the first two steps is NaN
+        t = real(*args, **kw)
+        calls["n"] += 1
+        if calls["n"] <= 6:
+            t.total = t.total * float("nan")
+        return t
+
+    monkeypatch.setattr(interaction, "mask_loss", poisoned)
+    res = train(
+        _cfg(btcv_dir, tmp_path, embedding_cache, "nan", steps_per_epoch=4, interactions=0), progress=False
+    )
+    assert res.skipped_steps >= 1
+    rows = _read_log(res.out)
+    assert [int(r["skipped"]) for r in rows][:1] == [1] and int(rows[-1]["skipped"]) == 0
+    calls["n"] = 0
+    with pytest.raises(ImisError, match="non-finite"):
+        train(
+            _cfg(btcv_dir, tmp_path, embedding_cache, "nan2", max_nan_steps=0, interactions=0), progress=False
+        )
+
+
+def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / STATE_FILE
+    save_state(path, {"step": 1, "w": torch.ones(3)})
+    import imis.train.trainer as trainer
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer.torch, "save", full_disk)
+    with pytest.raises(ImisError, match="previous checkpoint .* is intact"):
+        save_state(path, {"step": 2, "w": torch.zeros(3)})
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_config_errors(btcv_dir, tmp_path):
+    base = tiny_config(btcv_dir, tmp_path / "o", tmp_path / "c")
+    with pytest.raises(InputError, match="unknown key 'learning_rate'.*did you mean"):
+        load_train_config(write_config(tmp_path / "a.yaml", {**base, "learning_rate": 1}))
+    with pytest.raises(InputError, match="unknown key 'spilt'"):
+        load_train_config(
+            write_config(
+                tmp_path / "b.yaml", {**base, "datasets": [{"path": str(btcv_dir), "spilt": "train"}]}
+            )
+        )
+    with pytest.raises(InputError, match="'datasets' is required"):
+        load_train_config(
+            write_config(tmp_path / "c.yaml", {k: v for k, v in base.items() if k != "datasets"})
+        )
+    with pytest.raises(InputError, match="configuration file not found"):
+        load_train_config(tmp_path / "missing.yaml")
+    missing = load_train_config(
+        write_config(tmp_path / "d.yaml", {**base, "datasets": [{"path": str(tmp_path / "nope")}]})
+    )
+    with pytest.raises(InputError, match="training dataset not found"):
+        train(missing, progress=False)
+
+
+def test_dataset_without_usable_target(btcv_dir, tmp_path, embedding_cache):
+    import json
+
+    names = list(json.loads((btcv_dir / "dataset.json").read_text())["labels"].values())
+    cfg = _cfg(
+        btcv_dir,
+        tmp_path,
+        embedding_cache,
+        "empty",
+        datasets=[{"path": str(btcv_dir), "max_images": 2, "imask": False, "exclude_targets": names}],
+    )
+    with pytest.raises(InputError, match="no usable target"):
+        train(cfg, progress=False)
+
+
+def test_cli_train_reports_bad_config(tmp_path, capsys):
+    from imis.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: [x]\nepochs: -1\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "epochs must be >= 1" in capsys.readouterr().err
