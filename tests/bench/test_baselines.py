@@ -182,3 +182,17 @@ def test_uint8_rgb_is_identity_on_full_range(test_images):
     assert np.array_equal(to_uint8_rgb(image), image)
     scaled = to_uint8_rgb(image.astype(np.float32) * 3.7 - 100.0)
     assert np.abs(scaled.astype(int) - image).max() <= 1
+
+
+def test_grabcut_does_not_depend_on_opencvs_global_rng(test_images):
+    import cv2
+
+    model = load_baseline("grabcut")
+    data = np.random.default_rng(0).random((200, 2)).astype(np.float32)
+    crit = (cv2.TERM_CRITERIA_MAX_ITER, 5, 1.0)
+    for image, lab, _ in test_images:  # without the reseed some of these masks change
+        emb = model.encode(image)
+        for mask in (m for m in lab if m.any()):
+            first = model.decode(emb, box_spec(mask)).logits
+            cv2.kmeans(data, 3, None, crit, 2, cv2.KMEANS_PP_CENTERS)  # advances OpenCV's global RNG
+            np.testing.assert_array_equal(model.decode(emb, box_spec(mask)).logits, first)

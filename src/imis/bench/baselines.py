@@ -212,6 +212,9 @@ class GrabCutBaseline(_Baseline):
         pos_c, neg_c = pos - (wy0, wx0), neg - (wy0, wx0)
         gc = np.full(crop.shape[:2], cv2.GC_BGD, dtype=np.uint8)
         gc[by0 : by1 + 1, bx0 : bx1 + 1] = cv2.GC_PR_FGD
+        # GrabCut seeds its colour models with k-means++ from OpenCV's global RNG: reseed it so that a
+        # prediction depends only on the image and the prompts, not on what ran before in the process.
+        cv2.setRNGSeed(0)
         try:
             bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
             rect = (bx0, by0, bx1 - bx0 + 1, by1 - by0 + 1)
