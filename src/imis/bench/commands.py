@@ -27,11 +27,21 @@ protocols:
   click-position per target: one uniformly random foreground click, binned by its distance to the
                  mask centroid over the equivalent radius sqrt(area/pi) (kinds click@[0,0.25) ...
                  click@>=1): Dice per distance bin
+  imis-paper the IMIS-Bench reference's test loop, for numbers comparable with the paper: per
+             first prompt (paper:click = a click among the 50% of foreground pixels nearest the
+             centroid, paper:box = tight box, paper:text), then rounds 2..N each feeding only the
+             newest click (uniform in the error region) plus the previous logits; best-of-3 masks
+             by predicted IoU; report the image-level Dice (see docs/protocols.md)
+
+--prompts FILE replays a prompt file (e.g. another run's RUN_DIR/prompts.json); a file made for
+other data is refused.
 
 examples:
   imis bench --models litemedsam,grabcut --data data/btcv-demo:test --protocol single -o runs/single
   imis bench --models litemedsam --data data/btcv-demo --protocol iterative --seed 1 -o runs/iter
   imis bench --models litemedsam --data data/btcv-demo --protocol box-offset -o runs/offset
+  imis bench --models litemedsam --data data/btcv-demo --protocol imis-paper -o runs/paper
+  imis bench --models grabcut --data data/btcv-demo --prompts runs/single/prompts.json -o runs/gc
   imis report runs/single runs/iter
 """
 
@@ -63,6 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         nsd_tolerance_mm=args.nsd_tolerance,
         limit_images=args.limit_images,
         device=args.device,
+        prompts_file=args.prompts,
     )
     summary = run_bench(config, args.output, progress=not args.no_progress)
     print(format_table(merge_runs([args.output])), end="")
@@ -109,7 +120,9 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--seed", type=int, default=0, help="seed of every simulated prompt (default 0)")
     b.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory")
-    b.add_argument("--max-interactions", type=int, default=9, help="iterative: interactions per target (9)")
+    b.add_argument(
+        "--max-interactions", type=int, default=9, help="iterative, imis-paper: interactions per target (9)"
+    )
     b.add_argument(
         "--click-simulator",
         choices=CLICK_SIMULATORS,
@@ -121,6 +134,13 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         choices=FIRST_CLICKS,
         default="center",
         help="which first click of the prompt file (center)",
+    )
+    b.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="replay this prompt file (made for the same data) instead of generating prompts from --seed",
     )
     b.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     b.add_argument("--limit-images", type=int, default=None, help="only the first N images (quick runs)")

@@ -5,11 +5,11 @@ Two averages of every metric are given, as they differ on small targets:
 * mask level: the mean over all (image, target) masks;
 * image level (the IMIS paper's "Image Avg Dice"): the mean over each image's masks, then over images.
 
-``summary.json`` holds, per model and prompt kind (``iterative@k`` for interaction k, ``box+<px>`` per box
-offset, ``click@<bin>`` per click-distance bin): both averages,
-the counts, and breakdowns per target, anatomical group and dataset; NoC@85/90 and failures for the
-iterative protocol; skipped kinds and errors with their reasons. ``results.csv`` is the flat table,
-``leaderboard.md`` the models x prompt kinds table, ``figures/`` the bar and curve plots.
+``summary.json`` holds, per model and prompt kind (``iterative@k`` for interaction k, ``paper:<mode>@k``
+for round k of the imis-paper protocol, ``box+<px>`` per box offset, ``click@<bin>`` per click-distance
+bin): both averages, the counts, and breakdowns per target, anatomical group and dataset; NoC@85/90 and
+failures for the iterative protocol; skipped kinds and errors with their reasons. ``results.csv`` is the
+flat table, ``leaderboard.md`` the models x prompt kinds table, ``figures/`` the bar and curve plots.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from imis.bench.runner import CLICK_BINS, SINGLE_KINDS, read_rows
+from imis.bench.runner import CLICK_BINS, PAPER_KINDS, SINGLE_KINDS, read_rows
 from imis.errors import InputError
 
 __all__ = ["aggregate", "format_table", "merge_runs", "write_report"]
@@ -50,7 +50,22 @@ def _levels(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _kind_label(row: dict[str, Any]) -> str:
-    return f"iterative@{row['k']}" if row["kind"] == "iterative" else row["kind"]
+    return f"{row['kind']}@{row['k']}" if _is_sequence(row["kind"]) else row["kind"]
+
+
+def _is_sequence(kind: str) -> bool:
+    """Kinds scored after each interaction: iterative and the imis-paper modes (labelled ``kind@k``)."""
+    return kind == "iterative" or kind in PAPER_KINDS
+
+
+def _curves(kinds: Iterable[str]) -> dict[str, list[int]]:
+    """``{sequence kind: sorted interactions}`` of labels such as ``iterative@3`` or ``paper:box@2``."""
+    out: dict[str, list[int]] = defaultdict(list)
+    for k in kinds:
+        base, sep, n = k.rpartition("@")
+        if sep and _is_sequence(base) and n.isdigit():
+            out[base].append(int(n))
+    return {b: sorted(v) for b, v in out.items()}
 
 
 def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,8 +122,11 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _kind_order(kinds: Iterable[str]) -> list[str]:
     def key(k: str) -> tuple:
-        if k.startswith("iterative@"):
-            return (3, int(k.split("@")[1]), "")
+        base, _, n = k.rpartition("@")
+        if base == "iterative" and n.isdigit():
+            return (3, int(n), "")
+        if base in PAPER_KINDS and n.isdigit():  # imis-paper: by first-prompt mode, then round
+            return (4, list(PAPER_KINDS).index(base) * 1000 + int(n), "")
         if k.startswith("box+") and k[4:].isdigit():  # box-offset protocol, by offset
             return (1, int(k[4:]), "")
         if k.startswith("click@"):  # click-position protocol, by distance bin
@@ -191,7 +209,9 @@ def _figures(summary: dict[str, Any], fig_dir: Path) -> list[Path]:
     res = summary["results"]
     models = list(res)
     written = []
-    single = [k for k in _kind_order(k for m in res.values() for k in m) if not k.startswith("iterative@")]
+    all_kinds = _kind_order(k for m in res.values() for k in m)
+    curves = _curves(all_kinds)
+    single = [k for k in all_kinds if not _is_sequence(k.rpartition("@")[0])]
     if single:  # Fig. 5: bars per model and prompt kind
         fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(single) * max(1, len(models))), 4))
         width = 0.8 / max(1, len(models))
@@ -206,13 +226,15 @@ def _figures(summary: dict[str, Any], fig_dir: Path) -> list[Path]:
         written.append(fig_dir / "dice_by_prompt.png")
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
-    if any(k.startswith("iterative@") for m in res.values() for k in m):  # Fig. 6: Dice vs interactions
+    if curves:  # Fig. 6: Dice vs interactions (image level for imis-paper, as the paper reports it)
         fig, ax = plt.subplots(figsize=(6, 4))
+        level = "dice_mask" if list(curves) == ["iterative"] else "dice_image"
         for model in models:
-            ks = sorted(int(k.split("@")[1]) for k in res[model] if k.startswith("iterative@"))
-            ax.plot(ks, [res[model][f"iterative@{k}"]["dice_mask"] for k in ks], marker="o", label=model)
+            for base, ks in _curves(res[model]).items():
+                label = model if list(curves) == ["iterative"] else f"{model} {base}"
+                ax.plot(ks, [res[model][f"{base}@{k}"][level] for k in ks], marker="o", label=label)
         ax.set_xlabel("interactions")
-        ax.set_ylabel("Dice (mask level)")
+        ax.set_ylabel("Dice (mask level)" if level == "dice_mask" else "Dice (image level)")
         ax.set_ylim(0, 1)
         ax.legend()
         fig.tight_layout()
@@ -221,9 +243,10 @@ def _figures(summary: dict[str, Any], fig_dir: Path) -> list[Path]:
         plt.close(fig)
     # per anatomical group: the box kind (single) or the last interaction (iterative)
     for model in models:
-        kinds = [k for k in ("box", "click") if k in res[model]] or sorted(
-            (k for k in res[model] if k.startswith("iterative@")), key=lambda k: int(k.split("@")[1])
-        )[-1:]
+        seq = _curves(res[model])
+        kinds = [k for k in ("box", "click") if k in res[model]] or [
+            f"{b}@{ks[-1]}" for b, ks in seq.items()
+        ][:1]
         if not kinds:
             continue
         by = res[model][kinds[0]]["by_group"]

@@ -12,7 +12,9 @@ Rows (``status`` is ``ok``, ``skipped`` or ``error``)::
      "seconds", "encode_seconds", "click", "reason"}
 
 ``kind`` is a single-protocol prompt kind (``click``, ``box``, ``text``, ``click+box``, ``box+text``,
-``click+text``), ``iterative`` (``k`` = interaction 1..N), ``noc`` (the NoC@85/90 of one target:
+``click+text``), ``iterative`` (``k`` = interaction 1..N), ``paper:click`` / ``paper:box`` / ``paper:text``
+(the imis-paper protocol, ``k`` = round 1..N after that first prompt; see :func:`paper_correction` and
+``docs/protocols.md``), ``noc`` (the NoC@85/90 of one target:
 ``noc85``, ``noc90``, ``failed85``, ``failed90``), ``box+<px>`` (box-offset protocol: the prompt file's box
 with each coordinate offset by up to <px> pixels) or ``click@<bin>`` (click-position protocol: the uniform
 first click, binned by ``click_distance``, its distance to the mask centroid divided by the mask's
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,18 +52,22 @@ from imis.prompts import (
 
 __all__ = [
     "CLICK_SIMULATORS",
+    "PAPER_KINDS",
     "PROTOCOLS",
     "SINGLE_KINDS",
     "BenchConfig",
     "click_bin",
     "click_distance",
     "load_any_model",
+    "paper_correction",
+    "paper_dice_iou",
+    "paper_mask",
     "read_rows",
     "row_key",
     "run_bench",
 ]
 
-PROTOCOLS = ("single", "iterative", "box-offset", "click-position")
+PROTOCOLS = ("single", "iterative", "box-offset", "click-position", "imis-paper")
 CLICK_SIMULATORS = ("ritm", "uniform", "largest-component")
 FIRST_CLICKS = ("center", "centroid", "uniform")
 BASELINES = ("grabcut", "random-walker")
@@ -73,6 +80,9 @@ SINGLE_KINDS: dict[str, tuple[str, ...]] = {
     "box+text": ("box", "text"),
     "click+text": ("point", "text"),
 }
+#: imis-paper: the reference test.py's first-prompt modes (--prompt_mode points | bboxes | text) and the
+#: model prompt type each needs
+PAPER_KINDS: dict[str, str] = {"paper:click": "point", "paper:box": "box", "paper:text": "text"}
 NOC_THRESHOLDS = (0.85, 0.90)
 BOX_OFFSETS = (0, 5, 10, 20)
 #: click-position bin edges, in units of the mask's equivalent radius sqrt(area/pi)
@@ -99,10 +109,65 @@ def click_bin(distance: float) -> str:
     return CLICK_BINS[-1]
 
 
+def paper_correction(
+    pred: np.ndarray, gt: np.ndarray, rng: np.random.Generator
+) -> tuple[tuple[int, int], int]:
+    """The IMIS-Bench reference's correction click (``get_points_from_interaction`` at test time, k = 1):
+    ``((x, y), label)`` drawn uniformly over the error region ``pred XOR gt``, **with replacement** (an
+    earlier click may be drawn again), label 1 on a false negative and 0 on a false positive.
+
+    With no error left the reference feeds a padding point, label -1 ("not a point": the prompt encoder
+    zeroes its position code, so only the previous logits steer the decoder); its coordinates are drawn
+    uniformly in the image (the reference draws them in [0, 256), which does not change the result).
+    """
+    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
+    ys, xs = np.nonzero(p ^ g)
+    if ys.size:
+        i = int(rng.integers(ys.size))
+        x, y = int(xs[i]), int(ys[i])
+        return (x, y), int(g[y, x])
+    h, w = g.shape
+    return (int(rng.integers(w)), int(rng.integers(h))), -1
+
+
+def paper_mask(logits: np.ndarray) -> np.ndarray:
+    """The reference's threshold: ``sigmoid(logits) > 0.5`` in float32 (logits in (0, ~3e-8) round to
+    exactly 0.5 and stay background, unlike ``logits > 0``)."""
+    import torch
+
+    return (torch.sigmoid(torch.from_numpy(np.asarray(logits, dtype=np.float32))) > 0.5).numpy()
+
+
+def paper_dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    """The reference test.py's per-mask metrics: ``2|P∩G| / (|P| + |G| + 1e-8)`` and
+    ``|P∩G| / (|P∪G| + 1e-8)`` (empty ground truth is never evaluated there)."""
+    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
+    inter = float(np.count_nonzero(p & g))
+    sp, sg = float(np.count_nonzero(p)), float(np.count_nonzero(g))
+    return 2.0 * inter / (sp + sg + 1e-8), inter / (sp + sg - inter + 1e-8)
+
+
+@contextmanager
+def _best_iou(model: Any) -> Iterator[None]:
+    """Decode with the reference's mask choice (multimask output, the highest predicted IoU) on models
+    whose ``multimask`` policy says otherwise; restored afterwards."""
+    old = getattr(model, "multimask", None)
+    if old is None or old == "best_iou":
+        yield
+        return
+    model.multimask = "best_iou"
+    try:
+        yield
+    finally:
+        model.multimask = old
+
+
 @dataclass
 class BenchConfig:
     """What to run. ``data``: an IMed-361M dataset folder; ``split``: its entry list (``test``/``train``);
-    ``limit_images``: only the first N images of the split (sorted by name), for quick runs."""
+    ``limit_images``: only the first N images of the split (sorted by name), for quick runs;
+    ``prompts_file``: a prompt file to replay instead of generating one (it must have been made for this
+    data: see :func:`_user_prompts`)."""
 
     models: tuple[str, ...]
     data: Path
@@ -116,6 +181,7 @@ class BenchConfig:
     noc_cap: int = 20
     limit_images: int | None = None
     device: str = "cpu"
+    prompts_file: Path | None = None
     model_loader: Callable[[str], Any] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
@@ -145,6 +211,7 @@ class BenchConfig:
         d.pop("model_loader")
         d["models"] = list(self.models)
         d["data"] = str(self.data)
+        d["prompts_file"] = None if self.prompts_file is None else str(self.prompts_file)
         return d
 
 
@@ -258,10 +325,69 @@ def _load_data(config: BenchConfig) -> tuple[str, list[_Image], list[dict[str, A
     return ds.name, images, bad
 
 
+_PROMPT_CLICKS = ("uniform", "centroid", "center")
+
+
+def _user_prompts(path: Path, samples: list[tuple[str, str, np.ndarray]], fingerprint: str) -> dict[str, Any]:
+    """A user's prompt file, checked against the data: the dataset fingerprint must match, or (for a
+    subset of the data, e.g. ``--limit-images``) every (image, target) of the data must be in the file with
+    the same mask checksum; the file then keeps only those targets. Each target must hold the prompts the
+    protocols read. Raises InputError naming the file and the reason."""
+    from imis.prompts import mask_checksum
+
+    obj = load_prompts(path, None)
+    if obj["dataset_fingerprint"] != fingerprint:
+        have = {
+            (r.get("image_id"), r.get("target")): r.get("mask_sha256")
+            for r in obj["targets"]
+            if isinstance(r, dict)
+        }
+        if not all(have.get((i, t)) == mask_checksum(m) for i, t, m in samples):
+            raise InputError(
+                f"{path}: prompt file was made for another dataset (fingerprint "
+                f"{obj['dataset_fingerprint'][:12]}..., this data {fingerprint[:12]}...; its targets or "
+                "masks differ); regenerate it for this data"
+            )
+        wanted = {(i, t) for i, t, _ in samples}
+        obj = dict(obj, dataset_fingerprint=fingerprint)
+        obj["targets"] = [r for r in obj["targets"] if (r.get("image_id"), r.get("target")) in wanted]
+    for r in obj["targets"]:
+        if not isinstance(r, dict) or "skip_reason" in r:
+            continue
+        clicks, boxes = r.get("clicks"), r.get("boxes")
+        ok = (
+            isinstance(clicks, dict)
+            and all(isinstance(clicks.get(c), list) and len(clicks[c]) == 2 for c in _PROMPT_CLICKS)
+            and isinstance(boxes, dict)
+            and isinstance(boxes.get("tight"), list)
+            and len(boxes["tight"]) == 4
+        )
+        if not ok:
+            raise InputError(
+                f"{path}: target {r.get('image_id')}/{r.get('target')} lacks its clicks "
+                f"({', '.join(_PROMPT_CLICKS)}) or its tight box"
+            )
+    return obj
+
+
 def _prompts(config: BenchConfig, images: list[_Image], out_dir: Path, has_rows: bool) -> dict[str, Any]:
     samples = [(im.image_id, t, m) for im in images for t, m in im.masks.items()]
     fingerprint = dataset_fingerprint(samples)
     path = out_dir / "prompts.json"
+    if config.prompts_file is not None:
+        obj = _user_prompts(Path(config.prompts_file), samples, fingerprint)
+        if path.is_file() and has_rows:
+            try:
+                same = load_prompts(path, None) == obj
+            except InputError:
+                same = False
+            if not same:
+                raise InputError(
+                    f"{config.prompts_file}: differs from {path}, whose predictions this run directory "
+                    "holds: use a new -o"
+                )
+        save_prompts(path, obj)
+        return obj
     if path.is_file():
         try:
             obj = load_prompts(path, fingerprint)
@@ -364,6 +490,8 @@ class _Run:
             return [(f"box+{off}", 1) for off in self.box_offsets]
         if protocol == "click-position":
             return [(f"click@{click_bin(click_distance(rec['clicks']['uniform'], gt))}", 1)]
+        if protocol == "imis-paper":
+            return [(kind, k) for kind in PAPER_KINDS for k in range(1, self.config.max_interactions + 1)]
         return [("iterative", k) for k in range(1, self.config.max_interactions + 1)] + [("noc", 0)]
 
     def expected(self, model: str, image: _Image, recs: list[dict[str, Any]]) -> list[tuple]:
@@ -395,6 +523,9 @@ class _Run:
                 self._single(name, model, emb, image, rec, gt, enc)
             elif self.config.protocol in ("box-offset", "click-position"):
                 self._variants(name, model, emb, image, rec, gt, enc)
+            elif self.config.protocol == "imis-paper":
+                with _best_iou(model):
+                    self._paper(name, model, emb, image, rec, gt, enc)
             else:
                 self._iterative(name, model, emb, image, rec, gt, enc)
 
@@ -535,6 +666,81 @@ class _Run:
         row["dice"] = dices[min(len(dices), cfg.max_interactions) - 1]
         self.writer.write(row)
 
+    def _paper_first(self, kind: str, rec: dict[str, Any], gt: np.ndarray, rng: np.random.Generator):
+        """Round 1 of the imis-paper protocol: the click among the 50% of foreground pixels nearest the
+        centroid (the prompt file's ``centroid`` click), the tight box, or the target's text."""
+        from imis.models.interactive import PromptSpec
+
+        if kind == "paper:box":
+            return PromptSpec(box=np.array(rec["boxes"]["tight"], dtype=np.float64)), {}
+        if kind == "paper:text":
+            return PromptSpec(text=rec["target"]), {}
+        xy, label = rec["clicks"]["centroid"], 1
+        if int(rec.get("area", 2)) == 1:
+            # the reference's fallback: int(0.5 * 1) == 0 candidates -> a random background pixel, label 0
+            ys, xs = np.nonzero(~np.asarray(gt, bool))
+            i = int(rng.integers(ys.size))
+            xy, label = [int(xs[i]), int(ys[i])], 0
+        spec = PromptSpec(points=np.array([xy], dtype=np.float64), labels=np.array([label]))
+        return spec, {"click": "centroid", "label": label}
+
+    def _paper(self, name, model, emb, image, rec, gt, enc) -> None:
+        """The imis-paper protocol (IMIS-Bench test.py): per first-prompt mode, round 1 decodes that prompt
+        alone; each later round decodes only the newest correction click (:func:`paper_correction`) plus
+        the previous round's low-res logits as the mask prompt (no click history, no box, no text); the
+        mask is the best of the multimask outputs by predicted IoU, thresholded at sigmoid > 0.5
+        (:func:`paper_mask`) at native resolution; every round 1..N is decoded and scored (no early
+        stop, no NoC)."""
+        from imis.models.interactive import PromptSpec
+
+        cfg = self.config
+        target = rec["target"]
+        types = set(model.prompt_types)
+        for kind, need in PAPER_KINDS.items():
+            keys = [(name, image.image_id, target, kind, k) for k in range(1, cfg.max_interactions + 1)]
+            if all(key in self.writer.done for key in keys):
+                continue
+            rng = prompt_rng(cfg.seed, image.image_id, target, f"imis-paper/{kind}")
+            first, extra = self._paper_first(kind, rec, gt, rng)
+            if need not in types:
+                reason = f"model does not take {need} prompts"
+            elif cfg.max_interactions > 1 and "mask" not in types:
+                reason = (
+                    "imis-paper feeds the previous logits back as a mask prompt; model takes no mask prompts"
+                )
+            else:
+                reason = _unsupported(model, first)
+            if reason:
+                for k in range(1, cfg.max_interactions + 1):
+                    row = self.base(name, image.image_id, target, kind, k)
+                    row.update(status="skipped", reason=reason)
+                    self.writer.write(row)
+                continue
+            pred = mask = None
+            for k in range(1, cfg.max_interactions + 1):
+                row = self.base(name, image.image_id, target, kind, k)
+                if k == 1:
+                    spec = first
+                    row.update(extra)
+                else:
+                    xy, label = paper_correction(mask, gt, rng)
+                    spec = PromptSpec(
+                        points=np.array([xy], dtype=np.float64),
+                        labels=np.array([label]),
+                        mask_logits=pred.low_res_logits,
+                    )
+                    row.update(click="uniform-error", label=label)
+                try:
+                    pred, secs = self._decode(model, emb, spec)
+                    mask = paper_mask(pred.logits)
+                    m = _metrics(mask, gt, image.spacing, cfg.nsd_tolerance_mm)
+                    m["dice"], m["iou"] = paper_dice_iou(mask, gt)
+                except Exception as exc:  # noqa: BLE001
+                    self._error(row, exc)
+                    break
+                row.update(m, status="ok", seconds=secs, encode_seconds=enc)
+                self.writer.write(row)
+
 
 def _progress(iterable, total: int, desc: str, enabled: bool) -> Iterator:
     if not enabled:
@@ -563,7 +769,8 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -
         if "skip_reason" not in rec:
             by_image.setdefault(rec["image_id"], []).append(rec)
     if config.protocol == "box-offset" and not set(BOX_OFFSETS) <= set(prompts.get("box_offsets", [])):
-        raise InputError(f"{out / 'prompts.json'}: lacks the box offsets {list(BOX_OFFSETS)}")
+        src = config.prompts_file or out / "prompts.json"
+        raise InputError(f"{src}: prompt file lacks the box offsets {list(BOX_OFFSETS)}")
     writer = _Writer(pred_path)
     run = _Run(config, dataset, writer)
     try:

@@ -1,0 +1,75 @@
+"""`imis bench --prompts FILE` through the CLI: a prompt file is replayed as given, one made for other data
+is refused with a one-line error naming the file and the reason (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from imis.cli import main
+from imis.prompts import generate_prompts, save_prompts
+
+
+def _bench(btcv_dir, out, *extra):
+    return main(
+        ["bench", "--models", "grabcut", "--data", f"{btcv_dir}:test", "--limit-images", "1"]
+        + ["--no-progress", "-o", str(out), *extra]
+    )
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("imis: error: "), err
+    assert "\n" not in err, err
+    return err
+
+
+def test_prompts_file_is_replayed(btcv_dir, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert _bench(btcv_dir, first, "--seed", "5") == 0
+    # the file of the seed-5 run, replayed in a run whose own seed would give other prompts
+    given = tmp_path / "given.json"
+    given.write_bytes((first / "prompts.json").read_bytes())
+    second = tmp_path / "second"
+    assert _bench(btcv_dir, second, "--seed", "6", "--prompts", str(given)) == 0
+    assert (second / "prompts.json").read_bytes() == given.read_bytes()
+    a, b = (json.loads((d / "summary.json").read_text())["results"] for d in (first, second))
+    assert a["grabcut"]["box"]["dice_mask"] == b["grabcut"]["box"]["dice_mask"]
+    assert json.loads((second / "config.json").read_text())["prompts_file"] == str(given)
+    capsys.readouterr()
+
+
+def test_prompts_file_of_the_whole_split_serves_a_subset(btcv_dir, tmp_path, capsys):
+    whole = tmp_path / "whole"
+    assert _bench(btcv_dir, whole, "--limit-images", "2") == 0  # the later --limit-images wins
+    out = tmp_path / "subset"
+    assert _bench(btcv_dir, out, "--prompts", str(whole / "prompts.json")) == 0
+    sub = json.loads((out / "prompts.json").read_text())
+    full = json.loads((whole / "prompts.json").read_text())
+    assert 0 < len(sub["targets"]) < len(full["targets"])
+    assert all(t in full["targets"] for t in sub["targets"])
+    capsys.readouterr()
+
+
+def test_prompts_file_of_another_dataset_is_refused(btcv_dir, tmp_path, capsys):
+    mask = np.zeros((512, 512), bool)
+    mask[100:200, 100:200] = True
+    other = tmp_path / "other_prompts.json"
+    save_prompts(other, generate_prompts([("someone_else_001", "liver", mask)], "single", 0))
+    assert _bench(btcv_dir, tmp_path / "run", "--prompts", str(other)) == 2
+    err = _one_line_error(capsys)
+    assert str(other) in err and "another dataset" in err
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def test_bad_prompts_files_are_refused(btcv_dir, tmp_path, capsys):
+    missing = tmp_path / "missing.json"
+    assert _bench(btcv_dir, tmp_path / "r1", "--prompts", str(missing)) == 2
+    err = _one_line_error(capsys)
+    assert str(missing) in err and "not found" in err
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert _bench(btcv_dir, tmp_path / "r2", "--prompts", str(broken)) == 2
+    err = _one_line_error(capsys)
+    assert str(broken) in err and "not a valid prompt file" in err
