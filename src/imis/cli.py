@@ -13,7 +13,7 @@ from pathlib import Path
 
 from imis.errors import ImisError, InputError, PromptError
 
-DEFAULT_MODEL = "litemedsam"
+DEFAULT_MODEL = "imis-lite"  # falls back to litemedsam where imis-lite's weights are not installed
 
 EPILOG_SEGMENT = """\
 examples:
@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice index of a volume")
     seg.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"registry model (default {DEFAULT_MODEL}); see `imis models`"
+        "--model",
+        default=None,
+        help=f"registry model (default {DEFAULT_MODEL}, or litemedsam where its weights are missing); "
+        "see `imis models`",
     )
     seg.add_argument(
         "--checkpoint", type=Path, default=None, help="weight file for models without embedded weights"
@@ -171,7 +174,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from imis.models.interactive import resolve_precision
 
     dtype = resolve_precision(args.precision, args.device)
-    model = load_model(args.model, checkpoint=args.checkpoint, device=args.device, dtype=dtype)
+    from imis.models.registry import default_model_name
+
+    # A weight file without --model keeps the old meaning (a LiteMedSAM-layout file, or one of our own
+    # checkpoints, which names its architecture itself).
+    name = args.model or ("litemedsam" if args.checkpoint else default_model_name())
+    model = load_model(name, checkpoint=args.checkpoint, device=args.device, dtype=dtype)
     t_load = time.perf_counter()
     session = Session(model)
     session.set_image(data.array, name=str(args.image))

@@ -115,6 +115,22 @@ def _litemedsam_weights() -> Path | None:
     return litemedsam.locate_weights()
 
 
+IMIS_LITE_WEIGHTS = Path(__file__).parent / "weights" / "imis_lite.pt"
+
+
+def _imis_lite_weights() -> Path | None:
+    # imis-lite ships only its trained prompt encoder, decoder and text projection; LiteMedSAM's
+    # package supplies the image encoder, so both must be present.
+    if IMIS_LITE_WEIGHTS.is_file() and _litemedsam_weights() is not None:
+        return IMIS_LITE_WEIGHTS
+    return None
+
+
+def default_model_name() -> str:
+    """The model used when none is named: imis-lite when its weights are installed, else LiteMedSAM."""
+    return "imis-lite" if _imis_lite_weights() is not None else "litemedsam"
+
+
 _IMAGENET_1024_SQUARE_NEAREST = Preprocess(1024, "square", "nearest", "imagenet", False)
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -131,6 +147,19 @@ REGISTRY: dict[str, ModelSpec] = {
             prompt_types=frozenset({"box", "point", "mask"}),
             license="Apache-2.0",
             embedded_weights=_litemedsam_weights,
+        ),
+        ModelSpec(
+            name="imis-lite",
+            description="imis-lite (ours): LiteMedSAM encoder + decoder trained for clicks, boxes and text "
+            "(MiniLM), see models/weights/imis_lite.md",
+            arch="imis-lite",
+            arch_kwargs={},
+            layout="litemedsam",
+            preprocess=Preprocess(256, "longest_side", "bilinear", "minmax01", True),
+            multimask="auto",
+            prompt_types=frozenset({"box", "point", "mask", "text"}),
+            license="Apache-2.0",
+            embedded_weights=_imis_lite_weights,
         ),
         ModelSpec(
             name="sam-vit-b",

@@ -117,7 +117,8 @@ class DatasetSpec:
 
     split: train | test | all; repeat: times each image appears per epoch; imask: also draw targets
     from the interactive-mask maps; exclude_targets: label names never trained on (held-out
-    structures); max_images: only the first N images (sorted), for quick runs.
+    structures); max_images: only the first N images (sorted), for quick runs; every: keep every Nth
+    image of the sorted list (a lighter share of a large dataset, all slicing axes kept).
     """
 
     path: str
@@ -126,6 +127,7 @@ class DatasetSpec:
     imask: bool = True
     exclude_targets: tuple[str, ...] = ()
     max_images: int | None = None
+    every: int = 1
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> DatasetSpec:
@@ -150,7 +152,10 @@ class DatasetSpec:
         max_images = data.get("max_images")
         if max_images is not None and (_check_type(max_images, int, where, "max_images") < 1):
             raise InputError(f"{where}: max_images must be >= 1")
-        return cls(path, split, repeat, imask, tuple(exclude), max_images)
+        every = _check_type(data.get("every", 1), int, where, "every")
+        if every < 1:
+            raise InputError(f"{where}: every must be >= 1, not {every}")
+        return cls(path, split, repeat, imask, tuple(exclude), max_images, every)
 
 
 @dataclass(frozen=True)

@@ -128,7 +128,7 @@ def load_images(
         raise InputError(f"{root}: training dataset not found")
     ds = read_dataset(root)
     entries = ds.entries if spec.split == "all" else ds.split(spec.split)
-    entries = sorted(entries, key=lambda e: e.stem)
+    entries = sorted(entries, key=lambda e: e.stem)[:: spec.every]
     if spec.max_images is not None:
         entries = entries[: spec.max_images]
     if not entries:
