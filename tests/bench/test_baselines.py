@@ -196,3 +196,32 @@ def test_grabcut_does_not_depend_on_opencvs_global_rng(test_images):
             first = model.decode(emb, box_spec(mask)).logits
             cv2.kmeans(data, 3, None, crit, 2, cv2.KMEANS_PP_CENTERS)  # advances OpenCV's global RNG
             np.testing.assert_array_equal(model.decode(emb, box_spec(mask)).logits, first)
+
+
+def test_random_walker_crop_solves_the_same_system(test_images):
+    """The walk solved on the box around the unknown pixels equals the whole-grid solve."""
+    model = load_baseline("random-walker")
+    solve = model._solve
+    image, lab, _ = test_images[0]
+    emb = model.encode(image)
+    checked = 0
+    for mask in (m for m in lab if m.any()):
+        c = center_click(mask)
+        x0, y0, x1, y1 = tight_box(mask)
+        for spec in (
+            click_spec(mask),
+            PromptSpec(
+                points=np.array([[c.x, c.y], [x0, y0]], dtype=np.float32),
+                labels=np.array([1, 0]),
+                box=np.array([x0, y0, x1, y1], dtype=np.float32),
+            ),
+        ):
+            pred = model.decode(emb, spec)
+            model._solve = lambda data, seeds, crop=True: solve(data, seeds, crop=False)
+            try:
+                whole = model.decode(emb, spec)
+            finally:
+                del model._solve
+            np.testing.assert_allclose(pred.logits, whole.logits, atol=1e-6)
+            checked += 1
+    assert checked >= 8

@@ -12,6 +12,7 @@ Coordinates are native pixels: clicks (x, y), boxes inclusive (x0, y0, x1, y1).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -311,9 +312,55 @@ class RandomWalkerBaseline(_Baseline):
         if n == 0 or (labels is not None and not (np.asarray(labels) > 0).any()):
             raise PromptError(f"model {self.name!r} needs at least one positive click (a box only bounds it)")
 
+    def _solve(self, data: np.ndarray, seeds: np.ndarray, crop: bool = True) -> np.ndarray:
+        """Foreground probability of the random walker (seeds: 1 foreground, 2 background, 0 unknown).
+
+        With ``crop`` the walk is solved on the bounding box of the unknown pixels grown by one pixel:
+        the same linear system (each unknown's equation involves only its 4 neighbours, all inside that
+        box), with ``beta`` rescaled so that the edge weights are the whole image's (scikit-image divides
+        beta by 10 x the data's standard deviation). Outside the box every pixel is a seed.
+        """
+        from skimage.segmentation import random_walker
+
+        channel_axis = -1 if data.ndim == 3 else None
+        beta = self.beta
+        box = None
+        if crop:
+            unknown = seeds == 0
+            rows, cols = np.flatnonzero(unknown.any(axis=1)), np.flatnonzero(unknown.any(axis=0))
+            h, w = seeds.shape
+            box = (
+                slice(max(0, int(rows[0]) - 1), min(h, int(rows[-1]) + 2)),
+                slice(max(0, int(cols[0]) - 1), min(w, int(cols[-1]) + 2)),
+            )
+            std_full, std_crop = float(data.std()), float(data[box].std())
+            if std_crop > 0 and std_full > 0:
+                beta = self.beta * std_crop / std_full
+            else:
+                box = None  # a flat crop: scikit-image's weights would divide by zero; solve it all
+        with warnings.catch_warnings():
+            # "probability range is outside [0, 1] given the tolerance": the CG solve's round-off at
+            # tol 1e-3; the probabilities are clipped by the caller
+            warnings.filterwarnings(
+                "ignore", message="The probability range is outside", category=UserWarning
+            )
+            sub = random_walker(
+                data if box is None else np.ascontiguousarray(data[box]),
+                seeds if box is None else np.ascontiguousarray(seeds[box]),
+                beta=beta,
+                mode=self.mode,
+                tol=self.tol,
+                return_full_prob=True,
+                channel_axis=channel_axis,
+            )[0]
+        if box is None:
+            return np.asarray(sub, dtype=np.float64)
+        prob = (seeds == 1).astype(np.float64)
+        prob[box] = sub
+        return prob
+
     def decode(self, embedding: BaselineEmbedding, prompts: PromptSpec, threshold: float = 0.0) -> Prediction:
         from scipy import ndimage
-        from skimage.segmentation import random_walker
 
         self.check_supported(prompts)
         frame = embedding.frame
@@ -352,18 +399,7 @@ class RandomWalkerBaseline(_Baseline):
         if not (seeds == 2).any():
             prob = np.ones((sh, sw), dtype=np.float64)  # nothing to separate from: all foreground
         elif (seeds == 0).any():
-            data = embedding.image
-            channel_axis = -1 if data.ndim == 3 else None
-            full = random_walker(
-                data,
-                seeds,
-                beta=self.beta,
-                mode=self.mode,
-                tol=self.tol,
-                return_full_prob=True,
-                channel_axis=channel_axis,
-            )
-            prob = np.asarray(full[0], dtype=np.float64)
+            prob = self._solve(embedding.image, seeds)
         else:
             prob = (seeds == 1).astype(np.float64)
         if (sh, sw) != (H, W):
