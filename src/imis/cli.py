@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="the main job on embedded real data (btcv-demo test split, Colin27)",
-        description="Segment btcv-demo's test split and Colin27 structures from boxes; print Dice; write overlays.",
+        description="Benchmark every registry model with weights available and the GrabCut and random-walker "
+        "baselines on btcv-demo's test split and a prepared Colin27+AAL set (single and iterative protocols); "
+        "print the leaderboard; write the reports.",
     )
     from imis import demo as demo_module
 

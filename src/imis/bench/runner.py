@@ -750,10 +750,13 @@ def _progress(iterable, total: int, desc: str, enabled: bool) -> Iterator:
     return iter(tqdm(iterable, total=total, desc=desc, unit="img", leave=False))
 
 
-def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+def run_bench(
+    config: BenchConfig, out_dir: str | Path, progress: bool = True, report: bool = True
+) -> dict[str, Any]:
     """Run ``config`` into ``out_dir`` (created; resumed when it holds an earlier run of the same data,
-    protocol and seed), then write the reports. Returns the summary (see :mod:`imis.bench.report`)."""
-    from imis.bench.report import write_report
+    protocol and seed), then write the reports (``report=False``: only aggregate, for runs whose rows are
+    merged elsewhere). Returns the summary (see :mod:`imis.bench.report`)."""
+    from imis.bench.report import aggregate, write_report
 
     config.validate()
     out = Path(out_dir)
@@ -786,4 +789,4 @@ def run_bench(config: BenchConfig, out_dir: str | Path, progress: bool = True) -
                 run.run_image(name, model, image, by_image.get(image.image_id, []))
     finally:
         writer.close()
-    return write_report(out)
+    return write_report(out) if report else aggregate(read_rows(pred_path))
