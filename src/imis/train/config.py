@@ -33,6 +33,7 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
     text_template: "A segmentation area of a {}."
     clean_imask: true          # the reference's imask cleaning (drop < 0.05 %, opening/closing)
     lr: 2.0e-5
+    text_lr_scale: 1.0         # learning-rate factor of the new text layers (projection, text-to-mask)
     weight_decay: 0.0
     warmup_steps: 100
     focal_weight: 20.0
@@ -228,6 +229,7 @@ class TrainConfig:
     text_template: str = "A segmentation area of a {}."
     clean_imask: bool = True
     lr: float = 2e-5
+    text_lr_scale: float = 1.0
     weight_decay: float = 0.0
     warmup_steps: int = 100
     focal_weight: float = 20.0
@@ -292,7 +294,7 @@ class TrainConfig:
             if v < 1:
                 raise InputError(f"{source}: grad_steps must be 'all' or >= 1, not {v}")
             kw["grad_steps"] = v
-        floats = ("lr", "weight_decay", "focal_weight", "dice_weight", "iou_weight")
+        floats = ("lr", "text_lr_scale", "weight_decay", "focal_weight", "dice_weight", "iou_weight")
         for key in floats:
             if key in data:
                 v = _check_type(data[key], float, source, key)

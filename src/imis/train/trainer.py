@@ -186,11 +186,32 @@ def save_state(path: Path, obj: dict[str, Any]) -> None:
         raise ImisError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); {kept}") from None
 
 
+_KEY_DEFAULTS = {"text_lr_scale": 1.0}
+
+
 def _config_key(cfg: TrainConfig) -> dict[str, Any]:
     d = cfg.to_json()
     for k in ("epochs", "out", "num_threads", "device", "checkpoint_every", "max_nan_steps"):
         d.pop(k, None)
+    # options added after a run started, left at their default, do not make it "another configuration"
+    for k, v in _KEY_DEFAULTS.items():
+        if d.get(k) == v:
+            d.pop(k)
     return json.loads(json.dumps(d, default=str))
+
+
+def base_model_name(init: str | None) -> str | None:
+    """The registry model whose image encoder a run starts from: ``init`` itself, or the ``base`` named
+    by one of our partial checkpoints."""
+    if not init:
+        return None
+    if not Path(init).is_file():
+        return init
+    try:
+        obj = torch.load(init, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a foreign or unreadable file names no base
+        return None
+    return obj.get("metadata", {}).get("base") if isinstance(obj, dict) else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -308,22 +329,28 @@ def train(
     trainable_prefixes = ["prompt_encoder", "mask_decoder", "text_projection"]
     if not freeze:
         trainable_prefixes.append("image_encoder")
-    params, trainable_names = [], set()
+    params, text_params, trainable_names = [], [], set()
     for n, p in net.named_parameters():
         keep = n.split(".", 1)[0] in trainable_prefixes
         p.requires_grad_(keep)
         if keep:
-            params.append(p)
+            # the new text layers start at zero: they may learn faster than the pretrained decoder
+            is_text = n.startswith(("text_projection.", "mask_decoder.text_output."))
+            (text_params if is_text else params).append(p)
             trainable_names.add(n)
     trainable_names |= {n for n, _ in net.named_buffers() if n.split(".", 1)[0] in trainable_prefixes}
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": params, "scale": 1.0}]
+    if text_params:
+        groups.append({"params": text_params, "scale": cfg.text_lr_scale})
+    optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = params + text_params
 
     store = None
     if freeze:
         from imis.train.embeddings import EmbeddingStore, encoder_id
 
         cache = Path(cfg.embedding_cache) if cfg.embedding_cache else out / "embeddings"
-        enc_name = cfg.model.init if cfg.model.init and not Path(cfg.model.init).is_file() else cfg.model.arch
+        enc_name = base_model_name(cfg.model.init) or cfg.model.arch
         store = EmbeddingStore(
             cache, net.image_encoder.eval(), pre, encoder_id(net.image_encoder, pre, enc_name), device
         )
@@ -449,7 +476,7 @@ def train(
                 }
             t_star = int(brng.integers(1, k)) if k >= 2 else k
             for g in _lr_groups(optimizer):
-                g["lr"] = _lr_at(cfg, global_step)
+                g["lr"] = _lr_at(cfg, global_step) * g.get("scale", 1.0)
             optimizer.zero_grad(set_to_none=False)
             stats = run_interaction(
                 net, embeddings, states, cfg, feats, grad_at, t_star, pre.input_size, device, amp_ctx
@@ -600,7 +627,8 @@ def export_model(
     from imis.models.registry import save_checkpoint
 
     freeze = cfg.model.freeze_image_encoder
-    partial = freeze and cfg.model.init and not Path(cfg.model.init).is_file()
+    base = base_model_name(cfg.model.init) if freeze else None
+    partial = base is not None
     text = getattr(net, "text_projection", None) is not None
     prompt_types = frozenset({"point", "box", "mask"} | ({"text"} if text else set()))
     model = InteractiveModel(cfg.name, net.cpu().eval(), pre, "auto", prompt_types, "Apache-2.0")
@@ -613,7 +641,7 @@ def export_model(
         "init_report": {k: (v[:20] if isinstance(v, list) else v) for k, v in load_report.items()},
     }
     if partial:
-        metadata["base"] = cfg.model.init
+        metadata["base"] = base
     only = ("prompt_encoder", "mask_decoder", "text_projection") if partial else None
     save_checkpoint(
         path, model, cfg.model.arch, cfg.model.arch_kwargs, metadata, half=bool(partial), only=only
