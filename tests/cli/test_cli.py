@@ -150,7 +150,7 @@ def test_bad_arrays(tmp_path, capsys, array, fragment):
         (["--box", "600,10,700,90"], "outside"),
         (["--click", "10,900,+"], "outside"),
         (["--box", "100,100,50,120"], "empty"),
-        (["--text", "liver"], "does not support text"),
+        (["--model", "litemedsam", "--text", "liver"], "does not support text"),
     ],
     ids=["box-outside", "click-outside", "empty-box", "text-unsupported"],
 )
