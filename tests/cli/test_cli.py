@@ -37,7 +37,11 @@ def _one_line_error(capsys) -> str:
 def test_segment_png_box_writes_mask_and_overlay(tmp_path, liver_png, liver_gt, capsys):
     out, overlay = tmp_path / "liver.png", tmp_path / "overlay.png"
     assert (
-        main(["segment", str(liver_png), "--box", LIVER_BOX, "-o", str(out), "--overlay", str(overlay)]) == 0
+        main(
+            ["segment", str(liver_png), "--model", "litemedsam", "--box", LIVER_BOX]
+            + ["-o", str(out), "--overlay", str(overlay)]
+        )
+        == 0
     )
     from PIL import Image
 
@@ -52,7 +56,7 @@ def test_segment_png_box_writes_mask_and_overlay(tmp_path, liver_png, liver_gt, 
 
 def test_segment_npy_and_nifti_outputs(tmp_path, liver_png, liver_gt):
     out = tmp_path / "liver.npy"
-    assert main(["segment", str(liver_png), "--box", LIVER_BOX, "-o", str(out)]) == 0
+    assert main(["segment", str(liver_png), "--model", "litemedsam", "--box", LIVER_BOX, "-o", str(out)]) == 0
     assert abs(dice(np.load(out) > 0, liver_gt) - 0.766) < 0.005
 
 
