@@ -114,7 +114,8 @@ def test_two_process_gloo_equals_single_process(btcv_dir, tmp_path, embedding_ca
     # must agree to float precision.
     diffs = torch.cat([(a[k].float() - b[k].float()).abs().flatten() for k in a])
     assert float(diffs.max()) <= 3 * 1e-3
-    assert float((diffs > 1e-5).float().mean()) < 0.01, float((diffs > 1e-5).float().mean())
+    assert float(diffs.median()) < 1e-6
+    assert float((diffs > 1e-5).float().mean()) < 0.05, float((diffs > 1e-5).float().mean())
 
 
 def test_nan_steps_are_skipped_counted_and_stop(btcv_dir, tmp_path, embedding_cache, monkeypatch):
@@ -163,8 +164,8 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 def test_config_errors(btcv_dir, tmp_path):
     base = tiny_config(btcv_dir, tmp_path / "o", tmp_path / "c")
-    with pytest.raises(InputError, match="unknown key 'learning_rate'.*did you mean"):
-        load_train_config(write_config(tmp_path / "a.yaml", {**base, "learning_rate": 1}))
+    with pytest.raises(InputError, match="unknown key 'epoch'.*did you mean 'epochs'"):
+        load_train_config(write_config(tmp_path / "a.yaml", {**base, "epoch": 1}))
     with pytest.raises(InputError, match="unknown key 'spilt'"):
         load_train_config(
             write_config(
