@@ -350,9 +350,15 @@ def _user_prompts(path: Path, samples: list[tuple[str, str, np.ndarray]], finger
             )
         wanted = {(i, t) for i, t, _ in samples}
         obj = dict(obj, dataset_fingerprint=fingerprint)
-        obj["targets"] = [r for r in obj["targets"] if (r.get("image_id"), r.get("target")) in wanted]
+        obj["targets"] = [
+            r
+            for r in obj["targets"]
+            if isinstance(r, dict) and (r.get("image_id"), r.get("target")) in wanted
+        ]
     for r in obj["targets"]:
-        if not isinstance(r, dict) or "skip_reason" in r:
+        if not isinstance(r, dict):
+            raise InputError(f"{path}: a target of the prompt file is not an object")
+        if "skip_reason" in r:
             continue
         clicks, boxes = r.get("clicks"), r.get("boxes")
         ok = (
