@@ -1,4 +1,5 @@
-"""File-name helpers shared by the readers and writers: compound extensions and atomic output."""
+"""File helpers shared by the readers, writers and configuration loaders: compound extensions, atomic
+output, YAML files with clear errors."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_output", "file_extension"]
+__all__ = ["atomic_output", "file_extension", "read_yaml"]
 
 
 def file_extension(path: str | os.PathLike) -> str:
@@ -46,3 +48,24 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         with suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def read_yaml(path: str | os.PathLike, what: str = "configuration") -> Any:
+    """Parse a YAML (or JSON) file; a missing, unreadable or invalid file is an InputError naming it."""
+    import yaml
+
+    from imis.errors import InputError
+
+    src = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{src}: {what} file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{src}: cannot read the {what} ({exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{src}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None

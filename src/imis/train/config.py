@@ -346,19 +346,8 @@ class TrainConfig:
 
 def load_train_config(path: str | Path) -> TrainConfig:
     """The configuration in a YAML (or JSON) file."""
-    import yaml
+    from imis.io.files import read_yaml
 
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the configuration ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    data = read_yaml(p)
     return TrainConfig.from_mapping(data, str(path), p.resolve().parent)

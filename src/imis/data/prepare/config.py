@@ -281,22 +281,11 @@ def load_config(path: str | os.PathLike | None) -> PrepareConfig:
     """The configuration in a YAML (or JSON) file; ``None`` gives the defaults."""
     if path is None:
         return PrepareConfig()
-    import yaml
+    from imis.io.files import read_yaml
 
     p = Path(path)
     src = str(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{src}: configuration file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{src}: cannot read the configuration ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{src}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    data = read_yaml(p)
     if data is None:
         return PrepareConfig()
     cfg = PrepareConfig.from_mapping(data, src)
