@@ -72,6 +72,11 @@ def test_lone_click_is_multimask_and_first_click_in_mask():
     assert clicks == (Click(34, 24, True),) or _mask()[clicks[0].y, clicks[0].x]
 
 
+def test_single_click_output_gives_one_mask_for_a_lone_click():
+    cfg = _cfg(first_prompts={"click": 1.0}, first_clicks={"center": 1.0}, click_output="single")
+    assert not any(step[4] for step in _sequence(0, cfg))
+
+
 def test_reference_schedule_rules():
     cfg = _cfg(interactions=4, schedule="reference", first_prompts={"click": 1.0}, corrections={"ritm": 1.0})
     seq = _sequence(1, cfg)

@@ -45,6 +45,7 @@ def test_tiny_imis_net_learns(btcv_dir, tmp_path, embedding_cache):
         datasets=[{"path": str(btcv_dir), "split": "train", "max_images": 1}],
         first_prompts={"box": 1.0},
         interactions=1,
+        click_output="single",
     )
     res = train(cfg, progress=False)
     losses = [float(r["loss"]) for r in _read_log(res.out)]
@@ -55,6 +56,7 @@ def test_tiny_imis_net_learns(btcv_dir, tmp_path, embedding_cache):
 
     model = load_model(checkpoint=res.model_path)
     assert "text" in model.prompt_types
+    assert model.multimask == "single"  # trained with one output for every prompt: exported so
 
 
 def test_resume_takes_the_same_next_step(btcv_dir, tmp_path, embedding_cache):
@@ -176,6 +178,8 @@ def test_config_errors(btcv_dir, tmp_path):
         load_train_config(
             write_config(tmp_path / "c.yaml", {k: v for k, v in base.items() if k != "datasets"})
         )
+    with pytest.raises(InputError, match="click_output must be one of multimask, single"):
+        load_train_config(write_config(tmp_path / "e.yaml", {**base, "click_output": "best"}))
     with pytest.raises(InputError, match="configuration file not found"):
         load_train_config(tmp_path / "missing.yaml")
     missing = load_train_config(

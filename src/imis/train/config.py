@@ -30,6 +30,9 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
     first_clicks: {centroid: 0.5, center: 0.25, uniform: 0.25}
     corrections: {uniform: 0.4, ritm: 0.4, largest-component: 0.2}
     box_jitter: 5
+    click_output: multimask    # multimask: SAM's rule, a lone click trains the best of three outputs and
+                               # the IoU head picks one; single: one output for every prompt (exported
+                               # with the "single" policy)
     text_template: "A segmentation area of a {}."
     clean_imask: true          # the reference's imask cleaning (drop < 0.05 %, opening/closing)
     lr: 2.0e-5
@@ -76,6 +79,7 @@ FIRST_CLICKS = ("centroid", "center", "uniform")
 CORRECTIONS = ("uniform", "ritm", "largest-component")
 ARCHS = ("imis-lite", "litemedsam", "imis-net")
 SCHEDULES = ("plain", "reference")
+CLICK_OUTPUTS = ("multimask", "single")
 
 
 def _unknown(keys: set[str], known: list[str], where: str) -> None:
@@ -226,6 +230,7 @@ class TrainConfig:
         default_factory=lambda: {"uniform": 0.4, "ritm": 0.4, "largest-component": 0.2}
     )
     box_jitter: int = 5
+    click_output: str = "multimask"
     text_template: str = "A segmentation area of a {}."
     clean_imask: bool = True
     lr: float = 2e-5
@@ -324,6 +329,10 @@ class TrainConfig:
             if data["schedule"] not in SCHEDULES:
                 raise InputError(f"{source}: schedule must be one of {', '.join(SCHEDULES)}")
             kw["schedule"] = data["schedule"]
+        if "click_output" in data:
+            if data["click_output"] not in CLICK_OUTPUTS:
+                raise InputError(f"{source}: click_output must be one of {', '.join(CLICK_OUTPUTS)}")
+            kw["click_output"] = data["click_output"]
         if "first_prompts" in data:
             kw["first_prompts"] = _probs(data["first_prompts"], FIRST_PROMPTS, source, "first_prompts")
         if "first_clicks" in data:

@@ -126,7 +126,7 @@ def next_prompt(state: MaskState, step: int, cfg: TrainConfig, t_star: int, text
     """The prompt of ``state`` at ``step`` (0: the first prompt; 1..K: corrections)."""
     text = state.text_index if "text" in state.first else None
     if step == 0:
-        lone_click = state.first == "click"
+        lone_click = state.first == "click" and cfg.click_output == "multimask"
         return Prompt(list(state.clicks), state.box, text, False, multimask=lone_click)
     new = _correction(state)
     if new is not None:

@@ -186,7 +186,7 @@ def save_state(path: Path, obj: dict[str, Any]) -> None:
         raise ImisError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); {kept}") from None
 
 
-_KEY_DEFAULTS = {"text_lr_scale": 1.0}
+_KEY_DEFAULTS = {"text_lr_scale": 1.0, "click_output": "multimask"}
 
 
 def _config_key(cfg: TrainConfig) -> dict[str, Any]:
@@ -581,6 +581,7 @@ def evaluate(
     from imis.train.interaction import Prompt, _decode_group
 
     net.eval()
+    multimask = cfg.click_output == "multimask"
     scores: dict[str, list[float]] = {"click": [], "box": [], "text": []}
     n = 0
     for img in images:
@@ -598,7 +599,7 @@ def evaluate(
             n += 1
             st = MaskState(target=t, image_index=0, rng=np.random.default_rng(0))
             prompts = {
-                "click": Prompt([center_click(t.mask)], None, None, False, multimask=True),
+                "click": Prompt([center_click(t.mask)], None, None, False, multimask=multimask),
                 "box": Prompt([], tight_box(t.mask), None, False),
             }
             if feats is not None and t.name in name_index:
@@ -631,7 +632,8 @@ def export_model(
     partial = base is not None
     text = getattr(net, "text_projection", None) is not None
     prompt_types = frozenset({"point", "box", "mask"} | ({"text"} if text else set()))
-    model = InteractiveModel(cfg.name, net.cpu().eval(), pre, "auto", prompt_types, "Apache-2.0")
+    policy = "auto" if cfg.click_output == "multimask" else "single"
+    model = InteractiveModel(cfg.name, net.cpu().eval(), pre, policy, prompt_types, "Apache-2.0")
     metadata: dict[str, Any] = {
         "text_template": cfg.text_template,
         "text_encoder": "minilm" if cfg.model.arch == "imis-lite" else ("clip" if text else None),
