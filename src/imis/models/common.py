@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LayerNorm2d", "MLP", "MLPBlock"]
+__all__ = ["FeedForward", "LayerNorm2d", "MLP", "MLPBlock", "SelfAttention"]
 
 
 class LayerNorm2d(nn.Module):
@@ -78,3 +78,50 @@ class MLP(nn.Module):
             if i < last:
                 x = F.relu(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention of the text towers (CLIP, MiniLM): x (B, L, D) -> (B, L, D).
+
+    ``mask``: an additive float mask broadcastable to (B, heads, L, L), or None, which means causal
+    attention when ``causal`` (CLIP's text tower) and full attention otherwise (BERT-style MiniLM).
+    Parameter names (``q_proj``/``k_proj``/``v_proj``/``out_proj``) are those of both towers' checkpoints.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, causal: bool = False) -> None:
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.causal = causal
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, d = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if mask is None and self.causal:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class FeedForward(nn.Module):
+    """(B, L, D) -> (B, L, D): ``fc1`` to ``intermediate_size``, ``act``, ``fc2`` back (text towers)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, act: nn.Module) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = act
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from imis.errors import CheckpointError, ModelNotAvailableError
+from imis.models.common import FeedForward, SelfAttention
 from imis.models.formats import load_strict
 from imis.models.formats import minilm as minilm_format
 from imis.models.formats.safetensors_io import read_safetensors
@@ -77,52 +78,14 @@ class MiniLMEmbeddings(nn.Module):
         return self.norm(x)
 
 
-class MiniLMAttention(nn.Module):
-    """Multi-head self-attention: x (B, L, D), additive mask (B, 1, 1, L) or None -> (B, L, D)."""
-
-    def __init__(self, hidden_size: int, num_heads: int) -> None:
-        super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(hidden_size, hidden_size)
-        self.v_proj = nn.Linear(hidden_size, hidden_size)
-        self.out_proj = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, n, d = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class MiniLMMLP(nn.Module):
-    """(B, L, D) -> (B, L, D): FC1 to ``intermediate_size``, activation, FC2 back."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int, act: str) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
-        self.act = _activation(act)
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class MiniLMLayer(nn.Module):
     """Post-norm transformer block: x (B, L, D), mask (B, 1, 1, L) or None -> (B, L, D)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, num_heads: int, act: str, eps: float):
         super().__init__()
-        self.attn = MiniLMAttention(hidden_size, num_heads)
+        self.attn = SelfAttention(hidden_size, num_heads)
         self.attn_norm = nn.LayerNorm(hidden_size, eps=eps)
-        self.mlp = MiniLMMLP(hidden_size, intermediate_size, act)
+        self.mlp = FeedForward(hidden_size, intermediate_size, _activation(act))
         self.mlp_norm = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -13,8 +13,9 @@ multi-head self-attention (scaled dot product, optional key-padding mask) and a 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from imis.models.common import FeedForward, SelfAttention
 
 __all__ = ["CLIPTextEncoder"]
 
@@ -35,50 +36,12 @@ class CLIPTextEmbeddings(nn.Module):
         return self.token_embedding(input_ids) + self.position_embedding.weight[:length]
 
 
-class CLIPAttention(nn.Module):
-    def __init__(self, hidden_size: int, num_heads: int) -> None:
-        super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
-        self.q_proj = nn.Linear(hidden_size, hidden_size)
-        self.k_proj = nn.Linear(hidden_size, hidden_size)
-        self.v_proj = nn.Linear(hidden_size, hidden_size)
-        self.out_proj = nn.Linear(hidden_size, hidden_size)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x (B, L, D); mask: None (causal only) or an additive (B, 1, L, L) float mask."""
-        b, n, d = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class CLIPMLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden_size, intermediate_size)
-        self.act = _QuickGELU()
-        self.fc2 = nn.Linear(intermediate_size, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class CLIPEncoderLayer(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int, num_heads: int, eps: float) -> None:
         super().__init__()
-        self.self_attn = CLIPAttention(hidden_size, num_heads)
+        self.self_attn = SelfAttention(hidden_size, num_heads, causal=True)
         self.layer_norm1 = nn.LayerNorm(hidden_size, eps=eps)
-        self.mlp = CLIPMLP(hidden_size, intermediate_size)
+        self.mlp = FeedForward(hidden_size, intermediate_size, _QuickGELU())
         self.layer_norm2 = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
