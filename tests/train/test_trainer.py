@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from train_helpers import tiny_config, write_config
@@ -211,3 +212,23 @@ def test_cli_train_reports_bad_config(tmp_path, capsys):
     bad.write_text("datasets: [x]\nepochs: -1\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_geometric_variants_train_and_are_cached(btcv_dir, tmp_path):
+    cache = tmp_path / "cache"
+    cfg = _cfg(
+        btcv_dir,
+        tmp_path,
+        cache,
+        "variants",
+        datasets=[{"path": str(btcv_dir), "split": "train", "max_images": 1, "variants": 2}],
+        steps_per_epoch=2,
+    )
+    res = train(cfg, progress=False)
+    assert res.steps == 2 and res.skipped_steps == 0
+    files = sorted(p.stem for p in cache.glob("*/*.npy"))
+    base = [f for f in files if "-" not in f]
+    assert len(base) == 1 and len(files) == 3  # the image and its two variants, each encoded once
+    assert all(f.startswith(base[0]) for f in files)
+    embs = [np.load(p) for p in sorted(cache.glob("*/*.npy"))]
+    assert not np.allclose(embs[0], embs[1]) and not np.allclose(embs[1], embs[2])

@@ -44,6 +44,9 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
     iou_weight: 1.0
     augment_prob: 0.2          # intensity scale and shift, each with this probability ...
     augment_factor: 0.2        # ... by up to this factor (only where the image encoder runs)
+    variant_rotate: 10.0       # bounds of the geometric variants a dataset asks for (``variants: N``):
+    variant_scale: 0.1         #   rotation +-degrees, zoom +-fraction, shift +-fraction of the side
+    variant_shift: 0.05
     embedding_cache: null      # folder for fp16 image embeddings (frozen encoder); null: <out>/embeddings
     amp: true                  # autocast on CUDA (bf16 where supported, else fp16 with a grad scaler)
     device: auto               # auto | cpu | cuda | cuda:N
@@ -123,7 +126,10 @@ class DatasetSpec:
     split: train | test | all; repeat: times each image appears per epoch; imask: also draw targets
     from the interactive-mask maps; exclude_targets: label names never trained on (held-out
     structures); max_images: only the first N images (sorted), for quick runs; every: keep every Nth
-    image of the sorted list (a lighter share of a large dataset, all slicing axes kept).
+    image of the sorted list (a lighter share of a large dataset, all slicing axes kept); variants:
+    N fixed random rotations/zooms/shifts of each image (targets warped alike) that train beside it.
+    With a frozen encoder the intensity augmentation cannot act (embeddings are cached), so these
+    variants are what augments: each one is encoded once and cached like an image.
     """
 
     path: str
@@ -133,6 +139,7 @@ class DatasetSpec:
     exclude_targets: tuple[str, ...] = ()
     max_images: int | None = None
     every: int = 1
+    variants: int = 0
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> DatasetSpec:
@@ -160,7 +167,10 @@ class DatasetSpec:
         every = _check_type(data.get("every", 1), int, where, "every")
         if every < 1:
             raise InputError(f"{where}: every must be >= 1, not {every}")
-        return cls(path, split, repeat, imask, tuple(exclude), max_images, every)
+        variants = _check_type(data.get("variants", 0), int, where, "variants")
+        if variants < 0:
+            raise InputError(f"{where}: variants must be >= 0, not {variants}")
+        return cls(path, split, repeat, imask, tuple(exclude), max_images, every, variants)
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,9 @@ class TrainConfig:
     iou_weight: float = 1.0
     augment_prob: float = 0.2
     augment_factor: float = 0.2
+    variant_rotate: float = 10.0
+    variant_scale: float = 0.1
+    variant_shift: float = 0.05
     embedding_cache: str | None = None
     amp: bool = True
     device: str = "auto"
@@ -306,11 +319,17 @@ class TrainConfig:
                 if not math.isfinite(v) or v < 0:
                     raise InputError(f"{source}: {key} must be a finite number >= 0, not {v}")
                 kw[key] = v
-        for key in ("augment_prob", "augment_factor"):
+        for key, hi in (
+            ("augment_prob", 1.0),
+            ("augment_factor", 1.0),
+            ("variant_rotate", 180.0),
+            ("variant_scale", 0.5),
+            ("variant_shift", 0.5),
+        ):
             if key in data:
                 v = _check_type(data[key], float, source, key)
-                if not 0.0 <= v <= 1.0:
-                    raise InputError(f"{source}: {key} must be in [0, 1], not {v}")
+                if not 0.0 <= v <= hi:
+                    raise InputError(f"{source}: {key} must be in [0, {hi:g}], not {v}")
                 kw[key] = v
         for key in ("clean_imask", "amp"):
             if key in data:

@@ -20,7 +20,17 @@ from imis.errors import ImisError, InputError
 from imis.models.preprocess import Frame, Preprocess, frame_for
 from imis.train.config import DatasetSpec
 
-__all__ = ["Target", "TrainImage", "clean_imask", "load_images", "to_lowres"]
+__all__ = [
+    "Geometry",
+    "Target",
+    "TrainImage",
+    "clean_imask",
+    "load_images",
+    "read_train_image",
+    "to_lowres",
+    "variant_affine",
+    "warp_image",
+]
 
 MIN_TARGET_PIXELS = 4  # in the low-res frame: smaller targets cannot be clicked/boxed meaningfully
 IMASK_MIN_FRACTION = 0.0005  # the reference's 0.05 %
@@ -37,7 +47,11 @@ class Target:
 
 @dataclass
 class TrainImage:
-    """One image: where it is, its cache key, its frame and its targets."""
+    """One image: where it is, its cache key, its frame and its targets.
+
+    ``affine``: for a geometric variant, the (2, 3) map applied to the native image (its targets are
+    already warped); None for the image itself.
+    """
 
     key: str
     path: Path
@@ -46,6 +60,67 @@ class TrainImage:
     frame: Frame
     gt: list[Target]
     imask: list[Target]
+    affine: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Bounds of the random variants: rotation +-degrees, zoom +-fraction, shift +-fraction of the side."""
+
+    rotate: float = 10.0
+    scale: float = 0.1
+    shift: float = 0.05
+
+
+def variant_affine(key: str, variant: int, hw: tuple[int, int], geometry: Geometry) -> np.ndarray:
+    """The (2, 3) native-pixel affine of variant ``variant`` (>= 1) of the image with cache key ``key``.
+
+    Drawn from the image key and the variant number only, so that every run (any seed) sees the same
+    variants and their cached embeddings are reused; rotation and zoom are about the image centre.
+    """
+    rng = np.random.default_rng([int(key[:12], 16), int(variant)])
+    angle = rng.uniform(-geometry.rotate, geometry.rotate)
+    zoom = 1.0 + rng.uniform(-geometry.scale, geometry.scale)
+    tx, ty = rng.uniform(-geometry.shift, geometry.shift, size=2)
+    h, w = hw
+    m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, zoom)
+    m[0, 2] += tx * w
+    m[1, 2] += ty * h
+    return m
+
+
+def _variant_key(key: str, m: np.ndarray) -> str:
+    # the cache key names the exact warp: another geometry never reuses a stale embedding
+    return f"{key}-{hashlib.sha1(np.round(m, 5).tobytes()).hexdigest()[:10]}"
+
+
+def warp_image(image: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """A native image (H, W) or (H, W, C) warped by ``m``; uncovered pixels take the image's minimum."""
+    h, w = image.shape[:2]
+    src = image if image.dtype in (np.uint8, np.uint16, np.int16, np.float32) else image.astype(np.float32)
+    out = cv2.warpAffine(
+        src, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=float(src.min())
+    )
+    return out.astype(image.dtype, copy=False)
+
+
+def read_train_image(path: Path, affine: np.ndarray | None = None) -> np.ndarray:
+    """The native image at ``path``, warped by ``affine`` when it is a geometric variant."""
+    from imis.data.formats.imed import read_image
+
+    image = read_image(path)
+    return image if affine is None else warp_image(image, affine)
+
+
+def _warp_mask(mask: np.ndarray, m: np.ndarray) -> np.ndarray:
+    h, w = mask.shape
+    return cv2.warpAffine(mask.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR) >= 0.5
+
+
+def _warp_ids(ids: np.ndarray, m: np.ndarray) -> np.ndarray:
+    h, w = ids.shape
+    out = cv2.warpAffine(ids.astype(np.float32), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=-1.0)
+    return out.astype(np.int64)
 
 
 def to_lowres(mask: np.ndarray, frame: Frame, lowres: int) -> np.ndarray:
@@ -116,8 +191,10 @@ def load_images(
     lowres: int,
     clean_imasks: bool = True,
     with_imask: bool | None = None,
+    geometry: Geometry | None = None,
 ) -> list[TrainImage]:
-    """Read one dataset's images and warp their targets to the low-res frame.
+    """Read one dataset's images and warp their targets to the low-res frame; with ``geometry``, each
+    image is followed by its ``spec.variants`` geometric variants.
 
     Raises InputError when the folder is not a dataset or has no usable target at all.
     """
@@ -144,27 +221,35 @@ def load_images(
         h, w = label.shape[-2:]
         frame = frame_for((h, w), preprocess)
         names = ds.label_names(label.shape[0])
-        gt = []
-        for c in range(label.shape[0]):
-            if names[c].lower() in excluded or not label[c].any():
-                continue
-            m = to_lowres(label[c], frame, lowres)
-            if m.sum() >= MIN_TARGET_PIXELS:
-                gt.append(Target(m, names[c], "gt"))
-        imask = []
+        ids = None
         if use_imask and e.imask is not None:
             try:
                 ids = read_imask(e.imask)
             except InputError:
                 ids = None  # an image without its imask file still trains on its ground truth
+        key = _image_key(Path(e.image))
+        n_variants = spec.variants if geometry is not None else 0
+        for v in range(n_variants + 1):
+            m = None if v == 0 else variant_affine(key, v, (h, w), geometry)
+            gt = []
+            for c in range(label.shape[0]):
+                if names[c].lower() in excluded or not label[c].any():
+                    continue
+                native = label[c] if m is None else _warp_mask(label[c], m)
+                lr_mask = to_lowres(native, frame, lowres)
+                if lr_mask.sum() >= MIN_TARGET_PIXELS:
+                    gt.append(Target(lr_mask, names[c], "gt"))
+            imask = []
             if ids is not None:
+                v_ids = ids if m is None else _warp_ids(ids, m)
                 # Cleaned in the low-res frame, as the reference cleans after resizing to its input size.
-                for m in clean_imask(ids_to_lowres(ids, frame, lowres), clean=clean_imasks):
-                    if m.sum() >= MIN_TARGET_PIXELS:
-                        imask.append(Target(m, None, "imask"))
-        if not gt and not imask:
-            continue
-        images.append(TrainImage(_image_key(Path(e.image)), Path(e.image), ds.name, e.stem, frame, gt, imask))
+                for lr_mask in clean_imask(ids_to_lowres(v_ids, frame, lowres), clean=clean_imasks):
+                    if lr_mask.sum() >= MIN_TARGET_PIXELS:
+                        imask.append(Target(lr_mask, None, "imask"))
+            if not gt and not imask:
+                continue
+            vkey = key if m is None else _variant_key(key, m)
+            images.append(TrainImage(vkey, Path(e.image), ds.name, e.stem, frame, gt, imask, m))
     if not images:
         raise InputError(
             f"{root}: no usable target in split {spec.split!r} (every mask is empty, excluded or "

@@ -51,8 +51,9 @@ class EmbeddingStore:
     def __contains__(self, key: str) -> bool:
         return key in self._mem or (self.folder / f"{key}.npy").is_file()
 
-    def get(self, key: str, image_path: Path) -> torch.Tensor:
-        """The fp16 (C, h, w) embedding of the image at ``image_path`` (cache key ``key``)."""
+    def get(self, key: str, image_path: Path, affine: np.ndarray | None = None) -> torch.Tensor:
+        """The fp16 (C, h, w) embedding of the image at ``image_path`` (cache key ``key``), warped by
+        ``affine`` (2, 3) first for a geometric variant."""
         if key in self._mem:
             return self._mem[key]
         path = self.folder / f"{key}.npy"
@@ -64,7 +65,7 @@ class EmbeddingStore:
             except (OSError, ValueError):
                 emb = None  # a damaged cache file is recomputed
         if emb is None:
-            emb = self._encode(image_path)
+            emb = self._encode(image_path, affine)
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
             with open(tmp, "wb") as f:
                 np.save(f, emb.numpy())
@@ -74,9 +75,9 @@ class EmbeddingStore:
         return emb
 
     @torch.inference_mode()
-    def _encode(self, image_path: Path) -> torch.Tensor:
-        from imis.data.formats.imed import read_image
+    def _encode(self, image_path: Path, affine: np.ndarray | None) -> torch.Tensor:
+        from imis.train.data import read_train_image
 
-        x, _ = prepare_image(read_image(image_path), self.preprocess, str(image_path))
+        x, _ = prepare_image(read_train_image(image_path, affine), self.preprocess, str(image_path))
         feats = self.encoder(x.to(self.device))
         return feats[0].to("cpu", torch.float16).contiguous()

@@ -31,7 +31,7 @@ import torch
 from imis.errors import ImisError, InputError
 from imis.models.preprocess import Preprocess
 from imis.train.config import TrainConfig
-from imis.train.data import TrainImage, load_images
+from imis.train.data import Geometry, TrainImage, load_images, read_train_image
 from imis.train.interaction import MaskState, run_interaction
 
 __all__ = ["TrainResult", "build_network", "evaluate", "train"]
@@ -186,7 +186,13 @@ def save_state(path: Path, obj: dict[str, Any]) -> None:
         raise ImisError(f"{path}: could not write the checkpoint ({exc.strerror or exc}); {kept}") from None
 
 
-_KEY_DEFAULTS = {"text_lr_scale": 1.0, "click_output": "multimask"}
+_KEY_DEFAULTS = {
+    "text_lr_scale": 1.0,
+    "click_output": "multimask",
+    "variant_rotate": 10.0,
+    "variant_scale": 0.1,
+    "variant_shift": 0.05,
+}
 
 
 def _config_key(cfg: TrainConfig) -> dict[str, Any]:
@@ -197,6 +203,9 @@ def _config_key(cfg: TrainConfig) -> dict[str, Any]:
     for k, v in _KEY_DEFAULTS.items():
         if d.get(k) == v:
             d.pop(k)
+    for spec in d.get("datasets", []) + d.get("val_datasets", []):
+        if spec.get("variants") == 0:
+            spec.pop("variants")
     return json.loads(json.dumps(d, default=str))
 
 
@@ -315,9 +324,10 @@ def train(
     lowres = 4 * int(net.prompt_encoder.image_embedding_size[0])
     freeze = cfg.model.freeze_image_encoder
 
+    geometry = Geometry(cfg.variant_rotate, cfg.variant_scale, cfg.variant_shift)
     train_images: list[TrainImage] = []
     for spec in cfg.datasets:
-        imgs = load_images(spec, pre, lowres, cfg.clean_imask)
+        imgs = load_images(spec, pre, lowres, cfg.clean_imask, geometry=geometry)
         train_images += imgs * spec.repeat
     val_images: list[TrainImage] = []
     for spec in cfg.val_datasets:
@@ -354,10 +364,10 @@ def train(
         store = EmbeddingStore(
             cache, net.image_encoder.eval(), pre, encoder_id(net.image_encoder, pre, enc_name), device
         )
-        unique = {im.key: im.path for im in train_images + val_images}
-        todo = [(k, p) for i, (k, p) in enumerate(sorted(unique.items())) if i % d.world == d.rank]
-        for k, p in _bar(todo, "encode images", progress and d.main):
-            store.get(k, p)
+        unique = {im.key: im for im in train_images + val_images}
+        todo = [im for i, (_, im) in enumerate(sorted(unique.items())) if i % d.world == d.rank]
+        for im in _bar(todo, "encode images", progress and d.main):
+            store.get(im.key, im.path, im.affine)
         _barrier(d)
 
     steps_per_epoch = cfg.steps_per_epoch or max(1, math.ceil(len(train_images) / cfg.batch_images))
@@ -445,12 +455,11 @@ def train(
                 img = train_images[batch[pos]]
                 rng = _rng(cfg.seed, epoch, step_in_epoch, pos)
                 if store is not None:
-                    embs.append(store.get(img.key, img.path).to(device).float())
+                    embs.append(store.get(img.key, img.path, img.affine).to(device).float())
                 else:
-                    from imis.data.formats.imed import read_image
                     from imis.models.preprocess import prepare_image
 
-                    x, _ = prepare_image(read_image(img.path), pre, str(img.path))
+                    x, _ = prepare_image(read_train_image(img.path, img.affine), pre, str(img.path))
                     embs.append(_augment(x, cfg, rng).to(device))
                 for j, t in enumerate(_pick_targets(img, cfg, rng)):
                     states.append(
@@ -588,7 +597,7 @@ def evaluate(
         if n >= cfg.val_max_targets:
             break
         if store is not None:
-            emb = store.get(img.key, img.path).to(device).float()[None]
+            emb = store.get(img.key, img.path, img.affine).to(device).float()[None]
         else:
             from imis.data.formats.imed import read_image
             from imis.models.preprocess import prepare_image

@@ -1,0 +1,91 @@
+"""Training targets on real btcv-demo slices: geometric variants warp the image and its masks alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imis.data.formats.imed import read_dataset, read_label
+from imis.errors import InputError
+from imis.models.registry import get_spec
+from imis.train.config import DatasetSpec, TrainConfig
+from imis.train.data import Geometry, load_images, read_train_image, to_lowres, variant_affine
+from imis.train.trainer import _config_key
+
+
+def _pre():
+    return get_spec("litemedsam").preprocess
+
+
+def _spec(btcv, **kw) -> DatasetSpec:
+    return DatasetSpec(str(btcv), split="train", max_images=2, imask=True, **kw)
+
+
+def test_variant_affine_is_fixed_by_image_and_number_and_stays_in_bounds():
+    g = Geometry(rotate=10.0, scale=0.1, shift=0.05)
+    a = variant_affine("0123456789abcdef", 1, (512, 512), g)
+    assert np.array_equal(a, variant_affine("0123456789abcdef", 1, (512, 512), g))
+    assert not np.allclose(a, variant_affine("0123456789abcdef", 2, (512, 512), g))
+    for v in range(1, 30):
+        m = variant_affine("fedcba9876543210", v, (512, 512), g)
+        zoom = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+        angle = float(np.degrees(np.arctan2(-m[0, 1], m[0, 0])))
+        centre = m[:, :2] @ np.array([256.0, 256.0]) + m[:, 2]
+        assert 0.9 - 1e-9 <= zoom <= 1.1 + 1e-9 and abs(angle) <= 10 + 1e-9
+        assert np.all(np.abs(centre - 256.0) <= 0.05 * 512 + 1e-6)
+    # zero bounds: the identity
+    ident = variant_affine("fedcba9876543210", 3, (512, 512), Geometry(0.0, 0.0, 0.0))
+    assert np.allclose(ident, [[1, 0, 0], [0, 1, 0]])
+
+
+def test_variants_follow_their_image_with_warped_targets(btcv_dir):
+    pre = _pre()
+    base = load_images(_spec(btcv_dir), pre, 256, geometry=Geometry())
+    assert len(base) == 2 and all(im.affine is None for im in base)
+    imgs = load_images(_spec(btcv_dir, variants=2), pre, 256, geometry=Geometry())
+    assert len(imgs) == 6
+    assert [im.affine is None for im in imgs] == [True, False, False] * 2
+    assert len({im.key for im in imgs}) == 6  # every variant has its own cache key
+    assert imgs[1].key.startswith(imgs[0].key + "-")
+    first, variant = imgs[0], imgs[1]
+    assert {t.name for t in variant.gt} <= {t.name for t in first.gt}
+    # the variant's liver is the native liver warped by the variant's map, then taken to low-res
+    entry = sorted(read_dataset(btcv_dir).split("train"), key=lambda e: e.stem)[0]
+    label = read_label(entry.label)
+    names = read_dataset(btcv_dir).label_names(label.shape[0])
+    liver = label[names.index("liver")].astype(np.uint8)
+    import cv2
+
+    h, w = liver.shape
+    warped = cv2.warpAffine(liver.astype(np.float32), variant.affine, (w, h)) >= 0.5
+    expect = to_lowres(warped, variant.frame, 256)
+    got = next(t.mask for t in variant.gt if t.name == "liver")
+    assert np.array_equal(got, expect)
+    assert not np.array_equal(got, next(t.mask for t in first.gt if t.name == "liver"))
+    # image and masks move together: the liver's mean intensity is the same in the image and its variant
+    img0 = read_train_image(first.path).astype(np.float64)
+    img1 = read_train_image(variant.path, variant.affine).astype(np.float64)
+    gray0, gray1 = (im if im.ndim == 2 else im.mean(axis=-1) for im in (img0, img1))
+    inside0, inside1 = gray0[liver > 0].mean(), gray1[warped].mean()
+    assert abs(inside0 - inside1) < 0.03 * 255, (inside0, inside1)
+    # ... and not where the unwarped mask would put it
+    shifted_off = abs(gray1[liver > 0].mean() - inside0)
+    assert shifted_off > abs(inside0 - inside1)
+
+
+def test_variants_only_for_training_and_config_checks(btcv_dir, tmp_path):
+    pre = _pre()
+    # without a geometry (validation images) the variants are not made
+    assert len(load_images(_spec(btcv_dir, variants=3), pre, 256)) == 2
+    base = {"datasets": [{"path": str(btcv_dir), "variants": -1}]}
+    with pytest.raises(InputError, match="variants must be >= 0"):
+        TrainConfig.from_mapping(base, "x.yaml", tmp_path)
+    with pytest.raises(InputError, match=r"variant_rotate must be in \[0, 180\]"):
+        TrainConfig.from_mapping({"datasets": [str(btcv_dir)], "variant_rotate": 200}, "x.yaml", tmp_path)
+    # runs configured before variants existed keep their resume key; asking for variants changes it
+    plain = TrainConfig.from_mapping({"datasets": [str(btcv_dir)]}, "x.yaml", tmp_path)
+    assert "variants" not in _config_key(plain)["datasets"][0] and "variant_scale" not in _config_key(plain)
+    with_v = TrainConfig.from_mapping(
+        {"datasets": [{"path": str(btcv_dir), "variants": 2}]}, "x.yaml", tmp_path
+    )
+    assert _config_key(with_v) != _config_key(plain)
