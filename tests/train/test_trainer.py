@@ -232,3 +232,17 @@ def test_geometric_variants_train_and_are_cached(btcv_dir, tmp_path):
     assert all(f.startswith(base[0]) for f in files)
     embs = [np.load(p) for p in sorted(cache.glob("*/*.npy"))]
     assert not np.allclose(embs[0], embs[1]) and not np.allclose(embs[1], embs[2])
+
+
+def test_shipped_training_configs_are_valid():
+    """Every configs/*.yaml that trains imis-lite loads, and each stage starts from the previous one's export."""
+    root = Path(__file__).resolve().parents[2] / "configs"
+    paths = sorted(root.glob("imis-lite*.yaml"))
+    assert len(paths) >= 7
+    outs = {}
+    for p in paths:
+        cfg = load_train_config(p)
+        outs[Path(cfg.out).name] = cfg
+    for name, cfg in outs.items():
+        if name != "imis-lite":
+            assert Path(cfg.model.init).parent.name in outs, (name, cfg.model.init)
