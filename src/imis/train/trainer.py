@@ -599,10 +599,9 @@ def evaluate(
         if store is not None:
             emb = store.get(img.key, img.path, img.affine).to(device).float()[None]
         else:
-            from imis.data.formats.imed import read_image
             from imis.models.preprocess import prepare_image
 
-            x, _ = prepare_image(read_image(img.path), pre, str(img.path))
+            x, _ = prepare_image(read_train_image(img.path, img.affine), pre, str(img.path))
             emb = net.image_encoder(x.to(device)).float()
         for t in img.gt[: cfg.val_max_targets - n]:
             n += 1
