@@ -89,3 +89,39 @@ def test_variants_only_for_training_and_config_checks(btcv_dir, tmp_path):
         {"datasets": [{"path": str(btcv_dir), "variants": 2}]}, "x.yaml", tmp_path
     )
     assert _config_key(with_v) != _config_key(plain)
+
+
+def test_whole_cases_kept_or_left_out(btcv_dir, tmp_path):
+    """A validation split of held-out cases: `cases` keeps only their slices, `exclude_cases` drops them."""
+    from imis.data.formats.imed import parse_stem
+
+    pre = _pre()
+    stems = [e.stem for e in read_dataset(btcv_dir).split("train")]
+    held = load_images(
+        DatasetSpec(str(btcv_dir), "train", imask=False, cases=("ABD_034", "ABD_035")), pre, 256
+    )
+    assert sorted(im.path.stem for im in held) == sorted(
+        s for s in stems if parse_stem(s)[0] in ("ABD_034", "ABD_035")
+    )
+    rest = load_images(
+        DatasetSpec(str(btcv_dir), "train", imask=False, exclude_cases=("ABD_001", "ABD_002"), max_images=3),
+        pre,
+        256,
+    )
+    # the first images (sorted) would be ABD_001's: they are left out
+    assert [parse_stem(im.path.stem)[0] for im in rest] == ["ABD_003"] * 3
+    with pytest.raises(InputError, match="has no case ABD_999"):
+        load_images(DatasetSpec(str(btcv_dir), "train", cases=("ABD_999",)), pre, 256)
+    with pytest.raises(InputError, match="are both kept and left out"):
+        TrainConfig.from_mapping(
+            {"datasets": [{"path": str(btcv_dir), "cases": ["ABD_034"], "exclude_cases": ["ABD_034"]}]},
+            "x.yaml",
+            tmp_path,
+        )
+    with pytest.raises(InputError, match="must be a list of case ids"):
+        TrainConfig.from_mapping(
+            {"datasets": [{"path": str(btcv_dir), "cases": "ABD_034"}]}, "x.yaml", tmp_path
+        )
+    # runs configured before these keys existed keep their resume key
+    plain = TrainConfig.from_mapping({"datasets": [str(btcv_dir)]}, "x.yaml", tmp_path)
+    assert "cases" not in _config_key(plain)["datasets"][0]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from train_helpers import tiny_config, write_config
+from train_helpers import TINY_IMIS, tiny_config, write_config
 
 from imis.errors import ImisError, InputError
 from imis.train.config import TrainConfig, load_train_config
@@ -246,3 +246,46 @@ def test_shipped_training_configs_are_valid():
     for name, cfg in outs.items():
         if name != "imis-lite":
             assert Path(cfg.model.init).parent.name in outs, (name, cfg.model.init)
+
+
+def test_trainable_image_encoder_learns_with_several_gradient_steps(btcv_dir, tmp_path):
+    """Full fine-tuning: every gradient step of the interaction runs through the one encoder output."""
+    cfg = _cfg(
+        btcv_dir,
+        tmp_path,
+        tmp_path / "cache",
+        "unfrozen",
+        model={
+            "arch": "imis-net",
+            "init": None,
+            "arch_kwargs": dict(TINY_IMIS),
+            "freeze_image_encoder": False,
+        },
+        interactions=3,
+        grad_steps=3,
+        steps_per_epoch=2,
+    )
+    torch.manual_seed(cfg.seed)
+    from imis.models.registry import ARCHITECTURES
+
+    start = ARCHITECTURES["imis-net"](**TINY_IMIS).state_dict()
+    res = train(cfg, progress=False)
+    assert res.steps == 2 and res.skipped_steps == 0
+    w = _weights(res.out)
+    enc = [k for k in w if k.startswith("image_encoder.") and w[k].is_floating_point()]
+    assert enc and any(not torch.allclose(w[k].float(), start[k]) for k in enc)  # the encoder moved
+    assert not any(Path(cfg.embedding_cache).glob("**/*.npy"))  # nothing cached: embeddings change
+
+
+def test_time_limit_stops_exports_and_resumes(btcv_dir, tmp_path, embedding_cache):
+    val = [{"path": str(btcv_dir), "split": "train", "max_images": 1}]
+    full = train(_cfg(btcv_dir, tmp_path, embedding_cache, "full", val_datasets=val), progress=False)
+    cfg = _cfg(btcv_dir, tmp_path, embedding_cache, "timed", val_datasets=val)
+    cut = train(cfg, progress=False, time_limit=1e-9)  # spent before the first step
+    assert cut.steps == 0 and cut.model_path is not None and cut.model_path.is_file()
+    assert set(cut.val) >= {"click", "box"}  # validated what it had
+    resumed = train(cfg, progress=False)
+    assert resumed.steps == full.steps == 3
+    a, b = _weights(full.out), _weights(resumed.out)
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k

@@ -28,6 +28,7 @@ See the imis.train.config module (or docs/training.md) for every configuration k
 examples:
   imis train --config configs/imis-lite.yaml
   imis train --config configs/imis-lite.yaml -o runs/try --epochs 1 --max-steps 20
+  imis train --config configs/imis-lite-stage8.yaml --time-limit 3600   # one hour on a lent GPU
 """
 
 
@@ -43,6 +44,12 @@ def register_train_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override the number of epochs")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's)")
     p.add_argument("--max-steps", type=int, help="stop (with a checkpoint) after this many steps")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="wall time for this call: then checkpoint, validate and export what it has (rerun to go on)",
+    )
     p.add_argument("--no-resume", action="store_true", help="refuse to continue a run in the folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -60,9 +67,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = cfg.with_overrides(
         out=str(args.out.resolve()) if args.out else None, epochs=args.epochs, device=args.device
     )
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise InputError(f"--time-limit must be > 0 seconds, got {args.time_limit}")
     if args.no_resume and (Path(cfg.out) / STATE_FILE).exists():
         raise InputError(f"{cfg.out}: holds a run already (--no-resume given)")
-    result = train(cfg, progress=not args.quiet, stop_after=args.max_steps)
+    result = train(cfg, progress=not args.quiet, stop_after=args.max_steps, time_limit=args.time_limit)
     rows = [
         {"key": "run folder", "value": str(result.out)},
         {"key": "steps", "value": result.steps},

@@ -126,7 +126,9 @@ class DatasetSpec:
     split: train | test | all; repeat: times each image appears per epoch; imask: also draw targets
     from the interactive-mask maps; exclude_targets: label names never trained on (held-out
     structures); max_images: only the first N images (sorted), for quick runs; every: keep every Nth
-    image of the sorted list (a lighter share of a large dataset, all slicing axes kept); variants:
+    image of the sorted list (a lighter share of a large dataset, all slicing axes kept); cases /
+    exclude_cases: keep only / leave out the images of these cases (the case of ``ABD_035_120`` is
+    ``ABD_035``): a validation split of whole held-out cases, not slices of training cases; variants:
     N fixed random rotations/zooms/shifts of each image (targets warped alike) that train beside it.
     With a frozen encoder the intensity augmentation cannot act (embeddings are cached), so these
     variants are what augments: each one is encoded once and cached like an image.
@@ -140,6 +142,8 @@ class DatasetSpec:
     max_images: int | None = None
     every: int = 1
     variants: int = 0
+    cases: tuple[str, ...] = ()
+    exclude_cases: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> DatasetSpec:
@@ -170,7 +174,22 @@ class DatasetSpec:
         variants = _check_type(data.get("variants", 0), int, where, "variants")
         if variants < 0:
             raise InputError(f"{where}: variants must be >= 0, not {variants}")
-        return cls(path, split, repeat, imask, tuple(exclude), max_images, every, variants)
+        cases = _names(data.get("cases", ()), where, "cases")
+        exclude_cases = _names(data.get("exclude_cases", ()), where, "exclude_cases")
+        if set(cases) & set(exclude_cases):
+            raise InputError(
+                f"{where}: cases {sorted(set(cases) & set(exclude_cases))} are both kept and left out"
+            )
+        return cls(
+            path, split, repeat, imask, tuple(exclude), max_images, every, variants, cases, exclude_cases
+        )
+
+
+def _names(value: Any, where: str, key: str) -> tuple[str, ...]:
+    value = value or ()
+    if isinstance(value, str) or not all(isinstance(x, str) for x in value):
+        raise InputError(f"{where}: {key} must be a list of case ids (e.g. [ABD_035]), got {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)

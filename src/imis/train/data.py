@@ -205,6 +205,18 @@ def load_images(
         raise InputError(f"{root}: training dataset not found")
     ds = read_dataset(root)
     entries = ds.entries if spec.split == "all" else ds.split(spec.split)
+    if spec.cases or spec.exclude_cases:
+        from imis.data.formats.imed import parse_stem
+
+        unknown = set(spec.cases + spec.exclude_cases) - {parse_stem(e.stem)[0] for e in entries}
+        if unknown:
+            raise InputError(f"{root}: split {spec.split!r} has no case {', '.join(sorted(unknown))}")
+        entries = [
+            e
+            for e in entries
+            if (not spec.cases or parse_stem(e.stem)[0] in spec.cases)
+            and parse_stem(e.stem)[0] not in spec.exclude_cases
+        ]
     entries = sorted(entries, key=lambda e: e.stem)[:: spec.every]
     if spec.max_images is not None:
         entries = entries[: spec.max_images]

@@ -200,7 +200,7 @@ def run_interaction(
     embeddings: (B, C, h, w) of the batch's images (``MaskState.image_index`` indexes them).
     Gradients accumulate in the trainable parameters (call ``zero_grad`` before, ``step`` after).
     Returns the mean loss terms over the gradient steps, the Dice after each step and ``nonfinite``
-    (1.0 when a loss was not finite: nothing was backpropagated from that step on).
+    (1.0 when a loss was not finite: then nothing is backpropagated).
     """
     from contextlib import nullcontext
 
@@ -213,6 +213,9 @@ def run_interaction(
     sums = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "iou": 0.0}
     stats: dict[str, float] = {}
     n_grad = max(1, len(grad_at))
+    # The gradient steps' losses are summed and backpropagated once at the end: with a trainable image
+    # encoder every step's graph runs through the same encoder output, which one backward pass frees.
+    objective: torch.Tensor | None = None
     for step in range(cfg.interactions + 1):
         prompts = [next_prompt(s, step, cfg, t_star, text_ok) for s in states]
         groups: dict[tuple, list[int]] = {}
@@ -266,7 +269,7 @@ def run_interaction(
             stats["nonfinite"] = 1.0
             break
         if with_grad:
-            (total / n_grad).backward()
+            objective = total / n_grad if objective is None else objective + total / n_grad
             sums["loss"] += float(total.detach()) / n_grad
             sums["focal"] += float(torch.cat([x[1] for x in losses]).mean().detach()) / n_grad
             sums["dice"] += float(torch.cat([x[2] for x in losses]).mean().detach()) / n_grad
@@ -279,6 +282,8 @@ def run_interaction(
             inter = np.logical_and(s.pred, gt).sum()
             dices.append(2.0 * inter / max(1, s.pred.sum() + gt.sum()))
         stats[f"dice@{step}"] = float(np.mean(dices))
+    if objective is not None and "nonfinite" not in stats:
+        objective.backward()
     stats.update(sums)
     stats.setdefault("nonfinite", 0.0)
     return stats

@@ -204,8 +204,9 @@ def _config_key(cfg: TrainConfig) -> dict[str, Any]:
         if d.get(k) == v:
             d.pop(k)
     for spec in d.get("datasets", []) + d.get("val_datasets", []):
-        if spec.get("variants") == 0:
-            spec.pop("variants")
+        for k, default in (("variants", 0), ("cases", []), ("exclude_cases", [])):
+            if spec.get(k) in (default, ()):
+                spec.pop(k, None)
     return json.loads(json.dumps(d, default=str))
 
 
@@ -306,8 +307,14 @@ def train(
     progress: bool = True,
     stop_after: int | None = None,
     resume: bool = True,
+    time_limit: float | None = None,
 ) -> TrainResult:
-    """Run (or resume) training into ``cfg.out``; ``stop_after``: leave after this many steps of this call."""
+    """Run (or resume) training into ``cfg.out``; ``stop_after``: leave after this many steps of this call.
+
+    ``time_limit``: seconds of wall time for this call (a lent GPU, a job slot); the step that starts after
+    it has passed is not taken: the run checkpoints, validates and exports what it has, and the same
+    command later resumes it from that step.
+    """
     t_start = time.perf_counter()
     device = _device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -433,6 +440,7 @@ def train(
         )
 
     done_this_call = 0
+    out_of_time = False
     val: dict[str, float] = {}
     net.train()
     if freeze:
@@ -446,6 +454,9 @@ def train(
             if stop_after is not None and done_this_call >= stop_after:
                 checkpoint()
                 return _result(out, global_step, skipped, t_start, val, None)
+            if time_limit is not None and time.perf_counter() - t_start >= time_limit:
+                out_of_time = True
+                break
             t0 = time.perf_counter()
             start = step_in_epoch * cfg.batch_images
             batch = [int(order[(start + i) % len(order)]) for i in range(cfg.batch_images)]
@@ -529,8 +540,11 @@ def train(
                 step_in_epoch += 1
                 checkpoint()
                 step_in_epoch -= 1
-        epoch += 1
-        step_in_epoch = 0
+        if out_of_time:
+            checkpoint()
+        else:
+            epoch += 1
+            step_in_epoch = 0
         if val_images and d.main:
             val = evaluate(net, val_images, store, feats, name_index, pre, cfg, device)
             val_log.write({"epoch": epoch, "step": global_step, **val})
@@ -540,6 +554,8 @@ def train(
             net.train()
             if freeze:
                 net.image_encoder.eval()
+        if out_of_time:
+            break
         checkpoint()
     model_path = None
     if d.main:
