@@ -162,9 +162,7 @@ class DatasetSpec:
         if repeat < 1:
             raise InputError(f"{where}: repeat must be >= 1, not {repeat}")
         imask = _check_type(data.get("imask", True), bool, where, "imask")
-        exclude = data.get("exclude_targets", ()) or ()
-        if isinstance(exclude, str) or not all(isinstance(x, str) for x in exclude):
-            raise InputError(f"{where}: exclude_targets must be a list of label names")
+        exclude = _strings(data.get("exclude_targets", ()), where, "exclude_targets", "label names")
         max_images = data.get("max_images")
         if max_images is not None and (_check_type(max_images, int, where, "max_images") < 1):
             raise InputError(f"{where}: max_images must be >= 1")
@@ -174,8 +172,10 @@ class DatasetSpec:
         variants = _check_type(data.get("variants", 0), int, where, "variants")
         if variants < 0:
             raise InputError(f"{where}: variants must be >= 0, not {variants}")
-        cases = _names(data.get("cases", ()), where, "cases")
-        exclude_cases = _names(data.get("exclude_cases", ()), where, "exclude_cases")
+        cases = _strings(data.get("cases", ()), where, "cases", "case ids (e.g. [ABD_035])")
+        exclude_cases = _strings(
+            data.get("exclude_cases", ()), where, "exclude_cases", "case ids (e.g. [ABD_035])"
+        )
         if set(cases) & set(exclude_cases):
             raise InputError(
                 f"{where}: cases {sorted(set(cases) & set(exclude_cases))} are both kept and left out"
@@ -185,10 +185,10 @@ class DatasetSpec:
         )
 
 
-def _names(value: Any, where: str, key: str) -> tuple[str, ...]:
+def _strings(value: Any, where: str, key: str, what: str) -> tuple[str, ...]:
     value = value or ()
     if isinstance(value, str) or not all(isinstance(x, str) for x in value):
-        raise InputError(f"{where}: {key} must be a list of case ids (e.g. [ABD_035]), got {value!r}")
+        raise InputError(f"{where}: {key} must be a list of {what}, got {value!r}")
     return tuple(value)
 
 

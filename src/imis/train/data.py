@@ -208,15 +208,12 @@ def load_images(
     if spec.cases or spec.exclude_cases:
         from imis.data.formats.imed import parse_stem
 
-        unknown = set(spec.cases + spec.exclude_cases) - {parse_stem(e.stem)[0] for e in entries}
+        case_of = {e.stem: parse_stem(e.stem)[0] for e in entries}
+        unknown = set(spec.cases + spec.exclude_cases) - set(case_of.values())
         if unknown:
             raise InputError(f"{root}: split {spec.split!r} has no case {', '.join(sorted(unknown))}")
-        entries = [
-            e
-            for e in entries
-            if (not spec.cases or parse_stem(e.stem)[0] in spec.cases)
-            and parse_stem(e.stem)[0] not in spec.exclude_cases
-        ]
+        keep = set(spec.cases or case_of.values()) - set(spec.exclude_cases)
+        entries = [e for e in entries if case_of[e.stem] in keep]
     entries = sorted(entries, key=lambda e: e.stem)[:: spec.every]
     if spec.max_images is not None:
         entries = entries[: spec.max_images]
