@@ -54,6 +54,8 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
     checkpoint_every: 200      # steps between resumable checkpoints (also at every epoch end)
     max_nan_steps: 20          # steps with a non-finite loss are skipped; stop after this many
     val_max_targets: 200       # targets scored per validation
+    val_interactions: 5        # validation also scores a centre click + N-1 RITM corrections (the
+                               # benchmark's iterative protocol); 0: only click, box and text
     num_threads: null          # torch CPU threads (null: torch's default)
 """
 
@@ -281,6 +283,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     max_nan_steps: int = 20
     val_max_targets: int = 200
+    val_interactions: int = 5
     num_threads: int | None = None
 
     @classmethod
@@ -313,6 +316,7 @@ class TrainConfig:
             "checkpoint_every": 1,
             "max_nan_steps": 0,
             "val_max_targets": 1,
+            "val_interactions": 0,
         }
         for key, lo in ints.items():
             if key in data:

@@ -197,7 +197,16 @@ _KEY_DEFAULTS = {
 
 def _config_key(cfg: TrainConfig) -> dict[str, Any]:
     d = cfg.to_json()
-    for k in ("epochs", "out", "num_threads", "device", "checkpoint_every", "max_nan_steps"):
+    # what only changes how a run is watched (not what it learns) never blocks a resume
+    for k in (
+        "epochs",
+        "out",
+        "num_threads",
+        "device",
+        "checkpoint_every",
+        "max_nan_steps",
+        "val_interactions",
+    ):
         d.pop(k, None)
     # options added after a run started, left at their default, do not make it "another configuration"
     for k, v in _KEY_DEFAULTS.items():
@@ -269,9 +278,24 @@ def _augment(x: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator) -> tor
 class _Logger:
     def __init__(self, path: Path, fields: list[str], enabled: bool) -> None:
         self.path, self.fields, self.enabled = path, fields, enabled
-        if enabled and not path.exists():
+        if not enabled:
+            return
+        if not path.exists():
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(fields)
+            return
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames, list(reader)
+        if header is not None and list(header) != fields:
+            # A run resumed by a newer version that logs more columns: rewrite the old rows under the
+            # new header (new columns left empty) rather than append misaligned rows.
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fields, extrasaction="ignore")
+                w.writeheader()
+                w.writerows(rows)
+            os.replace(tmp, path)
 
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
@@ -411,7 +435,10 @@ def train(
         ],
         d.main,
     )
-    val_log = _Logger(out / "val_log.csv", ["epoch", "step", "click", "box", "text", "targets"], d.main)
+    val_fields = ["epoch", "step", "click", "box", "text"]
+    if cfg.val_interactions:
+        val_fields.append(f"click@{cfg.val_interactions}")
+    val_log = _Logger(out / "val_log.csv", [*val_fields, "targets"], d.main)
     tb = _tensorboard(out, d.main)
     amp_ctx = None
     scaler = None
@@ -600,7 +627,9 @@ def evaluate(
     device: torch.device,
 ) -> dict[str, float]:
     """Mean Dice (the benchmark's metric, in the low-res frame) of one centre click, a tight box and the
-    target's name as text, over up to ``cfg.val_max_targets`` ground-truth targets."""
+    target's name as text, and (``cfg.val_interactions`` = N > 0) under ``click@N`` after the centre click
+    and N-1 RITM corrections with the previous logits fed back, as the benchmark's iterative protocol
+    does; over up to ``cfg.val_max_targets`` ground-truth targets."""
     from imis.bench.metrics import dice
     from imis.prompts import center_click, tight_box
     from imis.train.interaction import Prompt, _decode_group
@@ -628,13 +657,48 @@ def evaluate(
             }
             if feats is not None and t.name in name_index:
                 prompts["text"] = Prompt([], None, name_index[t.name], False)
+            scale = pre.input_size / t.mask.shape[0]
             for kind, p in prompts.items():
-                low, iou = _decode_group(net, emb, [st], [p], feats, pre.input_size / t.mask.shape[0], device)
+                low, iou = _decode_group(net, emb, [st], [p], feats, scale, device)
                 best = int(iou[0].argmax()) if low.shape[1] > 1 else 0
                 scores[kind].append(dice(low[0, best].cpu().numpy() > 0, t.mask))
+            if cfg.val_interactions:
+                key = f"click@{cfg.val_interactions}"
+                scores.setdefault(key, []).append(_iterative_dice(net, emb, t, feats, scale, cfg, device))
     res = {k: float(np.mean(v)) for k, v in scores.items() if v}
     res["targets"] = float(n)
     return res
+
+
+def _iterative_dice(
+    net: torch.nn.Module,
+    emb: torch.Tensor,
+    target: Any,
+    feats: torch.Tensor | None,
+    scale: float,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> float:
+    """Dice after a centre click and ``cfg.val_interactions - 1`` RITM corrections (deterministic)."""
+    from imis.bench.metrics import dice
+    from imis.prompts import center_click, ritm_click
+    from imis.train.interaction import Prompt, _decode_group
+
+    st = MaskState(target=target, image_index=0, rng=np.random.default_rng(0))
+    st.clicks = [center_click(target.mask)]
+    for k in range(cfg.val_interactions):
+        if k:
+            new = ritm_click(st.pred, target.mask, st.clicks)
+            if new is None:  # nothing left to correct: the prediction stands
+                break
+            st.clicks.append(new)
+        lone = k == 0 and cfg.click_output == "multimask"
+        p = Prompt(list(st.clicks), None, None, st.logits is not None, multimask=lone)
+        low, iou = _decode_group(net, emb, [st], [p], feats, scale, device)
+        best = int(iou[0].argmax()) if low.shape[1] > 1 else 0
+        st.logits = low[0, best : best + 1].detach().float()
+        st.pred = (st.logits[0] > 0).cpu().numpy()
+    return dice(st.pred, target.mask)
 
 
 def export_model(
