@@ -247,3 +247,42 @@ def test_baseline_refusals_are_skipped_not_scored(btcv_dir, tmp_path):
     assert not summary["errors"]
     assert any(k.startswith("grabcut | click |") for k in summary["skipped"])
     assert 0.0 < summary["results"]["grabcut"]["box"]["dice_mask"] <= 1.0
+
+
+def test_cases_select_a_validation_split(btcv_dir, tmp_path, capsys):
+    """--cases scores only the named cases of a split (the validation cases a training run held out)."""
+    models = {"boxfill": BoxFill()}
+    cfg = _config(btcv_dir, models, models.__getitem__, split="train", cases=("ABD_035",), limit_images=None)
+    run_bench(cfg, tmp_path / "val", progress=False)
+    images = {r["image"] for r in read_rows(tmp_path / "val" / "predictions.jsonl")}
+    expected = {
+        Path(e["image"]).stem
+        for e in json.loads((btcv_dir / "dataset.json").read_text())["training"]
+        if Path(e["image"]).stem.startswith("ABD_035_")
+    }
+    assert images == expected and len(expected) >= 3
+    assert json.loads((tmp_path / "val" / "config.json").read_text())["cases"] == ["ABD_035"]
+    with pytest.raises(ImisError, match="has no case ABD_099"):
+        run_bench(
+            _config(btcv_dir, models, models.__getitem__, cases=("ABD_099",)), tmp_path / "x", progress=False
+        )
+    # the CLI: a comma-separated list; an empty one is refused with the argument named
+    from imis.cli import main
+
+    assert (
+        main(
+            [
+                "bench",
+                "--models",
+                "grabcut",
+                "--data",
+                str(btcv_dir),
+                "--cases",
+                " , ",
+                "-o",
+                str(tmp_path / "y"),
+            ]
+        )
+        != 0
+    )
+    assert "--cases: no case id" in capsys.readouterr().err

@@ -42,6 +42,8 @@ examples:
   imis bench --models litemedsam --data data/btcv-demo --protocol box-offset -o runs/offset
   imis bench --models litemedsam --data data/btcv-demo --protocol imis-paper -o runs/paper
   imis bench --models grabcut --data data/btcv-demo --prompts runs/single/prompts.json -o runs/gc
+  imis bench --models imis-lite --data data/btcv-demo:train --cases ABD_034,ABD_035,ABD_036 \\
+      --protocol iterative -o runs/val-iter     # a validation split held out of training
   imis report runs/single runs/iter
 """
 
@@ -51,6 +53,15 @@ def _parse_data(spec: str) -> tuple[Path, str]:
     if sep and split in ("test", "train") and path:
         return Path(path), split
     return Path(spec), "test"
+
+
+def _parse_cases(spec: str | None) -> tuple[str, ...]:
+    if spec is None:
+        return ()
+    cases = tuple(c.strip() for c in spec.split(",") if c.strip())
+    if not cases:
+        raise InputError(f"--cases: no case id in {spec!r} (pass e.g. --cases ABD_034,ABD_035)")
+    return cases
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -71,6 +82,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         click_simulator=args.click_simulator,
         first_click=args.first_click,
         nsd_tolerance_mm=args.nsd_tolerance,
+        cases=_parse_cases(args.cases),
         limit_images=args.limit_images,
         device=args.device,
         prompts_file=args.prompts,
@@ -143,6 +155,13 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         help="replay this prompt file (made for the same data) instead of generating prompts from --seed",
     )
     b.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    b.add_argument(
+        "--cases",
+        default=None,
+        metavar="IDS",
+        help="only these cases of the split, comma-separated (ABD_034,ABD_035: the case of ABD_035_120 "
+        "is ABD_035), e.g. the validation cases a training run held out",
+    )
     b.add_argument("--limit-images", type=int, default=None, help="only the first N images (quick runs)")
     b.add_argument("--device", default="cpu", help="torch device of the learned models (default cpu)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -165,7 +165,9 @@ def _best_iou(model: Any) -> Iterator[None]:
 @dataclass
 class BenchConfig:
     """What to run. ``data``: an IMed-361M dataset folder; ``split``: its entry list (``test``/``train``);
-    ``limit_images``: only the first N images of the split (sorted by name), for quick runs;
+    ``cases``: only the images of these cases (the case of ``ABD_035_120`` is ``ABD_035``), e.g. a
+    validation split of training cases held out of a training run; ``limit_images``: only the first N
+    images of the split (sorted by name), for quick runs;
     ``prompts_file``: a prompt file to replay instead of generating one (it must have been made for this
     data: see :func:`_user_prompts`)."""
 
@@ -179,6 +181,7 @@ class BenchConfig:
     first_click: str = "center"
     nsd_tolerance_mm: float = 2.0
     noc_cap: int = 20
+    cases: tuple[str, ...] = ()
     limit_images: int | None = None
     device: str = "cpu"
     prompts_file: Path | None = None
@@ -210,6 +213,7 @@ class BenchConfig:
         d = asdict(self)
         d.pop("model_loader")
         d["models"] = list(self.models)
+        d["cases"] = list(self.cases)
         d["data"] = str(self.data)
         d["prompts_file"] = None if self.prompts_file is None else str(self.prompts_file)
         return d
@@ -308,6 +312,17 @@ def _load_data(config: BenchConfig) -> tuple[str, list[_Image], list[dict[str, A
     entries = sorted(ds.split(config.split), key=lambda e: e.stem)
     if not entries:
         raise InputError(f"{config.data}: split {config.split!r} has no entries")
+    if config.cases:
+        from imis.data.formats.imed import parse_stem
+
+        case_of = {e.stem: parse_stem(e.stem)[0] for e in entries}
+        unknown = set(config.cases) - set(case_of.values())
+        if unknown:
+            raise InputError(
+                f"{config.data}: split {config.split!r} has no case {', '.join(sorted(unknown))} "
+                f"(its cases: {', '.join(sorted(set(case_of.values())))})"
+            )
+        entries = [e for e in entries if case_of[e.stem] in set(config.cases)]
     if config.limit_images is not None:
         entries = entries[: config.limit_images]
     images, bad = [], []
