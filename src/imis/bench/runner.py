@@ -306,23 +306,13 @@ def _spacing(extra: dict, meta: dict) -> tuple[float, float]:
 
 
 def _load_data(config: BenchConfig) -> tuple[str, list[_Image], list[dict[str, Any]]]:
-    from imis.data.formats.imed import read_dataset, read_label
+    from imis.data.formats.imed import read_dataset, read_label, select_cases
 
     ds = read_dataset(config.data)
     entries = sorted(ds.split(config.split), key=lambda e: e.stem)
     if not entries:
         raise InputError(f"{config.data}: split {config.split!r} has no entries")
-    if config.cases:
-        from imis.data.formats.imed import parse_stem
-
-        case_of = {e.stem: parse_stem(e.stem)[0] for e in entries}
-        unknown = set(config.cases) - set(case_of.values())
-        if unknown:
-            raise InputError(
-                f"{config.data}: split {config.split!r} has no case {', '.join(sorted(unknown))} "
-                f"(its cases: {', '.join(sorted(set(case_of.values())))})"
-            )
-        entries = [e for e in entries if case_of[e.stem] in set(config.cases)]
+    entries = select_cases(entries, config.cases, (), f"{config.data}: split {config.split!r}")
     if config.limit_images is not None:
         entries = entries[: config.limit_images]
     images, bad = [], []

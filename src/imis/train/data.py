@@ -198,22 +198,14 @@ def load_images(
 
     Raises InputError when the folder is not a dataset or has no usable target at all.
     """
-    from imis.data.formats.imed import read_dataset, read_imask, read_label
+    from imis.data.formats.imed import read_dataset, read_imask, read_label, select_cases
 
     root = Path(spec.path)
     if not root.exists():
         raise InputError(f"{root}: training dataset not found")
     ds = read_dataset(root)
     entries = ds.entries if spec.split == "all" else ds.split(spec.split)
-    if spec.cases or spec.exclude_cases:
-        from imis.data.formats.imed import parse_stem
-
-        case_of = {e.stem: parse_stem(e.stem)[0] for e in entries}
-        unknown = set(spec.cases + spec.exclude_cases) - set(case_of.values())
-        if unknown:
-            raise InputError(f"{root}: split {spec.split!r} has no case {', '.join(sorted(unknown))}")
-        keep = set(spec.cases or case_of.values()) - set(spec.exclude_cases)
-        entries = [e for e in entries if case_of[e.stem] in keep]
+    entries = select_cases(entries, spec.cases, spec.exclude_cases, f"{root}: split {spec.split!r}")
     entries = sorted(entries, key=lambda e: e.stem)[:: spec.every]
     if spec.max_images is not None:
         entries = entries[: spec.max_images]

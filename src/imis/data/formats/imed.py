@@ -263,6 +263,25 @@ def parse_stem(stem: str) -> tuple[str, int | None]:
     return m.group("case"), int(m.group("slice"))
 
 
+def select_cases(
+    entries: list[ImedEntry], cases: Sequence[str] = (), exclude: Sequence[str] = (), where: str = "dataset"
+) -> list[ImedEntry]:
+    """The entries of the cases ``cases`` (all when empty) minus those of ``exclude``; the case of a
+    stem is :func:`parse_stem`'s (``ABD_035_120`` -> ``ABD_035``). A case id that no entry has is an
+    InputError naming ``where`` and the cases there are."""
+    if not cases and not exclude:
+        return list(entries)
+    case_of = {e.stem: parse_stem(e.stem)[0] for e in entries}
+    present = set(case_of.values())
+    unknown = (set(cases) | set(exclude)) - present
+    if unknown:
+        raise InputError(
+            f"{where} has no case {', '.join(sorted(unknown))} (its cases: {', '.join(sorted(present))})"
+        )
+    keep = (set(cases) or present) - set(exclude)
+    return [e for e in entries if case_of[e.stem] in keep]
+
+
 def read_sample(
     dataset: ImedDataset, entry: ImedEntry, *, keep_empty: bool = False, with_imask: bool = True
 ) -> Sample:
