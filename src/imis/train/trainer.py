@@ -632,7 +632,7 @@ def evaluate(
     does; over up to ``cfg.val_max_targets`` ground-truth targets."""
     from imis.bench.metrics import dice
     from imis.prompts import center_click, tight_box
-    from imis.train.interaction import Prompt, _decode_group
+    from imis.train.interaction import Prompt
 
     net.eval()
     multimask = cfg.click_output == "multimask"
@@ -659,15 +659,31 @@ def evaluate(
                 prompts["text"] = Prompt([], None, name_index[t.name], False)
             scale = pre.input_size / t.mask.shape[0]
             for kind, p in prompts.items():
-                low, iou = _decode_group(net, emb, [st], [p], feats, scale, device)
-                best = int(iou[0].argmax()) if low.shape[1] > 1 else 0
-                scores[kind].append(dice(low[0, best].cpu().numpy() > 0, t.mask))
+                logits = _decode_one(net, emb, st, p, feats, scale, device)
+                scores[kind].append(dice(logits[0].cpu().numpy() > 0, t.mask))
             if cfg.val_interactions:
                 key = f"click@{cfg.val_interactions}"
                 scores.setdefault(key, []).append(_iterative_dice(net, emb, t, feats, scale, cfg, device))
     res = {k: float(np.mean(v)) for k, v in scores.items() if v}
     res["targets"] = float(n)
     return res
+
+
+def _decode_one(
+    net: torch.nn.Module,
+    emb: torch.Tensor,
+    st: MaskState,
+    prompt: Any,
+    feats: torch.Tensor | None,
+    scale: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """One target's (1, L, L) logits: the single output, or the IoU head's pick of several."""
+    from imis.train.interaction import _decode_group
+
+    low, iou = _decode_group(net, emb, [st], [prompt], feats, scale, device)
+    best = int(iou[0].argmax()) if low.shape[1] > 1 else 0
+    return low[0, best : best + 1].detach().float()
 
 
 def _iterative_dice(
@@ -682,7 +698,7 @@ def _iterative_dice(
     """Dice after a centre click and ``cfg.val_interactions - 1`` RITM corrections (deterministic)."""
     from imis.bench.metrics import dice
     from imis.prompts import center_click, ritm_click
-    from imis.train.interaction import Prompt, _decode_group
+    from imis.train.interaction import Prompt
 
     st = MaskState(target=target, image_index=0, rng=np.random.default_rng(0))
     st.clicks = [center_click(target.mask)]
@@ -694,9 +710,7 @@ def _iterative_dice(
             st.clicks.append(new)
         lone = k == 0 and cfg.click_output == "multimask"
         p = Prompt(list(st.clicks), None, None, st.logits is not None, multimask=lone)
-        low, iou = _decode_group(net, emb, [st], [p], feats, scale, device)
-        best = int(iou[0].argmax()) if low.shape[1] > 1 else 0
-        st.logits = low[0, best : best + 1].detach().float()
+        st.logits = _decode_one(net, emb, st, p, feats, scale, device)
         st.pred = (st.logits[0] > 0).cpu().numpy()
     return dice(st.pred, target.mask)
 
