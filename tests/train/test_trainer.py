@@ -289,3 +289,55 @@ def test_time_limit_stops_exports_and_resumes(btcv_dir, tmp_path, embedding_cach
     a, b = _weights(full.out), _weights(resumed.out)
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_encoder_tail_trains_over_cached_trunk_outputs(btcv_dir, tmp_path):
+    """`train_encoder_tail`: the encoder's last block and neck learn over cached trunk outputs, the rest
+    stays; the exported model holds the whole encoder; a resumed run takes the same steps."""
+    model = {"arch": "imis-net", "init": None, "arch_kwargs": dict(TINY_IMIS), "train_encoder_tail": 1}
+    cache = tmp_path / "cache"
+    cfg = _cfg(btcv_dir, tmp_path, cache, "tail", model=model, interactions=2, grad_steps=2)
+    torch.manual_seed(cfg.seed)
+    from imis.models.registry import ARCHITECTURES
+
+    start = ARCHITECTURES["imis-net"](**TINY_IMIS).state_dict()
+    res = train(cfg, progress=False)
+    assert res.steps == 3 and res.skipped_steps == 0
+    w = _weights(res.out)
+    last = TINY_IMIS["depth"] - 1
+    head = [k for k in w if k.startswith((f"image_encoder.blocks.{last}.", "image_encoder.neck."))]
+    trunk = [k for k in w if k.startswith("image_encoder.") and k not in head]
+    assert head and trunk
+    assert any(not torch.allclose(w[k].float(), start[k]) for k in head)  # the top moved
+    assert all(torch.equal(w[k].float(), start[k]) for k in trunk)  # the trunk did not
+    # the cache holds the trunk's (h, w, D) token maps, not the neck's embeddings
+    cached = list(cache.glob("*-trunk1-*/*.npy"))
+    assert cached and np.load(cached[0]).shape[-1] == TINY_IMIS["embed_dim"]
+
+    split = _cfg(btcv_dir, tmp_path, cache, "tail-split", model=model, interactions=2, grad_steps=2)
+    train(split, progress=False, stop_after=1)
+    resumed = train(split, progress=False)
+    b = _weights(resumed.out)
+    for k in w:
+        assert torch.allclose(w[k].float(), b[k].float(), atol=1e-6), k
+
+
+def test_encoder_tail_config_errors(btcv_dir, tmp_path):
+    base = tiny_config(btcv_dir, tmp_path / "o", tmp_path / "c")
+    model = {"arch": "imis-net", "init": None, "arch_kwargs": dict(TINY_IMIS)}
+    with pytest.raises(InputError, match="train_encoder_tail needs freeze_image_encoder: true"):
+        load_train_config(
+            write_config(
+                tmp_path / "a.yaml",
+                {**base, "model": {**model, "freeze_image_encoder": False, "train_encoder_tail": 1}},
+            )
+        )
+    with pytest.raises(InputError, match="train_encoder_tail must be >= 0"):
+        load_train_config(
+            write_config(tmp_path / "b.yaml", {**base, "model": {**model, "train_encoder_tail": -1}})
+        )
+    too_many = load_train_config(
+        write_config(tmp_path / "c.yaml", {**base, "model": {**model, "train_encoder_tail": 9}})
+    )
+    with pytest.raises(InputError, match=r"train_encoder_tail: tail must be 1\.\.2 blocks"):
+        train(too_many, progress=False)

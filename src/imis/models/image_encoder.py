@@ -320,3 +320,49 @@ class ImageEncoderViT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+    def split(self, tail: int) -> tuple[nn.Module, nn.Module]:
+        """(trunk, head) sharing this encoder's weights, with ``head(trunk(x)) == self(x)``: the head
+        holds the last ``tail`` blocks and the neck. Trunk: ``(B, in_chans, H, W) -> (B, h, w, D)``;
+        head: that -> ``(B, out_chans, h, w)``."""
+        n = len(self.blocks)
+        if not 1 <= tail <= n:
+            raise ValueError(f"tail must be 1..{n} blocks of this ViT, got {tail}")
+        return _ViTTrunk(self, n - tail), _ViTHead(self, n - tail)
+
+
+class _ViTTrunk(nn.Module):
+    """Patch embedding, position grid and the first ``k`` blocks of a ViT encoder (shared modules)."""
+
+    def __init__(self, vit: ImageEncoderViT, k: int) -> None:
+        super().__init__()
+        self.vit = [vit]  # a list: the trunk must not own (and save) the whole encoder
+        self.patch_embed = vit.patch_embed
+        self.blocks = nn.ModuleList(vit.blocks[:k])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vit = self.vit[0]
+        if x.shape[-2] % vit.patch_size or x.shape[-1] % vit.patch_size:
+            raise ValueError(
+                f"input size {tuple(x.shape[-2:])} is not a multiple of the patch size {vit.patch_size}"
+            )
+        x = self.patch_embed(x)
+        if vit.pos_embed is not None:
+            x = x + resample_pos_embed(vit.pos_embed, (x.shape[1], x.shape[2]))
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+class _ViTHead(nn.Module):
+    """The blocks of a ViT encoder from ``k`` on and its neck (shared modules)."""
+
+    def __init__(self, vit: ImageEncoderViT, k: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(vit.blocks[k:])
+        self.neck = vit.neck
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return self.neck(x.permute(0, 3, 1, 2))

@@ -359,3 +359,46 @@ class TinyViT(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.neck(x).contiguous()
+
+    def split(self, tail: int) -> tuple[nn.Module, nn.Module]:
+        """(trunk, head) sharing this encoder's weights, with ``head(trunk(x)) == self(x)``.
+
+        The head holds the last ``tail`` stages and the neck, the trunk everything before: training only
+        the head over cached trunk outputs fine-tunes the encoder's top on a CPU (the full network needs
+        ~2.2 GB of activations per image). Trunk: ``(B, 3, H, W) -> (B, embed_dims[-tail-1] or its
+        merge, h, w)``; head: that -> ``(B, out_chans, h, w)``.
+        """
+        n = len(self.layers)
+        if not 1 <= tail <= n:
+            raise ValueError(f"tail must be 1..{n} stages of this TinyViT, got {tail}")
+        return _TinyViTTrunk(self, n - tail), _TinyViTHead(self, n - tail)
+
+
+class _TinyViTTrunk(nn.Module):
+    """Stem and the first ``k`` stages of a TinyViT (shared modules)."""
+
+    def __init__(self, vit: TinyViT, k: int) -> None:
+        super().__init__()
+        self.patch_embed = vit.patch_embed
+        self.layers = nn.ModuleList(vit.layers[:k])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class _TinyViTHead(nn.Module):
+    """The stages of a TinyViT from ``k`` on and its neck (shared modules)."""
+
+    def __init__(self, vit: TinyViT, k: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(vit.layers[k:])
+        self.neck = vit.neck
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for layer in self.layers:
+            x = layer(x)
+        return self.neck(x).contiguous()

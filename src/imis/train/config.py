@@ -12,6 +12,8 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
       init: litemedsam         # registry model or checkpoint whose weights start the run (null: random)
       arch_kwargs: {}          # builder arguments (e.g. a tiny imis-net for tests)
       freeze_image_encoder: true
+      train_encoder_tail: 0    # N > 0 (with the encoder frozen): its last N stages (TinyViT) or blocks
+                               # (ViT) and its neck train too, over cached outputs of the frozen rest
     datasets:                  # IMed-361M-format folders (btcv-demo, `imis prepare` outputs)
       - {path: ../shared/data/btcv-demo, split: train, repeat: 2, imask: true}
     val_datasets: []           # same form; scored every epoch with the benchmark's Dice
@@ -202,6 +204,8 @@ class ModelConfig:
     init: str | None = "litemedsam"
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     freeze_image_encoder: bool = True
+    # the top of a frozen encoder trains over cached trunk outputs: a CPU-sized encoder fine-tune
+    train_encoder_tail: int = 0
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> ModelConfig:
@@ -223,7 +227,15 @@ class ModelConfig:
         if not isinstance(kwargs, dict):
             raise InputError(f"{where}: model.arch_kwargs must be a mapping")
         freeze = _check_type(data.get("freeze_image_encoder", True), bool, where, "freeze_image_encoder")
-        return cls(arch, init, dict(kwargs), freeze)
+        tail = _check_type(data.get("train_encoder_tail", 0), int, where, "train_encoder_tail")
+        if tail < 0:
+            raise InputError(f"{where}: model.train_encoder_tail must be >= 0, got {tail}")
+        if tail and not freeze:
+            raise InputError(
+                f"{where}: model.train_encoder_tail needs freeze_image_encoder: true "
+                "(with it false the whole encoder trains already)"
+            )
+        return cls(arch, init, dict(kwargs), freeze, tail)
 
 
 _DEFAULT_FIRST = {

@@ -212,6 +212,8 @@ def _config_key(cfg: TrainConfig) -> dict[str, Any]:
     for k, v in _KEY_DEFAULTS.items():
         if d.get(k) == v:
             d.pop(k)
+    if not d.get("model", {}).get("train_encoder_tail"):
+        d.get("model", {}).pop("train_encoder_tail", None)
     for spec in d.get("datasets", []) + d.get("val_datasets", []):
         for k, default in (("variants", 0), ("cases", []), ("exclude_cases", [])):
             if spec.get(k) in (default, ()):
@@ -354,6 +356,7 @@ def train(
     net.to(device)
     lowres = 4 * int(net.prompt_encoder.image_embedding_size[0])
     freeze = cfg.model.freeze_image_encoder
+    trunk, head = encoder_split(net, cfg.model.train_encoder_tail)
 
     geometry = Geometry(cfg.variant_rotate, cfg.variant_scale, cfg.variant_shift)
     train_images: list[TrainImage] = []
@@ -380,6 +383,15 @@ def train(
             (text_params if is_text else params).append(p)
             trainable_names.add(n)
     trainable_names |= {n for n, _ in net.named_buffers() if n.split(".", 1)[0] in trainable_prefixes}
+    if head is not None:
+        # the encoder's top (shared modules) trains; its buffers are checkpointed with its weights
+        head_ids = {id(t) for t in [*head.parameters(), *head.buffers()]}
+        for n, p in net.named_parameters():
+            if id(p) in head_ids:
+                p.requires_grad_(True)
+                params.append(p)
+                trainable_names.add(n)
+        trainable_names |= {n for n, b in net.named_buffers() if id(b) in head_ids}
     groups = [{"params": params, "scale": 1.0}]
     if text_params:
         groups.append({"params": text_params, "scale": cfg.text_lr_scale})
@@ -392,9 +404,10 @@ def train(
 
         cache = Path(cfg.embedding_cache) if cfg.embedding_cache else out / "embeddings"
         enc_name = base_model_name(cfg.model.init) or cfg.model.arch
-        store = EmbeddingStore(
-            cache, net.image_encoder.eval(), pre, encoder_id(net.image_encoder, pre, enc_name), device
-        )
+        frozen = net.image_encoder if trunk is None else trunk
+        if trunk is not None:
+            enc_name = f"{enc_name}-trunk{cfg.model.train_encoder_tail}"
+        store = EmbeddingStore(cache, frozen.eval(), pre, encoder_id(frozen, pre, enc_name), device)
         unique = {im.key: im for im in train_images + val_images}
         todo = [im for i, (_, im) in enumerate(sorted(unique.items())) if i % d.world == d.rank]
         for im in _bar(todo, "encode images", progress and d.main):
@@ -469,9 +482,7 @@ def train(
     done_this_call = 0
     out_of_time = False
     val: dict[str, float] = {}
-    net.train()
-    if freeze:
-        net.image_encoder.eval()
+    _train_mode(net, freeze, head)
     while epoch < cfg.epochs:
         order = _rng(cfg.seed, epoch).permutation(len(train_images))
         bar = _bar(
@@ -510,6 +521,9 @@ def train(
                     )
             if store is not None:
                 embeddings = torch.stack(embs)
+                if head is not None:
+                    with amp_ctx() if amp_ctx else nullcontext():
+                        embeddings = head(embeddings).float()
             else:
                 with amp_ctx() if amp_ctx else nullcontext():
                     embeddings = net.image_encoder(torch.cat(embs)).float()
@@ -573,14 +587,12 @@ def train(
             epoch += 1
             step_in_epoch = 0
         if val_images and d.main:
-            val = evaluate(net, val_images, store, feats, name_index, pre, cfg, device)
+            val = evaluate(net, val_images, store, feats, name_index, pre, cfg, device, head)
             val_log.write({"epoch": epoch, "step": global_step, **val})
             if tb is not None:
                 for key, v in val.items():
                     tb.add_scalar(f"val/{key}", v, global_step)
-            net.train()
-            if freeze:
-                net.image_encoder.eval()
+            _train_mode(net, freeze, head)
         if out_of_time:
             break
         checkpoint()
@@ -592,6 +604,32 @@ def train(
         (out / "summary.json").write_text(json.dumps(result.__dict__, indent=2, default=str) + "\n")
     _barrier(d)
     return result
+
+
+def encoder_split(net: torch.nn.Module, tail: int) -> tuple[Any, Any]:
+    """(trunk, head) of ``net.image_encoder`` for ``model.train_encoder_tail`` = ``tail`` (None, None at 0)."""
+    if not tail:
+        return None, None
+    enc = net.image_encoder
+    if not hasattr(enc, "split"):
+        raise InputError(f"model.train_encoder_tail: the image encoder {type(enc).__name__} cannot be split")
+    try:
+        return enc.split(tail)
+    except ValueError as e:
+        raise InputError(f"model.train_encoder_tail: {e}") from None
+
+
+def _train_mode(net: torch.nn.Module, freeze: bool, head: Any) -> None:
+    """Training mode, except the frozen encoder. A trained encoder top trains with its BatchNorm
+    statistics kept: the few images of a CPU batch would make noisy ones (its affine weights learn)."""
+    net.train()
+    if freeze:
+        net.image_encoder.eval()
+    if head is not None:
+        head.train()
+        for m in head.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def _lr_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -625,11 +663,13 @@ def evaluate(
     pre: Preprocess,
     cfg: TrainConfig,
     device: torch.device,
+    head: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """Mean Dice (the benchmark's metric, in the low-res frame) of one centre click, a tight box and the
     target's name as text, and (``cfg.val_interactions`` = N > 0) under ``click@N`` after the centre click
     and N-1 RITM corrections with the previous logits fed back, as the benchmark's iterative protocol
-    does; over up to ``cfg.val_max_targets`` ground-truth targets."""
+    does; over up to ``cfg.val_max_targets`` ground-truth targets. ``head``: the trained top of the
+    encoder, applied to the store's cached trunk outputs."""
     from imis.bench.metrics import dice
     from imis.prompts import center_click, tight_box
     from imis.train.interaction import Prompt
@@ -643,6 +683,8 @@ def evaluate(
             break
         if store is not None:
             emb = store.get(img.key, img.path, img.affine).to(device).float()[None]
+            if head is not None:
+                emb = head(emb).float()
         else:
             from imis.models.preprocess import prepare_image
 
@@ -729,7 +771,8 @@ def export_model(
     from imis.models.interactive import InteractiveModel
     from imis.models.registry import save_checkpoint
 
-    freeze = cfg.model.freeze_image_encoder
+    # only a wholly frozen encoder can come from the base model; a trained top makes it this model's own
+    freeze = cfg.model.freeze_image_encoder and not cfg.model.train_encoder_tail
     base = base_model_name(cfg.model.init) if freeze else None
     partial = base is not None
     text = getattr(net, "text_projection", None) is not None
