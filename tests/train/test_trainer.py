@@ -246,6 +246,11 @@ def test_shipped_training_configs_are_valid():
     for name, cfg in outs.items():
         if name != "imis-lite":
             assert Path(cfg.model.init).parent.name in outs, (name, cfg.model.init)
+    # experiments kept for the record (not shipped stages) load too
+    experiments = sorted((root / "experiments").glob("*.yaml"))
+    assert experiments
+    for p in experiments:
+        load_train_config(p)
 
 
 def test_trainable_image_encoder_learns_with_several_gradient_steps(btcv_dir, tmp_path):
