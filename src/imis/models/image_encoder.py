@@ -309,11 +309,15 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_chans),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse an input whose sides are not multiples of the patch size."""
         if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
             raise ValueError(
                 f"input size {tuple(x.shape[-2:])} is not a multiple of the patch size {self.patch_size}"
             )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
         x = self.patch_embed(x)  # (B, h, w, D)
         if self.pos_embed is not None:
             x = x + resample_pos_embed(self.pos_embed, (x.shape[1], x.shape[2]))
@@ -342,10 +346,7 @@ class _ViTTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         vit = self.vit[0]
-        if x.shape[-2] % vit.patch_size or x.shape[-1] % vit.patch_size:
-            raise ValueError(
-                f"input size {tuple(x.shape[-2:])} is not a multiple of the patch size {vit.patch_size}"
-            )
+        vit.check_input(x)
         x = self.patch_embed(x)
         if vit.pos_embed is not None:
             x = x + resample_pos_embed(vit.pos_embed, (x.shape[1], x.shape[2]))
