@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     from imis.train.commands import register_train_command
 
     register_train_command(sub)
+
+    from imis.automask.commands import register_automask_command
+
+    register_automask_command(sub)
     return parser
 
 

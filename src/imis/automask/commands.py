@@ -1,0 +1,178 @@
+"""The `imis automask` command (registered by :mod:`imis.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["cmd_automask", "register_automask_command"]
+
+DESCRIPTION = """\
+Generate the dense "interactive masks" of IMed-361M (paper §3.2) for the images of a dataset folder in
+the IMed-361M layout (`imis prepare` writes one): masks of everything a promptable model finds, cleaned
+against the ground truth, written as imask/x___<stem>.npy id maps exactly as the released dataset holds
+them. `imis train` and `imis stats` read them like the released ones.
+"""
+
+EPILOG = """\
+what it does, per image (the image is encoded ONCE):
+  1. a points-per-side x points-per-side grid of positive clicks (cell centres), decoded against the one
+     cached embedding in batches; each click scored on the model's mask outputs (--outputs)
+  2. keep outputs with predicted IoU >= --iou-thresh and stability >= --stability (SAM's score: IoU of
+     the mask at logit +1 and -1); only these masks are computed
+  3. drop masks over --max-area of the image; NMS: a mask whose IoU with a more confident kept mask
+     exceeds --nms is dropped (--nms-kind mask: mask IoU, the paper; box: SAM's generator)
+  4. ground-truth QC (skipped with --no-gt):
+     - a GT label with several connected regions replaces the generated masks lying >= 50% inside it
+     - a single-connected GT region: a generated mask whose box overlaps the GT box by more than 95%
+       (box IoU) stands for it; otherwise the GT region replaces the masks lying >= 50% inside it
+  5. opening then closing of every generated mask (specks off, holes filled); masks under --min-area
+     of the image dropped; one id map, larger masks first and smaller ones on top, ids 1..K, 0 = none
+
+files written in DATASET:
+  imask/x___<stem>.npy                int64 (H, W, 1) id map (the released IMed-361M format)
+  automask/records/<stem>.json        per id: source model|gt, predicted IoU, stability, click, area
+  automask/settings.json              settings, model, weights digest
+  dataset.json                        each processed entry gains "imask": "imask/x___<stem>.npy"
+
+resuming: rerun the same command; finished images are skipped, a killed run's last image is redone
+(files are written through temporary files): the result is byte-identical to an uninterrupted run.
+Other settings over existing imasks, or released imasks, need --overwrite. A broken image is reported
+with the file and cause while the others go on; the exit status is then 1.
+
+examples:
+  imis automask datasets/heart
+  imis automask datasets/heart --split train --workers 4
+  imis automask ../shared/data/btcv-copy --no-gt --points-per-side 16 --overwrite
+  imis automask datasets/liver --model sam-vit-b --checkpoint sam_vit_b_01ec64.pth --outputs multimask
+  RAY_ADDRESS=auto imis automask /shared/datasets/lung --executor ray --workers 64 --device cuda --gpus 0.25
+"""
+
+
+def _pos_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
+def register_automask_command(sub) -> None:
+    p = sub.add_parser(
+        "automask",
+        help="generate the dense interactive masks (imask/) of a dataset (paper §3.2)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "dataset", type=Path, metavar="DATASET", help="dataset folder (dataset.json, image/, label/)"
+    )
+    p.add_argument(
+        "--split", choices=["train", "test", "all"], default="all", help="entries to process (default all)"
+    )
+    p.add_argument("--model", default=None, help="registry model (default imis-lite; see `imis models`)")
+    p.add_argument("--checkpoint", default=None, help="weight file for models without embedded weights")
+    g = p.add_argument_group("generation (paper defaults)")
+    g.add_argument(
+        "--points-per-side", type=_pos_int, default=32, help="click grid side (default 32: 1024 clicks)"
+    )
+    g.add_argument("--iou-thresh", type=float, default=0.85, help="keep predicted IoU >= this (default 0.85)")
+    g.add_argument(
+        "--stability", type=float, default=0.95, help="keep stability >= this; 0 disables (default 0.95)"
+    )
+    g.add_argument("--nms", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    g.add_argument(
+        "--nms-kind", choices=["mask", "box"], default="mask", help="IoU of masks or boxes (default mask)"
+    )
+    g.add_argument(
+        "--max-area", type=float, default=0.8, help="drop masks over this image fraction (default 0.8)"
+    )
+    g.add_argument(
+        "--min-area", type=float, default=0.005, help="drop masks under this fraction (default 0.005)"
+    )
+    g.add_argument(
+        "--outputs",
+        choices=["auto", "single", "multimask", "all"],
+        default="auto",
+        help="mask outputs scored per click: multimask (SAM's 3), single, all 4; auto: the model's rule",
+    )
+    g.add_argument("--batch-size", type=_pos_int, default=128, help="clicks decoded per batch (default 128)")
+    q = p.add_argument_group("quality control")
+    q.add_argument("--no-gt", action="store_true", help="no ground-truth QC ('segment everything')")
+    q.add_argument(
+        "--box-overlap", type=float, default=0.95, help="GT box IoU for a generated mask to stand (0.95)"
+    )
+    q.add_argument(
+        "--morphology", type=int, default=1, help="opening/closing iterations; 0 disables (default 1)"
+    )
+    r = p.add_argument_group("execution")
+    r.add_argument(
+        "--workers", type=_pos_int, default=None, help="local processes, or Ray actors (default 1 / all CPUs)"
+    )
+    r.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local, or ray (RAY_ADDRESS or a local Ray)",
+    )
+    r.add_argument("--device", default="cpu", help="torch device of each worker (cpu, cuda)")
+    r.add_argument(
+        "--gpus", type=float, default=0.0, help="GPUs per Ray actor (e.g. 0.25: four actors per GPU)"
+    )
+    r.add_argument("--threads", type=_pos_int, default=None, help="torch threads per worker")
+    r.add_argument("--overwrite", action="store_true", help="regenerate finished and released imasks")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_automask)
+
+
+def cmd_automask(args: argparse.Namespace) -> int:
+    from imis.automask.run import run_automask
+    from imis.automask.settings import AutomaskSettings
+    from imis.cli import print_table
+    from imis.models.registry import default_model_name
+
+    settings = AutomaskSettings(
+        points_per_side=args.points_per_side,
+        iou_thresh=args.iou_thresh,
+        stability_thresh=args.stability,
+        nms=args.nms,
+        nms_kind=args.nms_kind,
+        max_area=args.max_area,
+        min_area=args.min_area,
+        outputs=args.outputs,
+        gt_qc=not args.no_gt,
+        box_overlap=args.box_overlap,
+        morphology=args.morphology,
+        batch_size=args.batch_size,
+    )
+    model = args.model or ("litemedsam" if args.checkpoint else default_model_name())
+    summary = run_automask(
+        args.dataset,
+        settings,
+        model=model,
+        checkpoint=args.checkpoint,
+        split=args.split,
+        workers=args.workers,
+        executor=args.executor,
+        overwrite=args.overwrite,
+        device=args.device,
+        threads=args.threads,
+        gpus=args.gpus,
+        progress=False if args.no_progress else None,
+    )
+    print()
+    print_table([{"model": model, **summary.row()}])
+    print(f"time: {summary.seconds:.1f} s; records: {Path(args.dataset) / 'automask' / 'records'}")
+    if summary.failures:
+        for f in summary.failures:
+            print(f"failed: {f.cause}", file=sys.stderr)
+        print(
+            f"imis automask: {len(summary.failures)} image(s) failed; fix them and rerun to resume",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,158 @@
+"""Candidate masks from a grid of click prompts (paper §3.2, Segment Anything's automatic generator).
+
+One image embedding; an n x n grid of positive clicks at the centres of n x n cells (SAM's
+``build_point_grid``); the clicks decoded in a few large batches by
+:mod:`imis.models.grid_decode`; every output token the model is used with scored by its IoU head;
+the masks computed only for outputs with predicted IoU >= ``iou_thresh``; then SAM's stability score
+(the IoU of the mask thresholded at +offset and at -offset) on the low-resolution logits.
+
+Everything up to NMS works in the network's low-resolution mask frame (the valid, unpadded part of it);
+only the masks that survive NMS are brought to the native resolution (`logits_to_native`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from imis.automask.settings import AutomaskSettings
+from imis.models.grid_decode import decode_clicks, masks_for, shared_image
+from imis.models.interactive import Embedding, InteractiveModel
+
+__all__ = ["Candidates", "generate_candidates", "output_tokens", "point_grid", "stability_score"]
+
+
+@dataclass
+class Candidates:
+    """Masks kept by the IoU and stability filters, in the low-res frame.
+
+    logits (K, h, w) float32 in the model's low-res frame (padding included); masks (K, hv, wv) bool,
+    the valid part thresholded; iou, stability (K,); point (K, 2) native x, y; output (K,) token index.
+    """
+
+    logits: torch.Tensor
+    masks: torch.Tensor
+    iou: np.ndarray
+    stability: np.ndarray
+    point: np.ndarray
+    output: np.ndarray
+    decoded: int  # prompts decoded
+
+    def select(self, idx: np.ndarray) -> Candidates:
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return Candidates(
+            self.logits[t],
+            self.masks[t],
+            self.iou[idx],
+            self.stability[idx],
+            self.point[idx],
+            self.output[idx],
+            self.decoded,
+        )
+
+    def __len__(self) -> int:
+        return len(self.iou)
+
+
+def point_grid(n: int, height: int, width: int) -> np.ndarray:
+    """(n*n, 2) native (x, y) click positions: centres of an n x n grid of cells, row-major."""
+    if n < 1:
+        raise ValueError(f"points_per_side must be >= 1, got {n}")
+    side = (np.arange(n, dtype=np.float64) + 0.5) / n
+    xs, ys = np.meshgrid(side, side)
+    return np.stack([xs.ravel() * width, ys.ravel() * height], axis=-1)
+
+
+def output_tokens(model: InteractiveModel, outputs: str, n_tokens: int) -> list[int]:
+    """Mask tokens scored per click. 'multimask': tokens 1.. (SAM's generator); 'single': token 0;
+    'all': every token; 'auto': the model's own rule for a lone click ('single' models: token 0)."""
+    if outputs == "auto":
+        outputs = "single" if model.multimask == "single" else "multimask"
+    if outputs == "single":
+        return [0]
+    if outputs == "multimask":
+        return list(range(1, n_tokens))
+    if outputs == "all":
+        return list(range(n_tokens))
+    raise ValueError(f"outputs must be auto, single, multimask or all, not {outputs!r}")
+
+
+def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> torch.Tensor:
+    """SAM's stability: |logits > t + offset| / |logits > t - offset| per mask (1 for an empty mask)."""
+    inter = (logits > threshold + offset).flatten(1).sum(1, dtype=torch.int64)
+    union = (logits > threshold - offset).flatten(1).sum(1, dtype=torch.int64)
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float64))
+
+
+def low_res_valid(embedding: Embedding, low_hw: tuple[int, int]) -> tuple[int, int]:
+    """Extent of the image (not padding) inside the low-res mask frame."""
+    frame = embedding.frame
+    s = frame.input_size
+    return (
+        max(1, int(np.ceil(frame.valid_hw[0] * low_hw[0] / s))),
+        max(1, int(np.ceil(frame.valid_hw[1] * low_hw[1] / s))),
+    )
+
+
+@torch.inference_mode()
+def generate_candidates(
+    model: InteractiveModel, embedding: Embedding, settings: AutomaskSettings
+) -> Candidates:
+    """Decode the click grid against ``embedding`` and keep the confident, stable masks."""
+    net = model.net
+    h, w = embedding.frame.orig_hw
+    points = point_grid(settings.points_per_side, h, w)
+    coords = torch.from_numpy(embedding.frame.to_input(points))[:, None].to(model.device)
+    labels = torch.ones(len(points), 1, dtype=torch.int64, device=model.device)
+    shared = shared_image(net, embedding.features.float())
+    tokens = output_tokens(model, settings.outputs, net.mask_decoder.num_mask_tokens)
+    tok = torch.tensor(tokens, dtype=torch.long)
+    kept: dict[str, list] = {k: [] for k in ("logits", "masks", "iou", "stab", "row", "out")}
+    valid = None
+    for start in range(0, len(points), settings.batch_size):
+        sl = slice(start, start + settings.batch_size)
+        sparse, _ = net.prompt_encoder((coords[sl], labels[sl]), None, None, None)
+        state = decode_clicks(net, shared, sparse)
+        iou = state.iou[:, tok].float().cpu()
+        rows, cols = torch.nonzero(iou >= settings.iou_thresh, as_tuple=True)
+        if not len(rows):
+            continue
+        logits = masks_for(net, state, rows.to(model.device), tok[cols].to(model.device)).float().cpu()
+        if valid is None:
+            valid = low_res_valid(embedding, tuple(logits.shape[-2:]))
+        inner = logits[:, : valid[0], : valid[1]]
+        stab = stability_score(inner, settings.mask_threshold, settings.stability_offset)
+        ok = stab >= settings.stability_thresh
+        kept["logits"].append(logits[ok])
+        kept["masks"].append(inner[ok] > settings.mask_threshold)
+        kept["iou"].append(iou[rows[ok], cols[ok]])
+        kept["stab"].append(stab[ok])
+        kept["row"].append(rows[ok] + start)
+        kept["out"].append(tok[cols[ok]])
+    return _gather(kept, points)
+
+
+def _gather(kept: dict[str, list], points: np.ndarray) -> Candidates:
+    if not kept["iou"]:
+        empty = torch.zeros(0, 1, 1)
+        return Candidates(
+            empty,
+            empty.bool(),
+            np.zeros(0),
+            np.zeros(0),
+            np.zeros((0, 2)),
+            np.zeros(0, np.int64),
+            len(points),
+        )
+    rows = torch.cat(kept["row"]).numpy()
+    return Candidates(
+        logits=torch.cat(kept["logits"]),
+        masks=torch.cat(kept["masks"]),
+        iou=torch.cat(kept["iou"]).numpy().astype(np.float64),
+        stability=torch.cat(kept["stab"]).numpy().astype(np.float64),
+        point=points[rows],
+        output=torch.cat(kept["out"]).numpy().astype(np.int64),
+        decoded=len(points),
+    )

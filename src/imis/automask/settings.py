@@ -1,0 +1,71 @@
+"""The settings of one automask run (every CLI option that changes the output) and their fingerprint."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+
+from imis.errors import InputError
+
+__all__ = ["AutomaskSettings"]
+
+OUTPUTS = ("auto", "single", "multimask", "all")
+NMS_KINDS = ("mask", "box")
+
+
+@dataclass(frozen=True)
+class AutomaskSettings:
+    """Generation (paper §3.2 defaults) and quality control.
+
+    points_per_side: n of the n x n click grid. iou_thresh: keep outputs whose predicted IoU is at
+    least this. stability_thresh / stability_offset: SAM's stability filter (0 disables it).
+    nms: suppress a mask whose IoU with a more confident kept one exceeds this; nms_kind: 'mask' (mask
+    IoU, the paper) or 'box' (box IoU of the masks' bounding boxes, SAM's generator).
+    max_area / min_area: drop masks above / below these fractions of the image. outputs: which mask
+    tokens each click is scored on (see `generate.output_tokens`). gt_qc: ground-truth quality
+    control; box_overlap: a generated mask stands for a single-connected GT region when their boxes'
+    IoU exceeds this; morphology: opening then closing of each generated mask (radius in pixels).
+    """
+
+    points_per_side: int = 32
+    iou_thresh: float = 0.85
+    stability_thresh: float = 0.95
+    stability_offset: float = 1.0
+    mask_threshold: float = 0.0
+    nms: float = 0.7
+    nms_kind: str = "mask"
+    max_area: float = 0.8
+    min_area: float = 0.005
+    outputs: str = "auto"
+    gt_qc: bool = True
+    box_overlap: float = 0.95
+    morphology: int = 1
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.points_per_side < 1:
+            raise InputError(f"--points-per-side must be >= 1, got {self.points_per_side}")
+        for name in ("iou_thresh", "stability_thresh", "nms", "max_area", "min_area", "box_overlap"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise InputError(f"--{name.replace('_', '-')} must be within [0, 1], got {v}")
+        if self.min_area >= self.max_area:
+            raise InputError(f"--min-area {self.min_area} must be below --max-area {self.max_area}")
+        if self.outputs not in OUTPUTS:
+            raise InputError(f"--outputs must be one of {', '.join(OUTPUTS)}, got {self.outputs!r}")
+        if self.nms_kind not in NMS_KINDS:
+            raise InputError(f"--nms-kind must be mask or box, got {self.nms_kind!r}")
+        if self.batch_size < 1 or self.morphology < 0:
+            raise InputError("batch size must be >= 1 and morphology radius >= 0")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, model: str, weights: str) -> str:
+        """What decides the output: every setting except the batch size, and the model and its weights."""
+        d = self.to_json()
+        d.pop("batch_size")
+        d.update(model=model, weights=weights)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
