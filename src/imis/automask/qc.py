@@ -29,7 +29,7 @@ INSIDE = 0.5  # fraction of a generated mask inside a GT region for the GT to re
 EIGHT = np.ones((3, 3), dtype=bool)
 
 
-@dataclass
+@dataclass(eq=False)
 class Region:
     """One mask of the id map and where it came from (provenance)."""
 

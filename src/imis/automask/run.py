@@ -115,6 +115,7 @@ def run_automask(
             f"{ds.root}: {len(stale)} imask(s) were generated with other settings or weights "
             f"(e.g. {stale[0]}); pass --overwrite to regenerate them"
         )
+    store.clean_temporaries()
     store.write_settings(
         {**settings.to_json(), "model": model, "checkpoint": checkpoint, "fingerprint": fingerprint}
     )

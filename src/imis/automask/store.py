@@ -14,7 +14,9 @@ is rewritten once at the end from the records.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from imis.io.files import atomic_output
 __all__ = ["AutomaskStore"]
 
 FOLDER = "automask"
+_TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp")  # atomic_output's temporary names
 
 
 def _json_bytes(obj) -> bytes:
@@ -66,6 +69,17 @@ class AutomaskStore:
             if rec is not None and rec.get("fingerprint") != self.fingerprint:
                 out.append(s)
         return out
+
+    def clean_temporaries(self) -> int:
+        """Remove the temporary files a killed run left behind (never a finished file)."""
+        n = 0
+        for d in (self.root, self.root / "imask", self.root / FOLDER, self.root / FOLDER / "records"):
+            for p in d.iterdir() if d.is_dir() else ():
+                if _TMP_RE.match(p.name) and p.is_file():
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        n += 1
+        return n
 
     def write_settings(self, settings: dict) -> None:
         with atomic_output(self.root / FOLDER / "settings.json") as tmp:
