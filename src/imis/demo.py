@@ -2,7 +2,9 @@
 
 1. Reads btcv-demo's test split (real abdominal CT, cases 037-039, 14 slices, 85 masks).
 2. Prepares a small Colin27 + AAL set (a real T1 MRI with atlas labels, Debian mricron-data) with
-   `imis prepare`'s Python API: four structures on a handful of axial slices, into ``OUT/colin27-aal``.
+   `imis prepare`'s Python API: four structures on a handful of axial slices, into ``OUT/colin27-aal``,
+   then gives it its interactive masks with `imis automask`'s Python API (``imask/``, a 16 x 16 click grid
+   of the default model, GT quality control; the benchmark does not read them).
 3. Runs the ``single`` and ``iterative`` benchmark protocols on both, for every registry model whose
    weights are available (``ModelSpec.weights_path()`` is not None) and the weight-free baselines GrabCut
    and random walker, with seed-0 prompt files shared by every model.
@@ -117,6 +119,22 @@ def prepare_colin(out: Path, progress: bool = True) -> Path | None:
     if not summary.ok:
         raise InputError(f"{dataset}: preparing Colin27 failed: {summary.failures}")
     return dataset
+
+
+AUTOMASK_POINTS = 16  # a 16 x 16 grid keeps the step within seconds per slice on a CPU
+
+
+def automask_colin(dataset: Path, progress: bool = True) -> dict[str, Any]:
+    """`imis automask` on the prepared Colin27 set (resumable: finished slices are skipped)."""
+    from imis.automask.run import run_automask
+    from imis.automask.settings import AutomaskSettings
+    from imis.models.registry import default_model_name
+
+    model = default_model_name()
+    s = run_automask(dataset, AutomaskSettings(points_per_side=AUTOMASK_POINTS), model=model, progress=progress)
+    if s.failures:
+        raise InputError(f"{dataset}: automask failed: {[f.cause for f in s.failures]}")
+    return {"model": model, "points_per_side": AUTOMASK_POINTS, **s.row(), "seconds": round(s.seconds, 1)}
 
 
 @dataclass(frozen=True)
@@ -375,8 +393,11 @@ def run(args: argparse.Namespace) -> int:
 
     datasets = [("btcv-demo", btcv, "test")]
     colin = prepare_colin(out, progress=not args.no_progress)
+    automask = None
     if colin is not None:
         datasets.append(("colin27-aal", colin, "train"))  # one case: prepare puts it in the train split
+        automask = automask_colin(colin, progress=not args.no_progress)
+        print(f"automask on colin27-aal: {automask}", flush=True)
     else:
         print("Colin27/AAL not installed (apt-get install mricron-data): brain part skipped", file=sys.stderr)
     if not args.resume:
@@ -430,6 +451,7 @@ def run(args: argparse.Namespace) -> int:
         "models": names,
         "tasks": sorted(done, key=lambda r: r["task"]),
         "total_seconds": round(total, 1),
+        "automask": automask,
         "runs": {key: {k: v for k, v in s.items() if k != "config"} for key, s in runs.items()},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -45,6 +45,12 @@ def test_demo_runs_both_protocols_and_writes_the_reports(shared_dir, tmp_path, c
     assert len(results["tasks"]) == 2 * len(datasets)
     if "colin27-aal" in datasets:
         assert (out / "colin27-aal" / "dataset.json").is_file()
+        from imis.data.formats import imed
+
+        # the automask step gave every prepared slice its interactive masks, read as released ones are
+        ds = imed.read_dataset(out / "colin27-aal")
+        assert results["automask"]["images"] == len(ds.entries) > 0
+        assert all(imed.read_imask(e.imask).max() >= 1 for e in ds.entries)
 
 
 def test_demo_refuses_an_unknown_model(shared_dir, tmp_path, capsys):

@@ -98,48 +98,62 @@ def _t2i_batched(
     b, t, _ = q_tok.shape
     nh, c = _split(attn)
     d = keys.shape[-1]
-    q = attn.q_proj(q_tok).view(b, t, nh, c)
+    q = attn.q_proj(q_tok).view(b, t, nh, c) * (1.0 / math.sqrt(c))
     wk = attn.k_proj.weight.view(nh, c, d)
     qk = torch.einsum("bthc,hcd->bthd", q, wk).reshape(b, t * nh, d)
-    scores = torch.bmm(qk, keys_pe.transpose(1, 2)) * (1.0 / math.sqrt(c))  # (B, T*H, N)
+    scores = torch.bmm(qk, keys_pe.transpose(1, 2))  # (B, T*H, N), already scaled
     agg = torch.bmm(scores.softmax(dim=-1), keys).view(b, t, nh, d)
     wv = attn.v_proj.weight.view(nh, c, d)
     out = torch.einsum("bthd,hcd->bthc", agg, wv).reshape(b, t, nh * c) + attn.v_proj.bias
     return attn.out_proj(out)
 
 
-def _i2t_delta(attn: Attention, scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Image->token attention output from its logits (B, N, H, T) and token values (B, T, H*c)."""
-    b, n, nh, t = scores.shape
+def _softmax_tokens(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the token axis of (B, N, T, H) logits. Written out: torch's softmax over a last
+    axis of ~7 is several times slower on a CPU than these three passes over (T, H) blocks."""
+    e = (scores - scores.amax(dim=-2, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-2, keepdim=True))
+
+
+def _i2t_update(attn: Attention, keys: torch.Tensor, scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """keys + image->token attention output, from its logits (B, N, T, H) and token values (B, T, H*c).
+
+    The output projection is applied to the few token values first: sum_{t,h} a_ith (W_o^h v_th); its
+    bias is spread over the T*H rows (each head's weights sum to 1 over the tokens), so that one
+    batched matmul adds the whole update onto ``keys``.
+    """
+    b, n, t, nh = scores.shape
     c = v.shape[-1] // nh
-    a = scores.softmax(dim=-1).reshape(b, n, nh * t)
+    a = _softmax_tokens(scores).reshape(b, n, t * nh)
     wo = attn.out_proj.weight.view(-1, nh, c)  # (D, H, c)
-    u = torch.einsum("bthc,dhc->bhtd", v.view(b, t, nh, c), wo).reshape(b, nh * t, -1)
-    return torch.bmm(a, u) + attn.out_proj.bias
+    u = torch.einsum("bthc,dhc->bthd", v.view(b, t, nh, c), wo).reshape(b, t * nh, -1)
+    return torch.baddbmm(keys, a, u + attn.out_proj.bias / nh)
 
 
-def _i2t_shared(attn: Attention, q0: torch.Tensor, tok_pe: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
-    """Image->token update of image tokens shared by the batch (their queries q0 (N, C) precomputed)."""
+def _i2t_shared(
+    attn: Attention, src, q0: torch.Tensor, tok_pe: torch.Tensor, tok: torch.Tensor
+) -> torch.Tensor:
+    """src + the image->token update of image tokens shared by the batch (queries q0 (N, C) precomputed)."""
     b, t, _ = tok.shape
     nh, c = _split(attn)
-    k = attn.k_proj(tok_pe).view(b * t, nh, c).permute(1, 2, 0)  # (H, c, B*T)
-    scores = torch.bmm(q0.view(-1, nh, c).transpose(0, 1), k) * (1.0 / math.sqrt(c))  # (H, N, B*T)
-    scores = scores.view(nh, -1, b, t).permute(2, 1, 0, 3)  # (B, N, H, T)
-    return _i2t_delta(attn, scores, attn.v_proj(tok))
+    k = attn.k_proj(tok_pe).view(b * t, nh, c).permute(1, 2, 0) * (1.0 / math.sqrt(c))  # (H, c, B*T)
+    scores = torch.bmm(q0.view(-1, nh, c).transpose(0, 1), k)  # (H, N, B*T)
+    scores = scores.view(nh, -1, b, t).permute(2, 1, 3, 0).contiguous()  # (B, N, T, H)
+    return _i2t_update(attn, src.expand(b, -1, -1), scores, attn.v_proj(tok))
 
 
 def _i2t_batched(
-    attn: Attention, keys_pe: torch.Tensor, tok_pe: torch.Tensor, tok: torch.Tensor
+    attn: Attention, keys, keys_pe: torch.Tensor, tok_pe: torch.Tensor, tok: torch.Tensor
 ) -> torch.Tensor:
-    """Image->token update of per-prompt image tokens: (W_q x_i + b_q) . k_t = x_i . (W_q^T k_t) + b_q . k_t."""
+    """keys + the image->token update: (W_q x_i + b_q) . k_t = x_i . (W_q^T k_t) + b_q . k_t."""
     b, t, _ = tok.shape
     nh, c = _split(attn)
     d = keys_pe.shape[-1]
-    k = attn.k_proj(tok_pe).view(b, t, nh, c)
-    kq = torch.einsum("bthc,hcd->bhtd", k, attn.q_proj.weight.view(nh, c, d)).reshape(b, nh * t, d)
-    const = torch.einsum("bthc,hc->bht", k, attn.q_proj.bias.view(nh, c)).reshape(b, 1, nh * t)
-    scores = (torch.bmm(keys_pe, kq.transpose(1, 2)) + const) * (1.0 / math.sqrt(c))
-    return _i2t_delta(attn, scores.view(b, -1, nh, t), attn.v_proj(tok))
+    k = attn.k_proj(tok_pe).view(b, t, nh, c) * (1.0 / math.sqrt(c))
+    kq = torch.einsum("bthc,hcd->bthd", k, attn.q_proj.weight.view(nh, c, d)).reshape(b, t * nh, d)
+    const = torch.einsum("bthc,hc->bth", k, attn.q_proj.bias.view(nh, c)).reshape(b, 1, t * nh)
+    scores = torch.baddbmm(const, keys_pe, kq.transpose(1, 2))
+    return _i2t_update(attn, keys, scores.view(b, -1, t, nh), attn.v_proj(tok))
 
 
 def _layer(
@@ -156,13 +170,11 @@ def _layer(
     if keys is None:
         queries = layer.norm2(queries + _t2i_shared(t2i, queries + tok_pe, shared.k0, shared.v0))
         queries = layer.norm3(queries + layer.mlp(queries))
-        delta = _i2t_shared(i2t, shared.q0, queries + tok_pe, queries)
-        return queries, layer.norm4(shared.src + delta)
+        return queries, layer.norm4(_i2t_shared(i2t, shared.src, shared.q0, queries + tok_pe, queries))
     keys_pe = keys + shared.pe
     queries = layer.norm2(queries + _t2i_batched(t2i, queries + tok_pe, keys, keys_pe))
     queries = layer.norm3(queries + layer.mlp(queries))
-    delta = _i2t_batched(i2t, keys_pe, queries + tok_pe, queries)
-    return queries, layer.norm4(keys + delta)
+    return queries, layer.norm4(_i2t_batched(i2t, keys, keys_pe, queries + tok_pe, queries))
 
 
 def decode_clicks(net, shared: SharedImage, sparse: torch.Tensor) -> GridDecode:

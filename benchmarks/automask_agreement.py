@@ -1,0 +1,150 @@
+"""Automask on btcv-demo's test split against the released imasks and the ground truth.
+
+For each model, each of the 14 test slices is encoded once and its click grid decoded once; the
+candidates (predicted IoU >= --iou-thresh, stability not yet applied) then go through these variants:
+
+  qc            SAM's stability >= 0.95, NMS, areas, GT quality control (the `imis automask` default)
+  no-gt         the same without GT quality control (`--no-gt`)
+  paper-no-gt   the paper's filters only (no stability filter), without GT quality control
+
+Reported per variant: masks per image and image coverage (ours and released), the mean best-IoU of
+each released imask region against our regions, and the recall of the GT organ masks (a GT mask is
+found when one of our regions has IoU >= 0.5 / 0.75 with it). Prints one JSON line; --out writes it.
+Run: `PYTHONPATH=src .venv/bin/python benchmarks/automask_agreement.py --models imis-lite litemedsam`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imis.automask.generate import generate_candidates
+from imis.automask.pipeline import native_regions, select_masks
+from imis.automask.qc import apply_gt_qc, clean_regions, paint_id_map
+from imis.automask.settings import AutomaskSettings
+from imis.data.formats import imed
+from imis.models import load_model
+
+VARIANTS = {
+    "qc": {"stability": 0.95, "gt": True},
+    "no-gt": {"stability": 0.95, "gt": False},
+    "paper-no-gt": {"stability": 0.0, "gt": False},
+}
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every non-zero id of id map ``a`` with every non-zero id of ``b`` (rows: a's ids 1..)."""
+    na, nb = int(a.max()), int(b.max())
+    pair = np.bincount((a.ravel() * (nb + 1) + b.ravel()), minlength=(na + 1) * (nb + 1))
+    inter = pair.reshape(na + 1, nb + 1)[1:, 1:].astype(np.float64)
+    area_a = np.bincount(a.ravel(), minlength=na + 1)[1:, None]
+    area_b = np.bincount(b.ravel(), minlength=nb + 1)[None, 1:]
+    union = area_a + area_b - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def gt_recall_ious(gt: np.ndarray, ids: np.ndarray) -> list[float]:
+    out = []
+    for c in range(gt.shape[0]):
+        if not gt[c].any():
+            continue
+        if ids.max() == 0:
+            out.append(0.0)
+            continue
+        out.append(float(iou_matrix(gt[c].astype(np.int64), ids).max()))
+    return out
+
+
+def variant_id_map(cand, emb, gt, names, settings: AutomaskSettings, v: dict):
+    keep = np.flatnonzero(cand.stability >= v["stability"])
+    sel = select_masks(cand.select(keep), settings)
+    regions = native_regions(sel, emb, settings.mask_threshold)
+    if v["gt"]:
+        regions = apply_gt_qc(regions, gt, names, settings.box_overlap)
+    regions = clean_regions(regions, settings.morphology)
+    hw = gt.shape[1:]
+    return paint_id_map(regions, int(np.ceil(settings.min_area * hw[0] * hw[1])), hw)[0]
+
+
+def evaluate(model_name: str, ds, entries, settings: AutomaskSettings) -> dict:
+    model = load_model(model_name)
+    stats = {k: {"masks": [], "coverage": [], "best_iou": [], "gt_iou": []} for k in VARIANTS}
+    released = {"masks": [], "coverage": []}
+    t_gen = []
+    for e in entries:
+        image, gt = imed.read_image(e.image), imed.read_label(e.label)
+        names = ds.label_names(gt.shape[0])
+        rel = imed.read_imask(e.imask)
+        released["masks"].append(int(len(np.unique(rel[rel > 0]))))
+        released["coverage"].append(float((rel > 0).mean()))
+        t0 = time.process_time()
+        emb = model.encode(image, str(e.image))
+        cand = generate_candidates(model, emb, dataclasses.replace(settings, stability_thresh=0.0))
+        t_gen.append(time.process_time() - t0)
+        for k, v in VARIANTS.items():
+            ids = variant_id_map(cand, emb, gt, names, settings, v)
+            s = stats[k]
+            s["masks"].append(int(ids.max()))
+            s["coverage"].append(float((ids > 0).mean()))
+            if rel.max() > 0:
+                best = iou_matrix(rel, ids).max(1) if ids.max() > 0 else np.zeros(int(rel.max()))
+                present = np.bincount(rel.ravel(), minlength=int(rel.max()) + 1)[1:] > 0
+                s["best_iou"].extend(best[present].tolist())
+            s["gt_iou"].extend(gt_recall_ious(gt, ids))
+        print(f"{model_name} {e.stem}: {len(cand)} candidates, {t_gen[-1]:.1f} CPU s", flush=True)
+    out = {"cpu_s_per_image_generation": round(float(np.mean(t_gen)), 2)}
+    for k, s in stats.items():
+        g = np.asarray(s["gt_iou"])
+        out[k] = {
+            "masks_per_image": round(float(np.mean(s["masks"])), 2),
+            "coverage": round(float(np.mean(s["coverage"])), 3),
+            "released_regions_mean_best_iou": round(float(np.mean(s["best_iou"])), 3),
+            "gt_masks": len(g),
+            "recall@0.5": round(float((g >= 0.5).mean()), 3),
+            "recall@0.75": round(float((g >= 0.75).mean()), 3),
+        }
+    out["released"] = {
+        "masks_per_image": round(float(np.mean(released["masks"])), 2),
+        "coverage": round(float(np.mean(released["coverage"])), 3),
+    }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
+    ap.add_argument("--models", nargs="+", default=["imis-lite", "litemedsam"])
+    ap.add_argument("--points-per-side", type=int, default=32)
+    ap.add_argument("--limit", type=int, default=None, help="first N test images only")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = imed.read_dataset(args.shared / "data" / "btcv-demo")
+    entries = ds.split("test")[: args.limit]
+    settings = AutomaskSettings(points_per_side=args.points_per_side)
+    result = {
+        "benchmark": "automask_agreement",
+        "dataset": "btcv-demo test",
+        "images": len(entries),
+        "points_per_side": args.points_per_side,
+        "settings": settings.to_json(),
+        "torch_threads": args.threads,
+    }
+    for m in args.models:
+        result[m] = evaluate(m, ds, entries, settings)
+    line = json.dumps(result)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
