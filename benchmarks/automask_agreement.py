@@ -32,10 +32,17 @@ from imis.data.formats import imed
 from imis.models import load_model
 
 VARIANTS = {
-    "qc": {"stability": 0.95, "gt": True},
-    "no-gt": {"stability": 0.95, "gt": False},
-    "paper-no-gt": {"stability": 0.0, "gt": False},
+    "qc": {"iou": 0.85, "stability": 0.95, "gt": True},
+    "no-gt": {"iou": 0.85, "stability": 0.95, "gt": False},
+    "paper-no-gt": {"iou": 0.85, "stability": 0.0, "gt": False},
 }
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """NAME=IOU,STABILITY,gt|no-gt (e.g. everything=0.6,0,no-gt)."""
+    name, spec = text.split("=")
+    iou, stab, gt = spec.split(",")
+    return name, {"iou": float(iou), "stability": float(stab), "gt": gt == "gt"}
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -62,7 +69,7 @@ def gt_recall_ious(gt: np.ndarray, ids: np.ndarray) -> list[float]:
 
 
 def variant_id_map(cand, emb, gt, names, settings: AutomaskSettings, v: dict):
-    keep = np.flatnonzero(cand.stability >= v["stability"])
+    keep = np.flatnonzero((cand.stability >= v["stability"]) & (cand.iou >= v["iou"]))
     sel = select_masks(cand.select(keep), settings)
     regions = native_regions(sel, emb, settings.mask_threshold)
     if v["gt"]:
@@ -72,9 +79,9 @@ def variant_id_map(cand, emb, gt, names, settings: AutomaskSettings, v: dict):
     return paint_id_map(regions, int(np.ceil(settings.min_area * hw[0] * hw[1])), hw)[0]
 
 
-def evaluate(model_name: str, ds, entries, settings: AutomaskSettings) -> dict:
+def evaluate(model_name: str, ds, entries, settings: AutomaskSettings, variants: dict) -> dict:
     model = load_model(model_name)
-    stats = {k: {"masks": [], "coverage": [], "best_iou": [], "gt_iou": []} for k in VARIANTS}
+    stats = {k: {"masks": [], "coverage": [], "best_iou": [], "gt_iou": []} for k in variants}
     released = {"masks": [], "coverage": []}
     t_gen = []
     for e in entries:
@@ -85,9 +92,12 @@ def evaluate(model_name: str, ds, entries, settings: AutomaskSettings) -> dict:
         released["coverage"].append(float((rel > 0).mean()))
         t0 = time.process_time()
         emb = model.encode(image, str(e.image))
-        cand = generate_candidates(model, emb, dataclasses.replace(settings, stability_thresh=0.0))
+        floor = min(v["iou"] for v in variants.values())
+        cand = generate_candidates(
+            model, emb, dataclasses.replace(settings, iou_thresh=floor, stability_thresh=0.0)
+        )
         t_gen.append(time.process_time() - t0)
-        for k, v in VARIANTS.items():
+        for k, v in variants.items():
             ids = variant_id_map(cand, emb, gt, names, settings, v)
             s = stats[k]
             s["masks"].append(int(ids.max()))
@@ -121,24 +131,31 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     ap.add_argument("--models", nargs="+", default=["imis-lite", "litemedsam"])
     ap.add_argument("--points-per-side", type=int, default=32)
-    ap.add_argument("--limit", type=int, default=None, help="first N test images only")
+    ap.add_argument("--limit", type=int, default=None, help="first N images only")
+    ap.add_argument("--split", default="test", help="btcv-demo split (test; train to choose settings)")
+    ap.add_argument("--every", type=int, default=1, help="every Nth image of the split")
+    ap.add_argument(
+        "--variant", action="append", default=[], help="NAME=IOU,STABILITY,gt|no-gt (replaces the defaults)"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = imed.read_dataset(args.shared / "data" / "btcv-demo")
-    entries = ds.split("test")[: args.limit]
+    entries = ds.split(args.split)[:: args.every][: args.limit]
+    variants = dict(parse_variant(v) for v in args.variant) if args.variant else VARIANTS
     settings = AutomaskSettings(points_per_side=args.points_per_side)
     result = {
         "benchmark": "automask_agreement",
-        "dataset": "btcv-demo test",
+        "dataset": f"btcv-demo {args.split}",
+        "variants": variants,
         "images": len(entries),
         "points_per_side": args.points_per_side,
         "settings": settings.to_json(),
         "torch_threads": args.threads,
     }
     for m in args.models:
-        result[m] = evaluate(m, ds, entries, settings)
+        result[m] = evaluate(m, ds, entries, settings, variants)
     line = json.dumps(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -72,9 +72,20 @@ def test_writes_the_released_format_read_by_every_reader(reference, capsys):
         np.testing.assert_array_equal(sample.imask, ids)
     from imis.data.stats import iter_records
 
-    _, _, n, records = iter_records(reference)
+    _, _, n, records = iter_records(reference)  # imis stats
     recs = list(records)
     assert n == 2 and all(r.imask_areas is not None and len(r.imask_areas) >= 1 for r in recs)
+    from imis.models.preprocess import Preprocess
+    from imis.train.config import DatasetSpec
+    from imis.train.data import load_images
+
+    # imis train draws targets from the generated maps as from the released ones
+    spec = DatasetSpec(str(reference), split="test", imask=True)
+    images = load_images(spec, Preprocess(256), 64, clean_imasks=False)
+    assert [i.stem for i in images] == list(SLICES)
+    for i, e in zip(images, ds.entries, strict=True):
+        assert 1 <= len(i.imask) <= imed.read_imask(e.imask).max()
+        assert all(t.source == "imask" for t in i.imask)
 
 
 def test_rerun_skips_finished_images(reference, capsys):

@@ -100,7 +100,7 @@ def register_automask_command(sub) -> None:
         default="auto",
         help="mask outputs scored per click: multimask (SAM's 3), single, all 4; auto: the model's rule",
     )
-    g.add_argument("--batch-size", type=_pos_int, default=128, help="clicks decoded per batch (default 128)")
+    g.add_argument("--batch-size", type=_pos_int, default=16, help="clicks decoded per batch (default 16)")
     q = p.add_argument_group("quality control")
     q.add_argument("--no-gt", action="store_true", help="no ground-truth QC ('segment everything')")
     q.add_argument(

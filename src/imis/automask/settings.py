@@ -42,7 +42,7 @@ class AutomaskSettings:
     gt_qc: bool = True
     box_overlap: float = 0.95
     morphology: int = 1
-    batch_size: int = 128
+    batch_size: int = 16
 
     def __post_init__(self) -> None:
         if self.points_per_side < 1:
