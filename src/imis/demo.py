@@ -131,7 +131,9 @@ def automask_colin(dataset: Path, progress: bool = True) -> dict[str, Any]:
     from imis.models.registry import default_model_name
 
     model = default_model_name()
-    s = run_automask(dataset, AutomaskSettings(points_per_side=AUTOMASK_POINTS), model=model, progress=progress)
+    s = run_automask(
+        dataset, AutomaskSettings(points_per_side=AUTOMASK_POINTS), model=model, progress=progress
+    )
     if s.failures:
         raise InputError(f"{dataset}: automask failed: {[f.cause for f in s.failures]}")
     return {"model": model, "points_per_side": AUTOMASK_POINTS, **s.row(), "seconds": round(s.seconds, 1)}
