@@ -20,16 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from imis.bench.runner import (
-    PAPER_KINDS,
-    BenchConfig,
-    _load_data,
-    paper_correction,
-    paper_dice_iou,
-    paper_mask,
-    read_rows,
-    run_bench,
-)
+from imis.bench.config import BenchConfig
+from imis.bench.inputs import load_data
+from imis.bench.protocols import PAPER_KINDS, paper_correction, paper_dice_iou, paper_mask
+from imis.bench.records import read_rows
+from imis.bench.runner import run_bench
 from imis.errors import ImisError
 from imis.prompts import centroid_candidates, load_prompts, tight_box
 
@@ -91,7 +86,7 @@ def paper_run(tmp_path_factory, btcv_dir):
         model_loader=models.__getitem__,
     )
     summary = run_bench(cfg, out, progress=False)
-    _, images, _ = _load_data(cfg)
+    _, images, _ = load_data(cfg)
     gts = {(im.image_id, t): m for im in images for t, m in im.masks.items()}
     prompts = load_prompts(out / "prompts.json", None)
     # the decodes in run order: per image, per target (prompt-file order), per decoded mode, rounds 1..N

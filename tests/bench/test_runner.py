@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from imis.bench.commands import _parse_data, register_bench_commands
+from imis.bench.config import BenchConfig
+from imis.bench.records import read_rows
 from imis.bench.report import format_table, merge_runs, write_report
-from imis.bench.runner import BenchConfig, read_rows, run_bench
+from imis.bench.runner import run_bench
 from imis.errors import ImisError
 from imis.models.interactive import Prediction
 

@@ -235,7 +235,7 @@ def _make_text_fn(
     if getattr(net, "text_encoder", None) is None:
         return None
     from imis.data.vocabulary import Vocabulary
-    from imis.models.tokenizer import CLIPTokenizer
+    from imis.models.text.tokenizer import CLIPTokenizer
 
     tokenizer = CLIPTokenizer()
     vocabulary = Vocabulary.builtin()
@@ -250,7 +250,7 @@ def _make_text_fn(
 
 def _minilm_text_fn(net: torch.nn.Module, template: str) -> Callable[[str], torch.Tensor]:
     from imis.data.vocabulary import Vocabulary
-    from imis.models.minilm import load_minilm
+    from imis.models.text.minilm import load_minilm
 
     vocabulary = Vocabulary.builtin()
     loaded: list = []  # the sentence encoder is loaded on the first text prompt only
