@@ -47,20 +47,12 @@ class Recording:
 
         net.decode = net_decode  # an instance attribute: this model object only
 
-    @property
-    def multimask(self):
-        return self.model.multimask
-
-    @multimask.setter
-    def multimask(self, value):
-        self.model.multimask = value
-
     def encode(self, image):
         return self.model.encode(image)
 
-    def decode(self, emb, spec):
-        self.calls.append({"spec": spec, "net": [], "multimask": self.model.multimask})
-        pred = self.model.decode(emb, spec)
+    def decode(self, emb, spec, threshold=0.0, multimask=None):
+        self.calls.append({"spec": spec, "net": [], "multimask": multimask})
+        pred = self.model.decode(emb, spec, threshold, multimask)
         self.calls[-1]["pred"] = pred
         return pred
 
@@ -190,7 +182,7 @@ def test_mask_is_the_multimask_output_with_the_best_predicted_iou(paper_run):
             best = int(torch.argmax(out["iou_pred"][0]))
             torch.testing.assert_close(call["pred"].low_res_logits, out["low_res_masks"][:, best : best + 1])
             assert call["pred"].quality == pytest.approx(float(out["iou_pred"][0, best]))
-    assert paper_run["lite"].model.multimask == "single"  # the model's own policy is restored
+    assert paper_run["lite"].model.multimask == "single"  # the model's own policy is left as it was
 
 
 # --- rule 5: threshold and the reference's Dice ------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 from imis.bench.protocols import CLICK_SIMULATORS, FIRST_CLICKS, PROTOCOLS
 from imis.errors import InputError
+from imis.models.interactive import PromptableModel
 
 
 @dataclass
@@ -34,7 +35,7 @@ class BenchConfig:
     limit_images: int | None = None
     device: str = "cpu"
     prompts_file: Path | None = None
-    model_loader: Callable[[str], Any] | None = field(default=None, compare=False, repr=False)
+    model_loader: Callable[[str], PromptableModel] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
         if not self.models:

@@ -99,11 +99,13 @@ def _user_prompts(path: Path, samples: list[tuple[str, str, np.ndarray]], finger
             and isinstance(boxes, dict)
             and isinstance(boxes.get("tight"), list)
             and len(boxes["tight"]) == 4
+            and isinstance(r.get("text"), str)
+            and bool(r["text"].strip())
         )
         if not ok:
             raise InputError(
                 f"{path}: target {r.get('image_id')}/{r.get('target')} lacks its clicks "
-                f"({', '.join(_PROMPT_CLICKS)}) or its tight box"
+                f"({', '.join(_PROMPT_CLICKS)}), its tight box or its text"
             )
     return obj
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from imis.bench.protocols import (
 )
 from imis.bench.records import RowWriter, read_rows, row_key
 from imis.errors import ImisError, InputError, PromptError
+from imis.models.interactive import MultimaskPolicy, Prediction, PromptableModel, PromptSpec
 from imis.prompts import (
     Click,
     largest_component_click,
@@ -64,22 +65,7 @@ __all__ = ["BASELINES", "BenchConfig", "load_any_model", "run_bench"]
 BASELINES = ("grabcut", "random-walker")
 
 
-@contextmanager
-def _best_iou(model: Any) -> Iterator[None]:
-    """Decode with the reference's mask choice (multimask output, the highest predicted IoU) on models
-    whose ``multimask`` policy says otherwise; restored afterwards."""
-    old = getattr(model, "multimask", None)
-    if old is None or old == "best_iou":
-        yield
-        return
-    model.multimask = "best_iou"
-    try:
-        yield
-    finally:
-        model.multimask = old
-
-
-def load_any_model(name: str, device: str = "cpu") -> Any:
+def load_any_model(name: str, device: str = "cpu") -> PromptableModel:
     """A registry model (``load_model``) or a weight-free baseline (``grabcut``, ``random-walker``)."""
     if name in BASELINES:
         try:
@@ -123,13 +109,11 @@ def _simulator(config: BenchConfig, image_id: str, target: str) -> Callable:
     return lambda pred, gt, clicked: uniform_error_click(pred, gt, rng, clicked)
 
 
-def _single_jobs(rec: dict[str, Any], config: BenchConfig) -> list[tuple[str, dict[str, Any]]]:
-    from imis.models.interactive import PromptSpec
-
+def _single_jobs(rec: dict[str, Any], config: BenchConfig) -> list[tuple[str, PromptSpec]]:
     click = np.array([rec["clicks"][config.first_click]], dtype=np.float64)
     pos = np.array([1])
     box = np.array(rec["boxes"]["tight"], dtype=np.float64)
-    text = rec["target"]
+    text = rec["text"]  # the sentence the prompt file records is what the model reads
     specs = {
         "click": PromptSpec(points=click, labels=pos),
         "box": PromptSpec(box=box),
@@ -141,7 +125,7 @@ def _single_jobs(rec: dict[str, Any], config: BenchConfig) -> list[tuple[str, di
     return list(specs.items())
 
 
-def _unsupported(model: Any, spec: Any) -> str | None:
+def _unsupported(model: PromptableModel, spec: PromptSpec) -> str | None:
     """The model's own reason for refusing a prompt combination (``check_supported``), if any."""
     check = getattr(model, "check_supported", None)
     if check is None:
@@ -151,6 +135,23 @@ def _unsupported(model: Any, spec: Any) -> str | None:
     except PromptError as exc:
         return str(exc)
     return None
+
+
+@dataclass
+class _Target:
+    """One target of one image, for one model: what every protocol's loop needs."""
+
+    model_name: str
+    model: PromptableModel
+    embedding: Any
+    image: BenchImage
+    rec: dict[str, Any]  # the target's record in the prompt file
+    gt: np.ndarray
+    encode_seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.rec["target"]
 
 
 class _Run:
@@ -190,7 +191,9 @@ class _Run:
             for kind, k in self._kinds(r, image.masks[r["target"]])
         ]
 
-    def run_image(self, name: str, model: Any, image: BenchImage, recs: list[dict[str, Any]]) -> None:
+    def run_image(
+        self, name: str, model: PromptableModel, image: BenchImage, recs: list[dict[str, Any]]
+    ) -> None:
         from imis.data.formats.imed import read_image
 
         if all(key in self.writer.done for key in self.expected(name, image, recs)):
@@ -206,31 +209,43 @@ class _Run:
             self.writer.write(row)
             return
         enc = time.perf_counter() - t0
+        protocol = {
+            "single": self._single,
+            "box-offset": self._variants,
+            "click-position": self._variants,
+            "imis-paper": self._paper,
+            "iterative": self._iterative,
+        }[self.config.protocol]
         for rec in recs:
-            gt = image.masks[rec["target"]]
-            if self.config.protocol == "single":
-                self._single(name, model, emb, image, rec, gt, enc)
-            elif self.config.protocol in ("box-offset", "click-position"):
-                self._variants(name, model, emb, image, rec, gt, enc)
-            elif self.config.protocol == "imis-paper":
-                with _best_iou(model):
-                    self._paper(name, model, emb, image, rec, gt, enc)
-            else:
-                self._iterative(name, model, emb, image, rec, gt, enc)
+            protocol(_Target(name, model, emb, image, rec, image.masks[rec["target"]], enc))
 
-    def _decode(self, model: Any, emb: Any, spec: Any) -> tuple[Any, float]:
+    def row(self, t: _Target, kind: str, k: int) -> dict[str, Any]:
+        return self.base(t.model_name, t.image.image_id, t.name, kind, k)
+
+    def _decode(
+        self, t: _Target, spec: PromptSpec, multimask: MultimaskPolicy | None = None
+    ) -> tuple[Prediction, float]:
         t0 = time.perf_counter()
-        pred = model.decode(emb, spec)
+        if multimask is None:  # the model's own policy; a model without the switch still runs
+            pred = t.model.decode(t.embedding, spec)
+        else:
+            pred = t.model.decode(t.embedding, spec, multimask=multimask)
         return pred, time.perf_counter() - t0
 
     def _error(self, row: dict[str, Any], exc: BaseException) -> None:
         row.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         self.writer.write(row)
 
-    def _single(self, name, model, emb, image, rec, gt, enc) -> None:
-        supported = set(model.prompt_types)
-        for kind, spec in _single_jobs(rec, self.config):
-            row = self.base(name, image.image_id, rec["target"], kind, 1)
+    def _skip(self, t: _Target, keys: list[tuple[str, int]], reason: str) -> None:
+        for kind, k in keys:
+            row = self.row(t, kind, k)
+            row.update(status="skipped", reason=reason)
+            self.writer.write(row)
+
+    def _single(self, t: _Target) -> None:
+        supported = set(t.model.prompt_types)
+        for kind, spec in _single_jobs(t.rec, self.config):
+            row = self.row(t, kind, 1)
             if row_key(row) in self.writer.done:
                 continue
             if "click" in kind:
@@ -239,29 +254,28 @@ class _Run:
             reason = (
                 f"model does not take {' or '.join(missing)} prompts"
                 if missing
-                else _unsupported(model, spec)
+                else _unsupported(t.model, spec)
             )
-            self._score(row, reason, model, emb, spec, gt, image, enc)
+            self._score(t, row, reason, spec)
 
-    def _score(self, row, reason, model, emb, spec, gt, image, enc) -> None:
+    def _score(self, t: _Target, row: dict[str, Any], reason: str | None, spec: PromptSpec) -> None:
         """Write one single-shot row: skipped with its reason, an error with its cause, or the metrics."""
         if reason:
             row.update(status="skipped", reason=reason)
             self.writer.write(row)
             return
         try:
-            pred, secs = self._decode(model, emb, spec)
-            row.update(_metrics(pred.mask, gt, image.spacing, self.config.nsd_tolerance_mm))
+            pred, secs = self._decode(t, spec)
+            row.update(_metrics(pred.mask, t.gt, t.image.spacing, self.config.nsd_tolerance_mm))
         except Exception as exc:  # noqa: BLE001
             self._error(row, exc)
             return
-        row.update(status="ok", seconds=secs, encode_seconds=enc)
+        row.update(status="ok", seconds=secs, encode_seconds=t.encode_seconds)
         self.writer.write(row)
 
-    def _variants(self, name, model, emb, image, rec, gt, enc) -> None:
+    def _variants(self, t: _Target) -> None:
         """box-offset (one box per offset) and click-position (the uniform first click) predictions."""
-        from imis.models.interactive import PromptSpec
-
+        rec = t.rec
         if self.config.protocol == "box-offset":
             need = "box"
             jobs = [
@@ -271,59 +285,59 @@ class _Run:
         else:
             need = "point"
             xy = rec["clicks"]["uniform"]
-            dist = click_distance(xy, gt)
+            dist = click_distance(xy, t.gt)
             spec = PromptSpec(points=np.array([xy], dtype=np.float64), labels=np.array([1]))
             extra = {"click": "uniform", "click_distance": dist, "click_bin": click_bin(dist)}
             jobs = [(f"click@{extra['click_bin']}", extra, spec)]
         for kind, extra, spec in jobs:
-            row = self.base(name, image.image_id, rec["target"], kind, 1)
+            row = self.row(t, kind, 1)
             if row_key(row) in self.writer.done:
                 continue
             row.update(extra)
             reason = (
                 f"model does not take {need} prompts"
-                if need not in set(model.prompt_types)
-                else _unsupported(model, spec)
+                if need not in set(t.model.prompt_types)
+                else _unsupported(t.model, spec)
             )
-            self._score(row, reason, model, emb, spec, gt, image, enc)
+            self._score(t, row, reason, spec)
 
-    def _iterative(self, name, model, emb, image, rec, gt, enc) -> None:
-        from imis.models.interactive import PromptSpec
-
+    def _iterative(self, t: _Target) -> None:
+        """The first click, then simulated correction clicks (accumulated, the previous logits fed back):
+        one row per interaction 1..N, then the target's NoC row."""
         cfg = self.config
-        target = rec["target"]
-        clicks = [Click(*rec["clicks"][cfg.first_click], True)]
+        clicks = [Click(*t.rec["clicks"][cfg.first_click], True)]
         first = PromptSpec(points=np.array([clicks[0].xy], dtype=np.float64), labels=np.array([1]))
-        reason = "model does not take point prompts" if "point" not in model.prompt_types else None
-        reason = reason or _unsupported(model, first)
+        reason = "model does not take point prompts" if "point" not in t.model.prompt_types else None
+        reason = reason or _unsupported(t.model, first)
         if reason:
-            for k in range(1, cfg.max_interactions + 1):
-                row = self.base(name, image.image_id, target, "iterative", k)
-                row.update(status="skipped", reason=reason)
-                self.writer.write(row)
-            row = self.base(name, image.image_id, target, "noc", 0)
-            row.update(status="skipped", reason=reason)
-            self.writer.write(row)
+            keys = [("iterative", k) for k in range(1, cfg.max_interactions + 1)] + [("noc", 0)]
+            self._skip(t, keys, reason)
             return
-        feed_logits = "mask" in model.prompt_types
-        simulate = _simulator(cfg, image.image_id, target)
-        logits = None
-        pred = None
+        dices = self._interactions(t, clicks)
+        if dices is not None:
+            self._noc_row(t, dices)
+
+    def _interactions(self, t: _Target, clicks: list[Click]) -> list[float] | None:
+        """Decode interaction 1, 2, ... until the N-th and every NoC threshold is reached (or the NoC
+        cap); returns the Dice after each, or None when the model failed (the error row is written)."""
+        cfg = self.config
+        feed_logits = "mask" in t.model.prompt_types
+        simulate = _simulator(cfg, t.image.image_id, t.name)
+        logits = pred = last = None
         dices: list[float] = []
-        last: dict[str, Any] | None = None
-        n_steps = max(cfg.max_interactions, cfg.noc_cap)
-        for k in range(1, n_steps + 1):
-            if k > cfg.max_interactions and all(any(d >= t for d in dices) for t in NOC_THRESHOLDS):
+        for k in range(1, max(cfg.max_interactions, cfg.noc_cap) + 1):
+            if k > cfg.max_interactions and all(any(d >= th for d in dices) for th in NOC_THRESHOLDS):
                 break
-            row = self.base(name, image.image_id, target, "iterative", k)
+            row = self.row(t, "iterative", k)
             row.update(click=cfg.first_click if k == 1 else cfg.click_simulator)
             if k > 1:
-                nxt = simulate(pred.mask, gt, clicks)
+                nxt = simulate(pred.mask, t.gt, clicks)
                 if nxt is None:  # no error pixel left to click: the prediction stands
                     dices.append(dices[-1])
                     if k <= cfg.max_interactions and last is not None:
                         row.update({m: last[m] for m in ("dice", "iou", "nsd", "hd95")})
-                        row.update(status="ok", seconds=0.0, encode_seconds=enc, reason="no error left")
+                        row.update(status="ok", seconds=0.0, encode_seconds=t.encode_seconds)
+                        row.update(reason="no error left")
                         self.writer.write(row)
                     continue
                 clicks.append(nxt)
@@ -333,37 +347,41 @@ class _Run:
                 mask_logits=logits if feed_logits else None,
             )
             try:
-                pred, secs = self._decode(model, emb, spec)
+                pred, secs = self._decode(t, spec)
                 if k <= cfg.max_interactions:
-                    last = _metrics(pred.mask, gt, image.spacing, cfg.nsd_tolerance_mm)
+                    last = _metrics(pred.mask, t.gt, t.image.spacing, cfg.nsd_tolerance_mm)
                     dices.append(last["dice"])
                 else:
-                    dices.append(dice(pred.mask, gt))
+                    dices.append(dice(pred.mask, t.gt))
             except Exception as exc:  # noqa: BLE001
                 self._error(row, exc)
-                return
+                return None
             logits = pred.low_res_logits
             if k <= cfg.max_interactions:
-                row.update(last, status="ok", seconds=secs, encode_seconds=enc)
+                row.update(last, status="ok", seconds=secs, encode_seconds=t.encode_seconds)
                 self.writer.write(row)
-        row = self.base(name, image.image_id, target, "noc", 0)
+        return dices
+
+    def _noc_row(self, t: _Target, dices: list[float]) -> None:
+        cfg = self.config
+        row = self.row(t, "noc", 0)
         row["status"] = "ok"
-        for t in NOC_THRESHOLDS:
-            hit = next((i + 1 for i, d in enumerate(dices) if d >= t), None)
-            row[f"noc{round(t * 100)}"] = hit if hit is not None else cfg.noc_cap
-            row[f"failed{round(t * 100)}"] = hit is None
+        for th in NOC_THRESHOLDS:
+            hit = next((i + 1 for i, d in enumerate(dices) if d >= th), None)
+            row[f"noc{round(th * 100)}"] = hit if hit is not None else cfg.noc_cap
+            row[f"failed{round(th * 100)}"] = hit is None
         row["dice"] = dices[min(len(dices), cfg.max_interactions) - 1]
         self.writer.write(row)
 
-    def _paper_first(self, kind: str, rec: dict[str, Any], gt: np.ndarray, rng: np.random.Generator):
+    def _paper_first(
+        self, kind: str, rec: dict[str, Any], gt: np.ndarray, rng: np.random.Generator
+    ) -> tuple[PromptSpec, dict[str, Any]]:
         """Round 1 of the imis-paper protocol: the click among the 50% of foreground pixels nearest the
-        centroid (the prompt file's ``centroid`` click), the tight box, or the target's text."""
-        from imis.models.interactive import PromptSpec
-
+        centroid (the prompt file's ``centroid`` click), the tight box, or the target's text prompt."""
         if kind == "paper:box":
             return PromptSpec(box=np.array(rec["boxes"]["tight"], dtype=np.float64)), {}
         if kind == "paper:text":
-            return PromptSpec(text=rec["target"]), {}
+            return PromptSpec(text=rec["text"]), {}
         xy, label = rec["clicks"]["centroid"], 1
         if int(rec.get("area", 2)) == 1:
             # the reference's fallback: int(0.5 * 1) == 0 candidates -> a random background pixel, label 0
@@ -373,62 +391,64 @@ class _Run:
         spec = PromptSpec(points=np.array([xy], dtype=np.float64), labels=np.array([label]))
         return spec, {"click": "centroid", "label": label}
 
-    def _paper(self, name, model, emb, image, rec, gt, enc) -> None:
+    def _paper_reason(self, t: _Target, need: str, first: PromptSpec) -> str | None:
+        types = set(t.model.prompt_types)
+        if need not in types:
+            return f"model does not take {need} prompts"
+        if self.config.max_interactions > 1 and "mask" not in types:
+            return "imis-paper feeds the previous logits back as a mask prompt; model takes no mask prompts"
+        return _unsupported(t.model, first)
+
+    def _paper(self, t: _Target) -> None:
         """The imis-paper protocol (IMIS-Bench test.py): per first-prompt mode, round 1 decodes that prompt
         alone; each later round decodes only the newest correction click (:func:`paper_correction`) plus
         the previous round's low-res logits as the mask prompt (no click history, no box, no text); the
         mask is the best of the multimask outputs by predicted IoU, thresholded at sigmoid > 0.5
         (:func:`paper_mask`) at native resolution; every round 1..N is decoded and scored (no early
         stop, no NoC)."""
-        from imis.models.interactive import PromptSpec
-
         cfg = self.config
-        target = rec["target"]
-        types = set(model.prompt_types)
         for kind, need in PAPER_KINDS.items():
-            keys = [(name, image.image_id, target, kind, k) for k in range(1, cfg.max_interactions + 1)]
-            if all(key in self.writer.done for key in keys):
+            keys = [(kind, k) for k in range(1, cfg.max_interactions + 1)]
+            if all(row_key(self.row(t, *key)) in self.writer.done for key in keys):
                 continue
-            rng = prompt_rng(cfg.seed, image.image_id, target, f"imis-paper/{kind}")
-            first, extra = self._paper_first(kind, rec, gt, rng)
-            if need not in types:
-                reason = f"model does not take {need} prompts"
-            elif cfg.max_interactions > 1 and "mask" not in types:
-                reason = (
-                    "imis-paper feeds the previous logits back as a mask prompt; model takes no mask prompts"
-                )
-            else:
-                reason = _unsupported(model, first)
+            rng = prompt_rng(cfg.seed, t.image.image_id, t.name, f"imis-paper/{kind}")
+            first, extra = self._paper_first(kind, t.rec, t.gt, rng)
+            reason = self._paper_reason(t, need, first)
             if reason:
-                for k in range(1, cfg.max_interactions + 1):
-                    row = self.base(name, image.image_id, target, kind, k)
-                    row.update(status="skipped", reason=reason)
-                    self.writer.write(row)
+                self._skip(t, keys, reason)
                 continue
-            pred = mask = None
-            for k in range(1, cfg.max_interactions + 1):
-                row = self.base(name, image.image_id, target, kind, k)
-                if k == 1:
-                    spec = first
-                    row.update(extra)
-                else:
-                    xy, label = paper_correction(mask, gt, rng)
-                    spec = PromptSpec(
-                        points=np.array([xy], dtype=np.float64),
-                        labels=np.array([label]),
-                        mask_logits=pred.low_res_logits,
-                    )
-                    row.update(click="uniform-error", label=label)
-                try:
-                    pred, secs = self._decode(model, emb, spec)
-                    mask = paper_mask(pred.logits)
-                    m = _metrics(mask, gt, image.spacing, cfg.nsd_tolerance_mm)
-                    m["dice"], m["iou"] = paper_dice_iou(mask, gt)
-                except Exception as exc:  # noqa: BLE001
-                    self._error(row, exc)
-                    break
-                row.update(m, status="ok", seconds=secs, encode_seconds=enc)
-                self.writer.write(row)
+            self._paper_rounds(t, kind, first, extra, rng)
+
+    def _paper_rounds(
+        self, t: _Target, kind: str, first: PromptSpec, extra: dict[str, Any], rng: np.random.Generator
+    ) -> None:
+        cfg = self.config
+        pred = mask = None
+        for k in range(1, cfg.max_interactions + 1):
+            row = self.row(t, kind, k)
+            if k == 1:
+                spec = first
+                row.update(extra)
+            else:
+                xy, label = paper_correction(mask, t.gt, rng)
+                spec = PromptSpec(
+                    points=np.array([xy], dtype=np.float64),
+                    labels=np.array([label]),
+                    mask_logits=pred.low_res_logits,
+                )
+                row.update(click="uniform-error", label=label)
+            try:
+                # the reference's mask choice: the best multimask output by predicted IoU, whatever the
+                # model's own policy
+                pred, secs = self._decode(t, spec, multimask="best_iou")
+                mask = paper_mask(pred.logits)
+                m = _metrics(mask, t.gt, t.image.spacing, cfg.nsd_tolerance_mm)
+                m["dice"], m["iou"] = paper_dice_iou(mask, t.gt)
+            except Exception as exc:  # noqa: BLE001
+                self._error(row, exc)
+                break
+            row.update(m, status="ok", seconds=secs, encode_seconds=t.encode_seconds)
+            self.writer.write(row)
 
 
 def _progress(iterable, total: int, desc: str, enabled: bool) -> Iterator:

@@ -4,37 +4,29 @@ checkpoints."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imis.errors import ImisError, InputError
+from imis.errors import InputError
 from imis.models.preprocess import Preprocess
 from imis.train.config import TrainConfig
 
-# ---------------------------------------------------------------------------------------------------------
-# model
-# ---------------------------------------------------------------------------------------------------------
-_ARCH_PREPROCESS = {
-    "imis-lite": "litemedsam",
-    "litemedsam": "litemedsam",
-    "imis-net": "imis-net-b",
-}
-
 
 def build_network(cfg: TrainConfig) -> tuple[torch.nn.Module, Preprocess, dict[str, Any]]:
-    """The network of ``cfg.model`` with its starting weights, its preprocessing and a load report."""
-    from imis.models.build_litemedsam import build_imis_lite
-    from imis.models.registry import ARCHITECTURES, get_spec, load_model
+    """The network of ``cfg.model`` with its starting weights, its preprocessing (its architecture's
+    recipe model's, at the network's input size) and a load report."""
+    from imis.models.registry import load_model, spec_for_architecture
+    from imis.models.spec import get_architecture
 
     arch = cfg.model.arch
-    builder = build_imis_lite if arch == "imis-lite" else ARCHITECTURES[arch]
-    net = builder(**cfg.model.arch_kwargs)
-    spec = get_spec(_ARCH_PREPROCESS[arch])
+    net = get_architecture(arch).build(**cfg.model.arch_kwargs)
+    recipe = spec_for_architecture(arch)
     size = int(net.prompt_encoder.input_image_size[0])
-    pre = Preprocess(**{**spec.preprocess.__dict__, "input_size": size})
+    pre = dataclasses.replace(recipe.preprocess, input_size=size)
     report: dict[str, Any] = {"init": cfg.model.init, "missing": [], "unexpected": []}
     if cfg.model.init:
         base = (
@@ -52,29 +44,40 @@ def build_network(cfg: TrainConfig) -> tuple[torch.nn.Module, Preprocess, dict[s
     return net, pre, report
 
 
+def trained_spec(cfg: TrainConfig, net: torch.nn.Module, pre: Preprocess):
+    """The registry spec of the model a run trains: its architecture's recipe with this run's name,
+    sizes, preprocessing, mask choice and text template."""
+    from imis.models.registry import spec_for_architecture
+
+    text = getattr(net, "text_projection", None) is not None
+    return dataclasses.replace(
+        spec_for_architecture(cfg.model.arch),
+        name=cfg.name,
+        description=f"trained by imis train ({cfg.out})",
+        arch=cfg.model.arch,
+        arch_kwargs=dict(cfg.model.arch_kwargs),
+        preprocess=pre,
+        multimask="auto" if cfg.click_output == "multimask" else "single",
+        prompt_types=frozenset({"point", "box", "mask"} | ({"text"} if text else set())),
+        license="Apache-2.0",
+        embedded_weights=None,
+        text_template=cfg.text_template,
+        text_encoder=None,
+    )
+
+
 def text_features(cfg: TrainConfig, net: torch.nn.Module, names: list[str], device) -> torch.Tensor | None:
-    """(len(names), T) frozen text-tower features of the template filled with each name, or None."""
-    if getattr(net, "text_projection", None) is None or not names:
+    """(len(names), T) frozen text-tower features of each name's text prompt (the same sentence and tower
+    as at inference: :mod:`imis.models.text.towers`), or None."""
+    from imis.models.spec import get_architecture
+    from imis.models.text.towers import tower_features
+    from imis.prompts.text import text_prompt
+
+    tower = get_architecture(cfg.model.arch).text_tower
+    if getattr(net, "text_projection", None) is None or not names or tower is None:
         return None
-    from imis.data.vocabulary import Vocabulary
-    from imis.models.registry import prompt_name
-
-    vocab = Vocabulary.builtin()
-    texts = [cfg.text_template.format(prompt_name(n, vocab)) for n in names]
     with torch.no_grad():
-        if cfg.model.arch == "imis-lite":
-            from imis.models.text.minilm import load_minilm
-
-            encoder, tokenizer = load_minilm()
-            feats = encoder.embed_texts(texts) if hasattr(encoder, "embed_texts") else None
-            if feats is None:
-                raise ImisError("MiniLM encoder has no embed_texts")
-        else:
-            from imis.models.text.tokenizer import CLIPTokenizer
-
-            tok = CLIPTokenizer()
-            net.text_encoder.to(device)
-            feats = torch.cat([net.text_encoder(torch.tensor([tok.encode(t)], device=device)) for t in texts])
+        feats = tower_features(tower, net, [text_prompt(n, cfg.text_template) for n in names])
     return feats.float().to(device)
 
 
@@ -129,20 +132,17 @@ def export_model(
 ) -> Path:
     """Write the trained model as one of our checkpoints: only the trained parts, in fp16, when the
     image encoder was frozen (the base model named in the metadata supplies it)."""
-    from imis.models.interactive import InteractiveModel
-    from imis.models.registry import save_checkpoint
+    from imis.models.registry import model_from_spec, save_checkpoint
 
     # only a wholly frozen encoder can come from the base model; a trained top makes it this model's own
     freeze = cfg.model.freeze_image_encoder and not cfg.model.train_encoder_tail
     base = base_model_name(cfg.model.init) if freeze else None
     partial = base is not None
-    text = getattr(net, "text_projection", None) is not None
-    prompt_types = frozenset({"point", "box", "mask"} | ({"text"} if text else set()))
-    policy = "auto" if cfg.click_output == "multimask" else "single"
-    model = InteractiveModel(cfg.name, net.cpu().eval(), pre, policy, prompt_types, "Apache-2.0")
+    spec = trained_spec(cfg, net, pre)
+    model = model_from_spec(spec, net.cpu().eval())
     metadata: dict[str, Any] = {
-        "text_template": cfg.text_template,
-        "text_encoder": "minilm" if cfg.model.arch == "imis-lite" else ("clip" if text else None),
+        "text_template": spec.text_template,
+        "text_encoder": spec.text_tower,
         "train_config": json.loads(json.dumps(cfg.to_json(), default=str)),
         "steps": steps,
         "val": val,
@@ -151,7 +151,5 @@ def export_model(
     if partial:
         metadata["base"] = base
     only = ("prompt_encoder", "mask_decoder", "text_projection") if partial else None
-    save_checkpoint(
-        path, model, cfg.model.arch, cfg.model.arch_kwargs, metadata, half=bool(partial), only=only
-    )
+    save_checkpoint(path, model, metadata=metadata, half=bool(partial), only=only)
     return path

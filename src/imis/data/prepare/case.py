@@ -115,7 +115,8 @@ def _single_thread() -> None:
 
 
 def _process_case(task: CaseTask) -> CaseResult:
-    src, cfg, layout = task.source, task.config, task.layout
+    """Read and check the case, then slice every chosen channel; the case record is written last."""
+    src, cfg = task.source, task.config
     case = src.case
     if not valid_case_id(case):
         raise InputError(f"case {case!r}: case ids become file names; use letters, digits and ._+- only")
@@ -142,8 +143,24 @@ def _process_case(task: CaseTask) -> CaseResult:
         record.update(status="skipped", reason=cause, counts=new_counts(), slices=[])
         write_atomic(root / CASES_DIR / f"{case}.json", json_bytes(record))
         return CaseResult(case, ok=True, skipped=cause)
+    lab = _checked_labels(task, label, lab, present)
+    counts = new_counts()
+    slicer = _CaseSlicer.of(task, images[0], label, lab, present, record, counts)
+    windows, slices = [], []
+    for pos, (img, ch) in enumerate(zip(images, cfg.channels, strict=True)):
+        win, kept = slicer.channel(pos, img, ch)
+        windows.append(win)
+        slices += kept
+    record.update(windows=windows, counts=counts, slices=slices)
+    write_atomic(root / CASES_DIR / f"{case}.json", json_bytes(record, indent=None))  # the done-marker, last
+    return CaseResult(case, ok=True, kept=counts["slices_kept"])
+
+
+def _checked_labels(task: CaseTask, label: ImageData, lab: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The label map with every value named by the source (or ignored), in the smallest unsigned type."""
+    cfg, case = task.config, task.source.case
     unknown = sorted(
-        {int(v) for v in present} - layout.values - task.named_values - _ignored_values(cfg, present)
+        {int(v) for v in present} - task.layout.values - task.named_values - _ignored_values(cfg, present)
     )
     if unknown:
         raise InputError(
@@ -152,87 +169,110 @@ def _process_case(task: CaseTask) -> CaseResult:
         )
     if lab.dtype.itemsize > 4 or lab.dtype.kind == "i":
         lab = lab.astype(np.uint32 if int(present.max()) >= 65536 else np.uint16)
+    return lab
 
-    kind = images[0].kind
-    shape = tuple(int(s) for s in label.spatial_shape)
-    geom = images[0].geometry
-    axes = ("2d",) if kind == "2d" else cfg.axes
-    min_frac = exact(cfg.min_mask_fraction)
-    max_ratio = exact(cfg.max_aspect_ratio)
-    plan = ChannelPlan.of(layout)
-    n_channels = len(layout.channels)
-    lut = np.full(
-        max(int(present.max()), max(layout.values)) + 1,
-        -1,
-        dtype=np.int16 if n_channels < 32767 else np.int32,
-    )
-    counts = new_counts()
-    slices: list[dict] = []
-    geo = {"shape": list(shape), "spacing": list(geom.spacing), "origin": list(geom.origin)}
-    geo["direction"] = [list(r) for r in geom.direction]
-    record.update(status="done", kind=kind, **geo)
-    windows = []
-    for pos, (img, ch) in enumerate(zip(images, cfg.channels, strict=True)):
-        modality = task.modality[pos]
+
+@dataclass
+class _CaseSlicer:
+    """One case's slicing, shared by its channels: the label map, the channel plan, the filters and the
+    counts, updated slice by slice."""
+
+    task: CaseTask
+    kind: str
+    shape: tuple[int, ...]
+    geom: Any
+    geo: dict[str, Any]
+    lab: np.ndarray
+    plan: ChannelPlan
+    lut: np.ndarray
+    min_frac: Any
+    max_ratio: Any
+    record: dict[str, Any]
+    counts: dict[str, int]
+
+    @classmethod
+    def of(cls, task, first: ImageData, label: ImageData, lab, present, record, counts) -> _CaseSlicer:
+        layout = task.layout
+        shape = tuple(int(s) for s in label.spatial_shape)
+        geom = first.geometry
+        geo = {"shape": list(shape), "spacing": list(geom.spacing), "origin": list(geom.origin)}
+        geo["direction"] = [list(r) for r in geom.direction]
+        record.update(status="done", kind=first.kind, **geo)
+        lut = np.full(
+            max(int(present.max()), max(layout.values)) + 1,
+            -1,
+            dtype=np.int16 if len(layout.channels) < 32767 else np.int32,
+        )
+        cfg = task.config
+        min_frac, max_ratio = exact(cfg.min_mask_fraction), exact(cfg.max_aspect_ratio)
+        plan = ChannelPlan.of(layout)
+        return cls(task, first.kind, shape, geom, geo, lab, plan, lut, min_frac, max_ratio, record, counts)
+
+    def channel(self, pos: int, img: ImageData, ch: int) -> tuple[dict[str, Any], list[dict]]:
+        """Window one image channel to 8 bit and write its kept slices: (its window, their records)."""
+        cfg = self.task.config
         if img.is_rgb and img.array.dtype == np.uint8:
             win = IntensityWindow("none", 0.0, 255.0)
         else:
-            win = choose_window(img.array, cfg.window_for(modality), cfg.percentiles)
-        windows.append(win.to_json())
+            win = choose_window(img.array, cfg.window_for(self.task.modality[pos]), cfg.percentiles)
         vol = to_uint8(img.array, win)
-        channel = ch if len(cfg.channels) > 1 else None
         seen: set[tuple[str, str]] = (
             set()
         )  # (image, masks) digests of the kept slices (drop_duplicate_slices)
+        axes = ("2d",) if self.kind == "2d" else cfg.axes
         slice_iter: Iterable[tuple[str, int]] = (
-            [("2d", 0)] if kind == "2d" else iter_slices(shape, axes, cfg.slice_step)
+            [("2d", 0)] if self.kind == "2d" else iter_slices(self.shape, axes, cfg.slice_step)
         )
+        kept = []
         for axis, index in slice_iter:
-            lab2 = take_slice(lab, axis, index)
-            counts["slices"] += 1
-            h, w = lab2.shape
-            if not aspect_ratio_ok(h, w, max_ratio):
-                counts["slices_excluded_aspect_ratio"] += 1
-                continue
-            chmap, mrec = slice_channels(lab2, plan, lut, cfg, min_frac, counts)
-            if chmap is None:
-                counts["slices_excluded_no_mask"] += 1
-                continue
-            gray = take_slice(vol, axis, index)
-            digest = image_digest(gray)
-            if cfg.drop_duplicate_slices:
-                key = (digest, hashlib.sha1(f"{chmap.shape}".encode() + chmap.tobytes()).hexdigest())
-                if key in seen:
-                    counts["slices_excluded_duplicate"] += 1
-                    continue
-                seen.add(key)
-            image = gray if img.is_rgb or not cfg.rgb else _rgb(gray)
-            stem = slice_stem(case, axis, index, channel)
-            entry = write_slice(root, stem, image, chmap, n_channels)
-            counts["slices_kept"] += 1
-            counts["masks_kept"] += len(mrec)
-            slices.append(
-                {
-                    "id": stem,
-                    **{k: v for k, v in entry.items()},
-                    "case": case,
-                    "source": record["images"][pos],
-                    "label_source": record["label"],
-                    "channel": ch,
-                    "modality": modality,
-                    "axis": axis,
-                    "index": index,
-                    **geo,
-                    "slice_origin": slice_origin(geom, shape, axis, index),
-                    "window": windows[-1],
-                    "size": [h, w],
-                    "masks": mrec,
-                    "digest": digest,
-                }
-            )
-    record.update(windows=windows, counts=counts, slices=slices)
-    write_atomic(root / CASES_DIR / f"{case}.json", json_bytes(record, indent=None))  # the done-marker, last
-    return CaseResult(case, ok=True, kept=counts["slices_kept"])
+            rec = self._slice(pos, img, ch, vol, win, axis, index, seen)
+            if rec is not None:
+                kept.append(rec)
+        return win.to_json(), kept
+
+    def _slice(self, pos, img, ch, vol, win, axis: str, index: int, seen: set) -> dict | None:
+        """Filter one slice and write it when kept: its manifest record, else None (counted)."""
+        cfg, counts, case = self.task.config, self.counts, self.task.source.case
+        lab2 = take_slice(self.lab, axis, index)
+        counts["slices"] += 1
+        h, w = lab2.shape
+        if not aspect_ratio_ok(h, w, self.max_ratio):
+            counts["slices_excluded_aspect_ratio"] += 1
+            return None
+        chmap, mrec = slice_channels(lab2, self.plan, self.lut, cfg, self.min_frac, counts)
+        if chmap is None:
+            counts["slices_excluded_no_mask"] += 1
+            return None
+        gray = take_slice(vol, axis, index)
+        digest = image_digest(gray)
+        if cfg.drop_duplicate_slices:
+            key = (digest, hashlib.sha1(f"{chmap.shape}".encode() + chmap.tobytes()).hexdigest())
+            if key in seen:
+                counts["slices_excluded_duplicate"] += 1
+                return None
+            seen.add(key)
+        image = gray if img.is_rgb or not cfg.rgb else _rgb(gray)
+        stem = slice_stem(case, axis, index, ch if len(cfg.channels) > 1 else None)
+        entry = write_slice(Path(self.task.out), stem, image, chmap, len(self.task.layout.channels))
+        counts["slices_kept"] += 1
+        counts["masks_kept"] += len(mrec)
+        return {
+            "id": stem,
+            **entry,
+            "case": case,
+            "source": self.record["images"][pos],
+            "label_source": self.record["label"],
+            "channel": ch,
+            "modality": self.task.modality[pos],
+            "axis": axis,
+            "index": index,
+            **self.geo,
+            "slice_origin": slice_origin(self.geom, self.shape, axis, index),
+            "window": win.to_json(),
+            "size": [h, w],
+            "masks": mrec,
+            "digest": digest,
+        }
 
 
 def _ignored_values(cfg: PrepareConfig, present: np.ndarray) -> set[int]:
