@@ -132,7 +132,7 @@ def register_automask_command(sub) -> None:
 def cmd_automask(args: argparse.Namespace) -> int:
     from imis.automask.run import run_automask
     from imis.automask.settings import AutomaskSettings
-    from imis.cli import print_table
+    from imis.console import print_table
     from imis.models.registry import default_model_name
 
     settings = AutomaskSettings(
