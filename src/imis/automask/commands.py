@@ -45,6 +45,7 @@ examples:
   imis automask datasets/heart
   imis automask datasets/heart --split train --workers 4
   imis automask ../shared/data/btcv-copy --no-gt --points-per-side 16 --overwrite
+  imis automask datasets/ct --no-gt --min-area 0.0005   # segment everything: the 0.5% rule drops small organs
   imis automask datasets/liver --model sam-vit-b --checkpoint sam_vit_b_01ec64.pth --outputs multimask
   RAY_ADDRESS=auto imis automask /shared/datasets/lung --executor ray --workers 64 --device cuda --gpus 0.25
 """
