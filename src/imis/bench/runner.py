@@ -26,6 +26,7 @@ with the reason (never as a zero) and counts as done; delete those lines to retr
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -137,6 +138,13 @@ def _unsupported(model: PromptableModel, spec: PromptSpec) -> str | None:
     return None
 
 
+def _takes_multimask(model: PromptableModel) -> bool:
+    try:
+        return "multimask" in inspect.signature(model.decode).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
+
+
 @dataclass
 class _Target:
     """One target of one image, for one model: what every protocol's loop needs."""
@@ -226,7 +234,8 @@ class _Run:
         self, t: _Target, spec: PromptSpec, multimask: MultimaskPolicy | None = None
     ) -> tuple[Prediction, float]:
         t0 = time.perf_counter()
-        if multimask is None:  # the model's own policy; a model without the switch still runs
+        if multimask is None or not _takes_multimask(t.model):
+            # the model's own policy; a model written before the switch keeps it (one output anyway)
             pred = t.model.decode(t.embedding, spec)
         else:
             pred = t.model.decode(t.embedding, spec, multimask=multimask)

@@ -313,6 +313,11 @@ def _load_own(
     if obj.get("version") != IMIS_FORMAT_VERSION:
         raise CheckpointError(f"{path}: imis checkpoint version {obj.get('version')} is not supported")
     spec = spec_from_checkpoint(obj, path, name)
+    if spec.name in REGISTRY:  # a registry model shipped in our format keeps its entry's description
+        entry = REGISTRY[spec.name]
+        spec = dataclasses.replace(
+            spec, description=entry.description, embedded_weights=entry.embedded_weights
+        )
     net = spec.build()
     sd = {k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
     base = obj.get("metadata", {}).get("base")

@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from imis.errors import InputError
+from imis.prompts.text import DEFAULT_TEMPLATE
 
 __all__ = [
     "FIRST_CLICKS",
@@ -84,7 +85,6 @@ __all__ = [
 FIRST_PROMPTS = ("click", "box", "text", "click+box", "box+text", "click+text")
 FIRST_CLICKS = ("centroid", "center", "uniform")
 CORRECTIONS = ("uniform", "ritm", "largest-component")
-ARCHS = ("imis-lite", "litemedsam", "imis-net")
 SCHEDULES = ("plain", "reference")
 CLICK_OUTPUTS = ("multimask", "single")
 
@@ -215,8 +215,11 @@ class ModelConfig:
             raise InputError(f"{where}: model must be a mapping, got {data!r}")
         _unknown(set(data), [f.name for f in fields(cls)], where)
         arch = data.get("arch", "imis-lite")
-        if arch not in ARCHS:
-            raise InputError(f"{where}: model.arch must be one of {', '.join(ARCHS)}, not {arch!r}")
+        from imis.models.spec import ARCHITECTURES  # what the registry can build is what can train
+
+        trainable = [a for a, spec in ARCHITECTURES.items() if spec.recipe is not None]
+        if arch not in trainable:
+            raise InputError(f"{where}: model.arch must be one of {', '.join(trainable)}, not {arch!r}")
         init = data.get("init", "litemedsam")
         if init is not None:
             init = str(init)
@@ -274,7 +277,7 @@ class TrainConfig:
     )
     box_jitter: int = 5
     click_output: str = "multimask"
-    text_template: str = "A segmentation area of a {}."
+    text_template: str = DEFAULT_TEMPLATE  # the one template (imis.prompts.text)
     clean_imask: bool = True
     lr: float = 2e-5
     text_lr_scale: float = 1.0
