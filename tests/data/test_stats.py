@@ -13,7 +13,7 @@ from scipy import sparse
 
 from imis.data.commands import register_stats_command
 from imis.data.formats import imed
-from imis.data.stats import FIGURES
+from imis.data.stats_report import FIGURES
 from imis.io import read_image
 
 TEMPLATES = Path("/usr/share/mricron/templates")

@@ -15,9 +15,9 @@ masks); an imask mask is a distinct non-zero id with at least one pixel (id 0 ma
 generated mask). Labels are counted from the CSR files without densifying, images are measured from their
 PNG headers, so a dataset of 100k images is read in minutes.
 
-Output in REPORT_DIR: ``stats.json`` (every number), ``report.md`` (tables, figures linked) and PNG
-figures ``fig2a_modalities.png``, ``fig2b_groups.png``, ``fig2c_resolution.png``, ``fig2d_coverage.png``,
-``masks_per_image.png`` (matplotlib, Agg backend). Unreadable images are reported and skipped.
+This module counts (:func:`compute_stats` returns every number as one JSON-ready object);
+:mod:`imis.data.stats_report` writes it into REPORT_DIR: ``stats.json``, ``report.md`` and the figures.
+Unreadable images are reported and skipped.
 """
 
 from __future__ import annotations
@@ -33,33 +33,24 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from imis.data.stats_report import print_summary, write_report
 from imis.data.vocabulary import BACKGROUND_GROUP, GROUPS, UNKNOWN_GROUP, Vocabulary
 from imis.errors import ImisError, InputError
-from imis.io.files import atomic_output
 
 __all__ = [
     "COVERAGE_EDGES",
-    "FIGURES",
     "RESOLUTION_EDGES",
     "ImageRecord",
     "compute_stats",
     "detect_format",
     "iter_records",
     "run_stats",
-    "write_report",
 ]
 
 #: Bin edges of the longer image side, in pixels (half-open bins ``[lo, hi)``, the last one open).
 RESOLUTION_EDGES = (0, 128, 256, 512, 1024, 2048)
 #: Bin edges of mask coverage (fraction of the image; half-open bins, the last one closed at 1).
 COVERAGE_EDGES = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-FIGURES = {
-    "modalities": "fig2a_modalities.png",
-    "groups": "fig2b_groups.png",
-    "resolution": "fig2c_resolution.png",
-    "coverage": "fig2d_coverage.png",
-    "masks_per_image": "masks_per_image.png",
-}
 
 
 @dataclass
@@ -440,288 +431,6 @@ def compute_stats(
     return acc.result()
 
 
-# ---------------------------------------------------------------------------------------------------------
-# figures and report
-# ---------------------------------------------------------------------------------------------------------
-def _savefig(fig, path: Path) -> None:
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
-
-
-def _figures(stats: dict[str, Any], out: Path) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    paths = {k: out / v for k, v in FIGURES.items()}
-    gt_color, im_color, img_color = "#1f77b4", "#ff7f0e", "#7f7f7f"
-
-    def bars(ax, labels, series, title, ylabel, log=False):
-        x = np.arange(len(labels))
-        width = 0.8 / max(len(series), 1)
-        for i, (name, values, color) in enumerate(series):
-            rects = ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name, color=color)
-            ax.bar_label(rects, labels=[f"{v:,}" if v else "" for v in values], fontsize=7, padding=1)
-        ax.set_xticks(
-            x, labels, rotation=30 if len(labels) > 5 else 0, ha="right" if len(labels) > 5 else "center"
-        )
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
-        if log and any(v for _, vals, _ in series for v in vals):
-            ax.set_yscale("log")
-        if len(series) > 1:
-            ax.legend(fontsize=8)
-
-    # (a) images and masks per modality
-    mods = stats["modalities"]
-    labels = list(mods) or ["(none)"]
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels) + 2), 4))
-    bars(
-        ax,
-        labels,
-        [
-            ("images", [mods[m]["images"] for m in mods] or [0], img_color),
-            ("GT masks", [mods[m]["gt_masks"] for m in mods] or [0], gt_color),
-            ("imasks", [mods[m]["imask_masks"] for m in mods] or [0], im_color),
-        ],
-        "(a) Images and masks per modality",
-        "count (log)",
-        log=True,
-    )
-    _savefig(fig, paths["modalities"])
-    plt.close(fig)
-
-    # (b) targets per anatomical group
-    groups = stats["groups"]
-    glabels = list(groups)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    bars(
-        axes[0],
-        glabels,
-        [("targets", [groups[g]["n_targets"] for g in glabels], gt_color)],
-        "(b) Targets per group",
-        "distinct targets",
-    )
-    bars(
-        axes[1],
-        glabels,
-        [("GT masks", [groups[g]["gt_masks"] for g in glabels], gt_color)],
-        "GT masks per group",
-        "masks",
-    )
-    _savefig(fig, paths["groups"])
-    plt.close(fig)
-
-    # (c) resolution
-    res = stats["resolution"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bars(
-        ax,
-        [f"{b} px" for b in res["bins"]],
-        [("images", res["counts"], img_color)],
-        "(c) Image resolution (longer side)",
-        "images",
-    )
-    _savefig(fig, paths["resolution"])
-    plt.close(fig)
-
-    # (d) coverage
-    cov = stats["coverage"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    bars(
-        ax,
-        cov["bins"],
-        [("GT masks", cov["gt"], gt_color), ("imasks", cov["imask"], im_color)],
-        "(d) Mask coverage of the image",
-        "masks",
-    )
-    _savefig(fig, paths["coverage"])
-    plt.close(fig)
-
-    # masks per image
-    mpi = stats["masks_per_image"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for key, color, name in (("gt", gt_color, "GT masks"), ("imask", im_color, "imasks")):
-        hist = {int(k): v for k, v in mpi[key]["histogram"].items()}
-        if hist:
-            ks = sorted(hist)
-            ax.bar(
-                ks,
-                [hist[k] for k in ks],
-                width=0.9,
-                alpha=0.6,
-                color=color,
-                label=f"{name} (mean {mpi[key]['mean']:.1f})",
-            )
-    ax.set_title("Masks per image")
-    ax.set_xlabel("masks in the image")
-    ax.set_ylabel("images")
-    ax.legend(fontsize=8)
-    _savefig(fig, paths["masks_per_image"])
-    plt.close(fig)
-    return paths
-
-
-def _md_table(rows: list[list[Any]], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
-
-
-def _report_md(stats: dict[str, Any]) -> str:
-    t = stats["totals"]
-    out = ["# Dataset statistics", ""]
-    out.append(
-        f"{t['datasets']} dataset(s), {t['images']:,} images, {t['gt_masks']:,} ground-truth masks and "
-        f"{t['imask_masks']:,} interactive masks ({t['masks_per_image']:.1f} masks per image)."
-        + (f" {t['failures']} image(s) could not be read (listed at the end)." if t["failures"] else "")
-    )
-    out += ["", "## Datasets", ""]
-    out.append(
-        _md_table(
-            [
-                [
-                    d["name"],
-                    d["format"],
-                    ", ".join(d["modalities"]),
-                    d["images"],
-                    ", ".join(f"{k} {v}" for k, v in d["splits"].items()),
-                    d["gt_masks"],
-                    d["imask_masks"],
-                    d["failures"],
-                ]  # fmt: skip
-                for d in stats["datasets"]
-            ],
-            ["dataset", "format", "modality", "images", "splits", "GT masks", "imasks", "failures"],
-        )
-    )
-    out += ["", "## (a) Images and masks per modality", "", f"![modalities]({FIGURES['modalities']})", ""]
-    out.append(
-        _md_table(
-            [[m, v["images"], v["gt_masks"], v["imask_masks"]] for m, v in stats["modalities"].items()],
-            ["modality", "images", "GT masks", "imasks"],
-        )
-    )
-    out += ["", "### Masks per image", "", f"![masks per image]({FIGURES['masks_per_image']})", ""]
-    mpi = stats["masks_per_image"]
-    out.append(
-        _md_table(
-            [
-                [k, v["images"], v["total"], v["mean"], v["median"], v["min"], v["max"]]
-                for k, v in (("GT", mpi["gt"]), ("imask", mpi["imask"]), ("all", mpi["all"]))
-            ],
-            ["masks", "images", "masks", "mean", "median", "min", "max"],
-        )
-    )
-    out += ["", "## (b) Targets per anatomical group", "", f"![groups]({FIGURES['groups']})", ""]
-    out.append(
-        _md_table(
-            [
-                [g, v["n_targets"], v["gt_masks"], v["images"], ", ".join(v["targets"])]
-                for g, v in stats["groups"].items()
-            ],
-            ["group", "targets", "GT masks", "images", "target names"],
-        )
-    )
-    if stats["unknown_names"]:
-        names = ", ".join(f"`{k}` ({v})" for k, v in stats["unknown_names"].items())
-        out += [
-            "",
-            f"Label names not in the vocabulary (group Unknown; add them with a vocabulary YAML): {names}.",
-        ]
-    res = stats["resolution"]
-    out += ["", "## (c) Image resolution", "", f"![resolution]({FIGURES['resolution']})", ""]
-    out.append(
-        _md_table(
-            [[b, c] for b, c in zip(res["bins"], res["counts"], strict=True)], ["longer side (px)", "images"]
-        )
-    )
-    out += ["", f"Longer side in [256, 1024): {100 * res['share_256_to_1024']:.1f}% of the images. Sizes (W x H): "
-            + ", ".join(f"{k} ({v})" for k, v in list(res["sizes"].items())[:12]) + "."]  # fmt: skip
-    cov = stats["coverage"]
-    out += ["", "## (d) Mask coverage", "", f"![coverage]({FIGURES['coverage']})", ""]
-    out.append(
-        _md_table(
-            [[b, g, i] for b, g, i in zip(cov["bins"], cov["gt"], cov["imask"], strict=True)],
-            ["coverage", "GT masks", "imasks"],
-        )
-    )
-    out += [
-        "",
-        f"Masks below 2% of the image: GT {100 * cov['gt_share_below_2pct']:.1f}%, imasks {100 * cov['imask_share_below_2pct']:.1f}%.",
-    ]
-    if stats["failures"]:
-        out += ["", "## Failures", ""]
-        out.append(
-            _md_table(
-                [[f["dataset"], f["item"], f["error"]] for f in stats["failures"]],
-                ["dataset", "item", "error"],
-            )
-        )
-    out += ["", "Counting rules: " + "; ".join(f"{k}: {v}" for k, v in stats["counting"].items()) + ".", ""]
-    return "\n".join(out)
-
-
-def write_report(stats: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``stats.json``, ``report.md`` and the figures into ``out_dir``; return their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = _figures(stats, out)
-    paths["json"] = out / "stats.json"
-    with atomic_output(paths["json"]) as tmp:
-        tmp.write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["report"] = out / "report.md"
-    with atomic_output(paths["report"]) as tmp:
-        tmp.write_text(_report_md(stats), encoding="utf-8")
-    return paths
-
-
-def _print_summary(stats: dict[str, Any], paths: dict[str, Path], stream: TextIO) -> None:
-    rows = [
-        [
-            d["name"],
-            d["format"],
-            d["images"],
-            d["gt_masks"],
-            d["imask_masks"],
-            f"{(d['gt_masks'] + d['imask_masks']) / d['images']:.1f}" if d["images"] else "-",
-            d["failures"],
-        ]  # fmt: skip
-        for d in stats["datasets"]
-    ]
-    t = stats["totals"]
-    rows.append(
-        [
-            "total",
-            "",
-            t["images"],
-            t["gt_masks"],
-            t["imask_masks"],
-            f"{t['masks_per_image']:.1f}",
-            t["failures"],
-        ]
-    )
-    header = ["dataset", "format", "images", "GT masks", "imasks", "masks/img", "failures"]
-    cells = [[_fmt(c) if not isinstance(c, str) else c for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=stream)
-    print("  ".join("-" * w for w in widths), file=stream)
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)), file=stream)
-    groups = ", ".join(f"{g} {v['n_targets']}" for g, v in stats["groups"].items() if v["n_targets"])
-    print(f"targets per group: {groups or '-'}", file=stream)
-    print(f"report: {paths['report']}  (stats.json and {len(FIGURES)} figures beside it)", file=stream)
-
-
 def run_stats(
     datasets: Sequence[str | Path],
     out_dir: str | Path,
@@ -733,5 +442,5 @@ def run_stats(
     """Compute, write and summarise: what ``imis stats`` does. Returns the statistics."""
     stats = compute_stats(datasets, vocabulary=vocabulary, progress=progress)
     paths = write_report(stats, out_dir)
-    _print_summary(stats, paths, stream or sys.stdout)
+    print_summary(stats, paths, stream or sys.stdout)
     return stats
