@@ -234,6 +234,18 @@ class VolumeSession:
         self.cache_stats.encode_seconds += dt
         return dt
 
+    def put_embedding(self, axis: str | int, index: int, embedding: Embedding) -> None:
+        """Insert an embedding computed elsewhere (another process, a stored run) into the LRU cache."""
+        key = self.check_slice(axis, index)
+        if tuple(embedding.frame.orig_hw) != self._plane_shape(key[0]):
+            raise InputError(
+                f"{self.source}: embedding of a {embedding.frame.orig_hw} image for a {self._plane_shape(key[0])} slice"
+            )
+        self._cache[key] = embedding
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
     def _require_slice(self) -> Key:
         self._require_volume()
         if self._key is None:
