@@ -46,11 +46,14 @@ PROMPT_PARTS = ("box", "mask", "point")
 class PropagationRules:
     """How one slice prompts the next, and when the walk stops (see the module docstring)."""
 
+    # Measured on four training AAL structures (docs/volumes.md): box+mask with a tight box beat box,
+    # point+mask and box+point, and a 2 px margin (the box then grows every slice and the model fills it);
+    # of the grid, stopping below predicted IoU 0.5 or above 1.3x growth gave the best 3D Dice.
     prompt: str = "box+mask"
-    box_margin: int = 2
-    min_quality: float = 0.0
+    box_margin: int = 0
+    min_quality: float = 0.5
     min_area: int = 1
-    max_growth: float = float("inf")
+    max_growth: float = 1.3
     min_overlap: float = 0.0
     batch_size: int = 4
     max_slices: int | None = None
