@@ -63,15 +63,16 @@ def live_server(model, **config):
 
 @pytest.fixture(scope="session")
 def data_dir(btcv_dir):
-    """DATA_DIR: btcv-demo images and Colin27 as links, a sub-folder, and a link pointing out of it."""
+    """DATA_DIR: copies of btcv-demo images and Colin27 (links out of DATA_DIR are refused by design), a
+    sub-folder, and links pointing out of it."""
     root = Path(tempfile.mkdtemp(prefix="imis-app-data-"))
     (root / "btcv").mkdir()
     for name in ("ABD_037_71.png", "ABD_038_74.png"):
         src = btcv_dir / "image" / name
         if src.exists():
-            (root / "btcv" / name).symlink_to(src)
+            shutil.copy(src, root / "btcv" / name)
     if COLIN.exists():
-        (root / "ch2.nii.gz").symlink_to(COLIN)
+        shutil.copy(COLIN, root / "ch2.nii.gz")
     outside = Path(tempfile.mkdtemp(prefix="imis-app-outside-"))
     (outside / "secret.png").write_bytes(b"not for you")
     (root / "escape").symlink_to(outside)

@@ -99,7 +99,7 @@ class Backend:
             "is_2d": doc.is_2d,
             "shape": list(doc.display.shape),  # (z, y, x)
             "spacing_xyz": [float(s) for s in spacing],
-            "flips": view_flips(geo.direction_matrix() if not doc.is_2d else None),
+            "flips": view_flips(geo.direction_matrix if not doc.is_2d else None),
             "range": list(doc.range),
             "auto_window": list(doc.auto_window),
             "modality": "CT" if doc.range[0] < -500 else ("MR" if not doc.is_2d else "image"),
@@ -151,7 +151,7 @@ def view_flips(direction: np.ndarray | None) -> dict:
     for itk_axis, arr_axis in ((0, 2), (1, 1), (2, 0)):
         col = direction[:, itk_axis]
         k = int(np.argmax(np.abs(col)))
-        dom[arr_axis], sign[arr_axis] = k, col[k] >= 0
+        dom[arr_axis], sign[arr_axis] = k, bool(col[k] >= 0)
 
     def flip(arr_axis: int, vertical: bool) -> bool:
         k, positive = dom[arr_axis], sign[arr_axis]
