@@ -64,7 +64,9 @@ def test_colin27_volume_workflow(page, server, atlas, tmp_path):
     img = sitk.ReadImage(str(out))
     ref = sitk.ReadImage(str(COLIN))
     assert img.GetSize() == ref.GetSize()
-    assert np.allclose(img.GetOrigin(), ref.GetOrigin()) and np.allclose(img.GetDirection(), ref.GetDirection())
+    assert np.allclose(img.GetOrigin(), ref.GetOrigin()) and np.allclose(
+        img.GetDirection(), ref.GetDirection()
+    )
     labels = sitk.GetArrayFromImage(img)
     d = dice(labels[:, y, :] == 1, plane_gt)
     print(f"Colin27 coronal slice {y}: left thalamus box Dice vs AAL {d:.3f}")

@@ -62,7 +62,7 @@ async def save_upload(chunks: AsyncIterator[bytes], declared: int | None, limit:
                 raise AppError(413, f"the file exceeds the upload limit of {mb:.0f} MB")
             f.write(chunk)
     if size == 0:
-        raise AppError(400, "the uploaded file is empty")
+        raise AppError(400, f"{dest.name}: the uploaded file is empty")
     return size
 
 
