@@ -96,24 +96,38 @@ def test_propagate_through_the_volume(client, atlas):
     labels, _ = _export(client, sid)
     d3 = dice(labels == 1, thal)
     zs = np.nonzero((labels == 1).any(axis=(1, 2)))[0]
-    print(f"propagated left thalamus: {job['filled']} slices z {zs.min()}..{zs.max()}, 3D Dice vs AAL {d3:.3f}")
+    print(
+        f"propagated left thalamus: {job['filled']} slices z {zs.min()}..{zs.max()}, 3D Dice vs AAL {d3:.3f}"
+    )
     assert d3 >= 0.6
 
 
 def test_export_import_and_object_edits(client):
     sid = _open_colin(client)
-    client.post(f"/api/s/{sid}/prompt", json={"axis": "z", "index": 80, "kind": "click", "value": [90, 110, True]})
+    client.post(
+        f"/api/s/{sid}/prompt", json={"axis": "z", "index": 80, "kind": "click", "value": [90, 110, True]}
+    )
     _, blob = _export(client, sid)
     sid2 = _open_colin(client)
     r = client.post(f"/api/s/{sid2}/import", params={"name": "labels.nii.gz"}, content=blob)
     assert r.status_code == 200, r.text
     objs = r.json()["objects"]
     assert objs[0]["label"] == 1 and len(objs) == 2  # the imported label and a fresh one to draw
-    r = client.post(f"/api/s/{sid2}/objects", json={"op": "update", "label": 1, "name": "ventricle", "visible": False})
-    assert r.json()["objects"][0] == {"label": 1, "name": "ventricle", "color": [230, 25, 75], "visible": False}
+    r = client.post(
+        f"/api/s/{sid2}/objects", json={"op": "update", "label": 1, "name": "ventricle", "visible": False}
+    )
+    assert r.json()["objects"][0] == {
+        "label": 1,
+        "name": "ventricle",
+        "color": [230, 25, 75],
+        "visible": False,
+    }
     r = client.post(f"/api/s/{sid2}/objects", json={"op": "update", "label": 1, "color": "#00ff00"})
     assert r.json()["objects"][0]["color"] == [0, 255, 0]
-    assert client.post(f"/api/s/{sid2}/objects", json={"op": "update", "label": 1, "name": ""}).status_code == 400
+    assert (
+        client.post(f"/api/s/{sid2}/objects", json={"op": "update", "label": 1, "name": ""}).status_code
+        == 400
+    )
     r = client.post(f"/api/s/{sid2}/objects", json={"op": "delete", "label": 1, "axis": "z", "index": 80})
     assert r.status_code == 200 and all(o["label"] != 1 for o in r.json()["objects"])
     labels, _ = _export(client, sid2)
@@ -162,8 +176,13 @@ def test_dicom_zip_upload(client):
 
 
 def test_store_is_bounded_and_evicts_least_recent(model, data_dir):
-    with live_server(model, data_dir=data_dir, max_sessions=2) as url, httpx.Client(base_url=url, timeout=120) as c:
-        ids = [c.post("/api/open", json={"path": "btcv/ABD_037_71.png"}).json()["doc"]["id"] for _ in range(3)]
+    with (
+        live_server(model, data_dir=data_dir, max_sessions=2) as url,
+        httpx.Client(base_url=url, timeout=120) as c,
+    ):
+        ids = [
+            c.post("/api/open", json={"path": "btcv/ABD_037_71.png"}).json()["doc"]["id"] for _ in range(3)
+        ]
         assert c.get(f"/api/s/{ids[0]}").status_code == 404
         r = c.get(f"/api/s/{ids[0]}")
         assert "expired" in r.json()["detail"]

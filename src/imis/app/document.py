@@ -9,6 +9,7 @@ and reset act on the draft (the prompts on the current plane).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ class Document:
         lo, hi = np.percentile(self.display[:: max(1, self.display.shape[0] // 16)], [1, 99])
         self.auto_window = (float(hi - lo) or 1.0, float((hi + lo) / 2))
         self.range = (float(self.display.min()), float(self.display.max()))
+        self.content_id = _content_id(self.volume)
 
     # ---- planes --------------------------------------------------------------------------------
     def check_plane(self, axis: str, index: int) -> tuple[str, int]:
@@ -98,7 +100,9 @@ class Document:
         return np.ascontiguousarray(self.labels[self._index(axis, index)])
 
     def embed_key(self, axis: str, index: int) -> str:
-        return f"{self.id}:{axis}:{index}"
+        """The slice's key in the shared embedding cache: by content, so users (or a reopened file)
+        working on the same image share its embeddings."""
+        return f"{self.content_id}:{axis}:{index}"
 
     # ---- objects -------------------------------------------------------------------------------
     def _new_object(self, name: str | None = None) -> ObjectInfo:
@@ -245,6 +249,13 @@ class Document:
             if v:
                 self.objects.append(ObjectInfo(int(v), f"label {int(v)}", palette_color(int(v))))
         self.active = self._new_object().label
+
+
+def _content_id(arr: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    h.update(str((arr.shape, arr.dtype.str)).encode())
+    h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()
 
 
 def _parse_color(color) -> tuple[int, int, int]:

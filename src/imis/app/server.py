@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from importlib import resources
@@ -305,6 +307,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, device
     name = config.model or ("litemedsam" if config.checkpoint else default_model_name())
     model = load_model(name, checkpoint=config.checkpoint, device=device)
     app = create_app(config, model)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (diagnosing a stuck server)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     query = f"/?token={config.token}" if config.token else "/"
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     print(f"imis serve: model {model.name} ({model.license}); open http://{shown}:{port}{query}", flush=True)

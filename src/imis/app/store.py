@@ -41,6 +41,12 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._items)
 
+    def __contains__(self, sid: str) -> bool:
+        return sid in self._items
+
+    def documents(self) -> list[Document]:
+        return [e.doc for e in self._items.values()]
+
     def add(self, doc: Document) -> Entry:
         self.expire()
         entry = Entry(doc)
