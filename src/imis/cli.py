@@ -22,9 +22,20 @@ examples:
   imis segment mr.nrrd --axis x --slice 90 --click 120,88,+ --click 140,90,- -o mask.npy
   imis segment dicom_series/ --slice 12 --box 10,10,80,90 --model sam-vit-b --checkpoint sam_vit_b.pth -o m.nii.gz
 
+  imis segment ch2.nii.gz --axis z --slice 80 --box 95,100,120,135 --propagate -o thalamus.nii.gz
+  imis segment ct.nii.gz --axis z --slice 40 --text liver --propagate --labels old.nii.gz -o all.nii.gz
+  imis segment dicom_series/ --slice 2 --box 4,4,11,9 --propagate --name tumour -o seg.dcm
+
 Coordinates are native pixels of the (sliced) image: x = column, y = row, 0-based. Boxes are
 x0,y0,x1,y1 inclusive. Clicks are x,y,+ (positive, the default) or x,y,- (negative). Output formats:
-.png, .npy, .nii/.nii.gz/.nrrd/.mha (written with the input's geometry).
+.png, .npy, .nii/.nii.gz/.nrrd/.mha (written with the input's geometry), .dcm (DICOM SEG, for a
+DICOM series input, validated on read-back).
+
+Volumes: a slice is never flipped. A z slice shows (rows = y, columns = x), a y slice (rows = z,
+columns = x), an x slice (rows = z, columns = y), as `np.take(volume, K, axis)`. --propagate segments
+the neighbouring slices of the same axis in both directions from the prompted one (stopping where the
+structure ends) and writes one label map of the whole volume; --labels adds the object to an existing
+label map of the same geometry (objects already there are never overwritten).
 """
 
 
@@ -91,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, required=True, help="label map to write (.png/.npy/.nii.gz/...)"
     )
     seg.add_argument("--overlay", type=Path, default=None, help="also write a PNG overlay of the mask")
+    seg.add_argument(
+        "--propagate",
+        action="store_true",
+        help="volumes: propagate the mask through the neighbouring slices and write a whole-volume label map",
+    )
+    seg.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="volumes: existing label map (same geometry) to add the object to",
+    )
+    seg.add_argument("--name", default=None, help="name of the object (DICOM SEG segment label)")
+    seg.add_argument("--label", type=int, default=None, help="label value of the object (default: next free)")
     seg.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     seg.add_argument(
         "--precision",
@@ -224,6 +248,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.box is None and not args.click and args.text is None:
         raise PromptError("no prompt given: pass --box, --click and/or --text")
     data = read_image(args.image, series_uid=args.series_uid) if args.series_uid else read_image(args.image)
+    if args.propagate or args.labels is not None:
+        return _segment_volume(args, data)
     if data.kind == "volume":
         if args.slice_index is None:
             raise InputError(
@@ -264,6 +290,89 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 "pred IoU": f"{pred.quality:.3f}",
                 "encode s": f"{t_enc - t_load:.2f}",
                 "decode ms": f"{1000 * (t_dec - t_enc):.0f}",
+                "output": str(args.output),
+            }
+        ]
+    )
+    return 0
+
+
+def _load_for(args: argparse.Namespace):
+    from imis.models import load_model
+    from imis.models.interactive import resolve_precision
+    from imis.models.registry import default_model_name
+
+    name = args.model or ("litemedsam" if args.checkpoint else default_model_name())
+    dtype = resolve_precision(args.precision, args.device)
+    return load_model(name, checkpoint=args.checkpoint, device=args.device, dtype=dtype)
+
+
+def _segment_volume(args: argparse.Namespace, data) -> int:
+    """--propagate / --labels: one object in a whole-volume label map (VolumeSession)."""
+    from tqdm import tqdm
+
+    from imis.io import file_extension, read_image, slice_volume, write_label_map
+    from imis.session import VolumeSession
+
+    if data.kind != "volume":
+        raise InputError(
+            f"{args.image}: is a 2D image of shape {data.array.shape}; --propagate/--labels need a volume"
+        )
+    if args.slice_index is None:
+        raise InputError(f"{args.image}: pass --slice K (and --axis) for the slice the prompts are on")
+    dicom_out = file_extension(args.output) == ".dcm"
+    if dicom_out and not data.meta.get("files"):
+        raise InputError(
+            f"{args.output}: DICOM SEG output needs a DICOM series folder as input; use .nii.gz/.nrrd"
+        )
+    slice_volume(data, args.axis or "z", args.slice_index)  # an out-of-range slice fails before any work
+    existing = read_image(args.labels) if args.labels is not None else None
+    session = VolumeSession(_load_for(args), cache_size=64)
+    session.open(data)
+    if existing is not None:
+        session.import_labels(existing)  # shape and geometry checked before anything is encoded
+    session.set_slice(args.axis or "z", args.slice_index)
+    t0 = time.perf_counter()
+    pred = session.predict(clicks=args.click or None, box=args.box, text=args.text)
+    if not pred.mask.any():
+        raise PromptError(
+            f"{args.image}: the prompts gave an empty mask on slice {args.slice_index}; nothing written"
+        )
+    result = None
+    if args.propagate:
+        with tqdm(total=0, desc="propagating", unit="slice", disable=None) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            result = session.propagate(progress=progress)
+    label = session.commit(label=args.label, name=args.name or args.text)
+    labels = session.label_map
+    if dicom_out:
+        from imis.io.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(args.output, labels, data, names={o.label: o.name for o in session.objects if o.name})
+    else:
+        write_label_map(args.output, labels, reference=data)
+    stops = (
+        ", ".join(f"{d}: {r}" + (f" at {i}" if i is not None else "") for d, (i, r) in result.stops.items())
+        if result
+        else "-"
+    )
+    print_table(
+        [
+            {
+                "image": args.image.name,
+                "shape zyx": "x".join(map(str, labels.shape)),
+                "model": session.model.name,
+                "prompts": _describe_prompts(args),
+                "slices": len(result.slices) + 1 if result else 1,
+                "stops": stops,
+                "voxels": int((labels == label).sum()),
+                "label": label,
+                "seconds": f"{time.perf_counter() - t0:.1f}",
                 "output": str(args.output),
             }
         ]

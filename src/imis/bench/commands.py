@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imis.bench.volume import VOLUME_PROTOCOLS
 from imis.errors import InputError
 
 __all__ = ["cmd_bench", "cmd_report", "register_bench_commands"]
@@ -33,6 +34,11 @@ protocols:
              newest click (uniform in the error region) plus the previous logits; best-of-3 masks
              by predicted IoU; report the image-level Dice (see docs/protocols.md)
 
+  volume     3D (imis.bench.volume): per structure of a volume dataset (nnU-Net/MSD raw folder or
+             an image,label pair list) a box / click / text on its largest axial slice, propagation,
+             then 3D Dice, NSD (--nsd-tolerance mm) and HD95 with the voxel spacing
+  volume-iterative  the box start, then correction clicks on the worst slice, re-propagated
+
 --prompts FILE replays a prompt file (e.g. another run's RUN_DIR/prompts.json); a file made for
 other data is refused.
 
@@ -44,6 +50,7 @@ examples:
   imis bench --models grabcut --data data/btcv-demo --prompts runs/single/prompts.json -o runs/gc
   imis bench --models imis-lite --data data/btcv-demo:train --cases ABD_034,ABD_035,ABD_036 \\
       --protocol iterative -o runs/val-iter     # a validation split held out of training
+  imis bench --models imis-lite --data Task04_Hippocampus --protocol volume --nsd-tolerance 1 -o runs/vol
   imis report runs/single runs/iter
 """
 
@@ -69,6 +76,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from imis.bench.runner import BenchConfig, run_bench
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    if args.protocol in VOLUME_PROTOCOLS:  # 3D: imis.bench.volume reads volume datasets itself
+        from imis.bench.volume import cmd_bench_volume
+
+        return cmd_bench_volume(args, models)
     data, split = _parse_data(args.data)
     if not (data / "dataset.json").is_file():
         raise InputError(f"{data}: not a dataset folder (no dataset.json); pass --data DATASET[:split]")
@@ -126,9 +137,9 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument(
         "--protocol",
-        choices=PROTOCOLS,
+        choices=PROTOCOLS + VOLUME_PROTOCOLS,
         default="single",
-        help="prompt protocol: " + ", ".join(PROTOCOLS) + " (default single; see below)",
+        help="prompt protocol: " + ", ".join(PROTOCOLS + VOLUME_PROTOCOLS) + " (default single; see below)",
     )
     b.add_argument("--seed", type=int, default=0, help="seed of every simulated prompt (default 0)")
     b.add_argument("-o", "--output", required=True, type=Path, metavar="RUN_DIR", help="run directory")

@@ -7,7 +7,7 @@ only talk to :class:`InteractiveModel`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -143,14 +143,23 @@ class InteractiveModel:
     @torch.inference_mode()
     def encode(self, image: np.ndarray, name: str = "image") -> Embedding:
         x, frame = prepare_image(image, self.preprocess, name)
+        return Embedding(self._run_encoder(x), frame)
+
+    @torch.inference_mode()
+    def encode_batch(self, images: Sequence[np.ndarray], name: str = "image") -> list[Embedding]:
+        """Encode several images in one forward pass (the slices of a volume, for propagation)."""
+        prepared = [prepare_image(im, self.preprocess, name) for im in images]
+        feats = self._run_encoder(torch.cat([x for x, _ in prepared]))
+        # clone: a slice of the batch would keep the whole batch alive in an embedding cache.
+        return [Embedding(feats[i : i + 1].clone(), f) for i, (_, f) in enumerate(prepared)]
+
+    def _run_encoder(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         if self.dtype is not None:
             with torch.autocast(self.device.type, dtype=self.dtype):
                 feats = self.net.image_encoder(x)
-            feats = feats.float()
-        else:
-            feats = self.net.image_encoder(x)
-        return Embedding(feats, frame)
+            return feats.float()
+        return self.net.image_encoder(x)
 
     def text_embedding(self, text: str) -> torch.Tensor:
         if "text" not in self.prompt_types or self._text_fn is None:

@@ -1,0 +1,200 @@
+"""3D Dice / NSD@1mm / HD95 on the 24 Colin27 AAL structures held out of imis-lite's training.
+
+Per structure: the largest axial slice is prompted with the tight box (or one click at the interior
+point) of the ground truth, then propagated both ways. Walks are recorded *unstopped* (to the
+structure's end plus --beyond slices, or an empty prediction) with each slice's mask, predicted IoU,
+growth and overlap; the stop rules (imis.session.propagation) only truncate a walk, so applying the
+rules measured on training structures (benchmarks/tune_propagation.py) to these records gives exactly
+what `VolumeSession.propagate` returns with those rules, and the same records score any rule set. The
+per-slice oracle (the tight GT box on every slice of the structure) is the ceiling.
+
+Writes one JSON line per structure to --out (resumable: structures already there are skipped); with
+--summarise prints the summary as one JSON line.
+
+    PYTHONPATH=src python benchmarks/volume_heldout.py --model imis-lite --out runs/heldout-imis-lite.jsonl
+    PYTHONPATH=src python benchmarks/volume_heldout.py --summarise runs/heldout-imis-lite.jsonl --rules '{...}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from imis.bench.metrics import mask_metrics
+from imis.data.brain_templates import heldout_aal_labels, read_aal_names
+from imis.io import read_image
+from imis.prompts import center_click, tight_box
+from imis.session.propagation import PropagationRules, SliceRecord, next_prompt, stop_reason
+from imis.session.volume import VolumeSession
+
+TEMPLATES = Path("/usr/share/mricron/templates")
+
+
+def _pack(mask: np.ndarray) -> str:
+    return base64.b64encode(np.packbits(mask.ravel()).tobytes()).decode()
+
+
+def _unpack(text: str, shape: tuple[int, int]) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8))
+    return bits[: shape[0] * shape[1]].reshape(shape).astype(bool)
+
+
+def record_walk(
+    vs: VolumeSession, gt: np.ndarray, seed: int, step: int, prompt: str, beyond: int
+) -> list[dict]:
+    rules = PropagationRules(prompt=prompt)
+    zs = np.nonzero(gt.any(axis=(1, 2)))[0]
+    last = min(gt.shape[0] - 1, zs.max() + beyond) if step > 0 else max(0, zs.min() - beyond)
+    prev, prev_logits = vs.plane("z", seed), vs.current.low_res_logits
+    out = []
+    for i in range(seed + step, last + step, step):
+        vs.encode_slices(0, list(range(i, last + step, step))[:4])
+        pred = vs.model.decode(vs.embedding((0, i)), next_prompt(prev, prev_logits, rules))
+        area, prev_area = int(pred.mask.sum()), int(prev.sum())
+        out.append(
+            {
+                "index": i,
+                "area": area,
+                "quality": pred.quality,
+                "growth": area / prev_area if prev_area else float("inf"),
+                "overlap": float((pred.mask & prev).sum() / area) if area else 0.0,
+                "mask": _pack(pred.mask),
+            }
+        )
+        if area == 0:
+            break
+        prev, prev_logits = pred.mask, pred.low_res_logits
+    return out
+
+
+def run_structure(
+    vs: VolumeSession, gt: np.ndarray, prompt: str, beyond: int, oracle: bool, kinds: tuple[str, ...]
+) -> dict:
+    seed = int(np.argmax(gt.sum(axis=(1, 2))))
+    rec = {"seed": seed}
+    click = center_click(gt[seed])
+    seeds = {"box": {"box": tight_box(gt[seed])}, "click": {"clicks": [(click.x, click.y, True)]}}
+    for kind in kinds:
+        kwargs = seeds[kind]
+        vs.reset()
+        vs.set_slice("z", seed)
+        pred = vs.predict(**kwargs)
+        rec[kind] = {
+            "seed_mask": _pack(pred.mask),
+            "down": record_walk(vs, gt, seed, -1, prompt, beyond) if pred.mask.any() else [],
+            "up": record_walk(vs, gt, seed, 1, prompt, beyond) if pred.mask.any() else [],
+        }
+    if oracle:
+        masks = {}
+        for k in np.nonzero(gt.any(axis=(1, 2)))[0]:
+            vs.reset()
+            vs.set_slice("z", int(k))
+            masks[int(k)] = _pack(vs.predict(box=tight_box(gt[k])).mask)
+        rec["oracle"] = masks
+    return rec
+
+
+def assemble(rec: dict, kind: str, shape: tuple[int, int, int], rules: PropagationRules | None) -> np.ndarray:
+    """The 3D mask a propagation with ``rules`` gives (None: the oracle's per-slice masks)."""
+    vol = np.zeros(shape, bool)
+    if kind == "oracle":
+        for k, m in rec["oracle"].items():
+            vol[int(k)] = _unpack(m, shape[1:])
+        return vol
+    r = rec[kind]
+    vol[rec["seed"]] = _unpack(r["seed_mask"], shape[1:])
+    for d in ("down", "up"):
+        for s in r[d]:
+            if stop_reason(
+                SliceRecord(s["index"], s["area"], s["quality"], s["growth"], s["overlap"]), rules
+            ):
+                break
+            vol[s["index"]] = _unpack(s["mask"], shape[1:])
+    return vol
+
+
+def summarise(path: Path, rules: PropagationRules, tolerance: float = 1.0) -> dict:
+    aal = read_image(TEMPLATES / "aal.nii.gz")
+    spacing = tuple(reversed(aal.geometry.spacing))  # (z, y, x) mm
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out: dict = {"structures": len(rows), "model": rows[0]["model"] if rows else None}
+    for kind in ("box", "click", "oracle"):
+        ms = []
+        for row in rows:
+            if kind not in row:
+                continue
+            gt = aal.array == row["label"]
+            ms.append(mask_metrics(assemble(row, kind, gt.shape, rules), gt, spacing, tolerance))
+        if ms:
+            hd = [m.hd95 for m in ms]
+            out[kind] = {
+                "n": len(ms),
+                "dice": round(float(np.mean([m.dice for m in ms])), 4),
+                f"nsd@{tolerance:g}mm": round(float(np.mean([m.nsd for m in ms])), 4),
+                "hd95_mm_median": round(float(np.median(hd)), 2),
+                "hd95_mm_mean_finite": round(float(np.mean([h for h in hd if np.isfinite(h)])), 2),
+            }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="imis-lite")
+    ap.add_argument("--prompt", default="box+mask", help="propagation prompt kind (see PropagationRules)")
+    ap.add_argument("--beyond", type=int, default=4)
+    ap.add_argument("--no-oracle", action="store_true")
+    ap.add_argument("--only", default=None, help="comma-separated seed kinds to run (box,click)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--zrange", default=None, help="LO:HI: only structures whose slices +-beyond lie inside")
+    ap.add_argument("--summarise", type=Path, default=None, help="summarise this JSONL instead of running")
+    ap.add_argument("--rules", default="{}", help="PropagationRules fields as JSON for --summarise")
+    ap.add_argument("--emb-dir", type=Path, default=None, help="embeddings stored by encode_slices.py")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded CPU)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.summarise:
+        print(json.dumps(summarise(args.summarise, PropagationRules(**json.loads(args.rules)))))
+        return 0
+    from imis.models import load_model
+
+    names = read_aal_names(TEMPLATES / "aal.nii.txt")
+    held = heldout_aal_labels(names)
+    image, aal = read_image(TEMPLATES / "ch2.nii.gz"), read_image(TEMPLATES / "aal.nii.gz")
+    done = set()
+    if args.out.exists():
+        done = {json.loads(x)["name"] for x in args.out.read_text().splitlines() if x.strip()}
+    vs = VolumeSession(load_model(args.model), cache_size=image.array.shape[0])
+    vs.open(image)
+    if args.emb_dir is not None:
+        from encode_slices import load_into
+
+        load_into(vs, args.emb_dir)
+    lo, hi = (int(v) for v in args.zrange.split(":")) if args.zrange else (0, image.array.shape[0])
+    t0 = time.perf_counter()
+    for value, name in held.items():
+        zs = np.nonzero((aal.array == value).any(axis=(1, 2)))[0]
+        if name in done or args.zrange and not (lo <= zs.min() - args.beyond and zs.max() + args.beyond < hi):
+            continue
+        kinds = tuple(args.only.split(",")) if args.only else ("box", "click")
+        rec = run_structure(vs, aal.array == value, args.prompt, args.beyond, not args.no_oracle, kinds)
+        rec.update(name=name, label=value, model=args.model, prompt=args.prompt)
+        with args.out.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(
+            f"{name}: {time.perf_counter() - t0:.0f} s, {vs.cache_stats.encodes} encodes",
+            file=sys.stderr,
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Propagation of a 2D mask through a volume, slice by slice, with a 2D promptable model.
+
+From the seed slice, each direction is walked one slice at a time; slice k+1 is prompted with what
+slice k gave (:class:`PropagationRules` ``prompt``): the tight box of its mask grown by ``box_margin``
+pixels, its low-res mask logits, and/or a positive click at its interior point (the pixel farthest
+from the background). The walk stops at the first slice where
+
+* the prediction is empty or smaller than ``min_area`` pixels (the structure has ended),
+* the model's predicted IoU is below ``min_quality`` (it is unsure it still sees the structure),
+* the area grows by more than ``max_growth`` times the previous slice's (a leak into a neighbour),
+* less than ``min_overlap`` of the new mask overlaps the previous one (it jumped to another structure),
+
+or at the volume's edge, or before the next slice the user prompted (an anchor: a second prompted slice
+bounds the walk). The slice that triggers a stop is left empty, and so is every slice after it up to
+the next anchor, so that re-propagating after a correction replaces what an earlier walk left there.
+Slices are encoded ``batch_size`` at a time ahead of the walk (the encoder dominates the time).
+
+The defaults were measured, not guessed: ``benchmarks/tune_propagation.py`` walks the Colin27 AAL
+structures that were in imis-lite's training (never the 24 held-out ones) without stopping, records
+area, predicted IoU, growth and overlap on every slice, and picks the prompt kind and the thresholds
+that give the best mean 3D Dice; its output is in docs/volumes.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from imis.errors import PromptError
+from imis.models.interactive import PromptSpec
+
+if TYPE_CHECKING:
+    from imis.session.volume import VolumeSession
+
+__all__ = ["PropagationResult", "PropagationRules", "SliceRecord", "next_prompt", "propagate_object"]
+
+PROMPT_PARTS = ("box", "mask", "point")
+
+
+@dataclass(frozen=True)
+class PropagationRules:
+    """How one slice prompts the next, and when the walk stops (see the module docstring)."""
+
+    prompt: str = "box+mask"
+    box_margin: int = 2
+    min_quality: float = 0.0
+    min_area: int = 1
+    max_growth: float = float("inf")
+    min_overlap: float = 0.0
+    batch_size: int = 4
+    max_slices: int | None = None
+
+    def __post_init__(self) -> None:
+        parts = self.prompt.split("+")
+        if (
+            not parts
+            or any(p not in PROMPT_PARTS for p in parts)
+            or "box" not in parts
+            and "point" not in parts
+        ):
+            raise PromptError(
+                f"propagation prompt {self.prompt!r}: join box, mask, point with '+' and include box or point"
+            )
+        if self.batch_size < 1:
+            raise PromptError("propagation batch_size must be >= 1")
+
+    @property
+    def parts(self) -> frozenset[str]:
+        return frozenset(self.prompt.split("+"))
+
+
+@dataclass(frozen=True)
+class SliceRecord:
+    """What one propagated slice gave: the measures the stop rules look at."""
+
+    index: int
+    area: int
+    quality: float
+    growth: float  # area / previous area
+    overlap: float  # |mask & previous| / |mask|
+
+
+@dataclass
+class PropagationResult:
+    """axis/seed: where the walk started; slices: indices filled (sorted); stops: per direction
+    ("up" = increasing index, "down") the index where it stopped (None at the volume's edge or an
+    anchor) and why; records: every slice visited; logits: the low-res logits of the filled slices."""
+
+    axis: str
+    seed: int
+    slices: list[int] = field(default_factory=list)
+    stops: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    records: list[SliceRecord] = field(default_factory=list)
+    logits: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    seconds: float = 0.0
+    encode_seconds: float = 0.0
+
+    @property
+    def visited(self) -> int:
+        return len(self.records)
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the foreground pixel farthest from the background (first in raster order on ties)."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
+def next_prompt(prev: np.ndarray, prev_logits: torch.Tensor | None, rules: PropagationRules) -> PromptSpec:
+    """The prompts a slice gets from its neighbour's mask ``prev`` (bool (h, w), not empty)."""
+    parts = rules.parts
+    box = points = labels = None
+    if "box" in parts:
+        ys, xs = np.nonzero(prev)
+        h, w = prev.shape
+        m = rules.box_margin
+        box = np.array(
+            [max(0, xs.min() - m), max(0, ys.min() - m), min(w - 1, xs.max() + m), min(h - 1, ys.max() + m)],
+            dtype=np.float32,
+        )
+    if "point" in parts:
+        points = np.array([interior_point(prev)], dtype=np.float32)
+        labels = np.array([1], dtype=np.int64)
+    logits = prev_logits if "mask" in parts else None
+    return PromptSpec(points=points, labels=labels, box=box, mask_logits=logits)
+
+
+def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
+    """Which rule stops the walk at this slice, or None to go on."""
+    if rec.area == 0:
+        return "empty"
+    if rec.area < rules.min_area:
+        return "too small"
+    if rec.quality < rules.min_quality:
+        return "low confidence"
+    if rec.growth > rules.max_growth:
+        return "size jump"
+    if rec.overlap < rules.min_overlap:
+        return "no overlap"
+    return None
+
+
+def _walk_end(vs: VolumeSession, axis: int, seed: int, step: int, rules: PropagationRules) -> tuple[int, str]:
+    """First index past the walk in one direction (exclusive), and the reason it ends there."""
+    n = vs.shape[axis]
+    anchors = {a for a in vs._draft.anchors(axis) if a != seed}
+    stop, reason = (n, "edge") if step > 0 else (-1, "edge")
+    ahead = sorted(a for a in anchors if (a - seed) * step > 0)
+    if ahead:
+        stop, reason = (ahead[0], "anchor") if step > 0 else (ahead[-1], "anchor")
+    if rules.max_slices is not None and abs(stop - seed) - 1 > rules.max_slices:
+        stop, reason = seed + step * (rules.max_slices + 1), "limit"
+    return stop, reason
+
+
+def _seed_logits(vs: VolumeSession, key: tuple[int, int]) -> torch.Tensor | None:
+    draft = vs._draft
+    last = draft.last_predict(key)
+    if last is not None and last.prediction is not None:
+        return last.prediction.low_res_logits
+    return draft.propagated_logits(key)
+
+
+def propagate_object(
+    vs: VolumeSession,
+    key: tuple[int, int],
+    direction: str,
+    rules: PropagationRules,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[PropagationResult, dict[tuple[int, int], np.ndarray]]:
+    """Walk from the draft's mask on slice ``key``; return the result and the planes to write."""
+    from imis.session.volume import AXIS_NAMES, _view
+
+    t0 = time.perf_counter()
+    enc0 = vs.cache_stats.encode_seconds
+    axis, seed = key
+    steps = [s for d, s in (("down", -1), ("up", 1)) if direction in (d, "both")]
+    ends = {s: _walk_end(vs, axis, seed, s, rules) for s in steps}
+    total = sum(abs(ends[s][0] - seed) - 1 for s in steps)
+    result = PropagationResult(axis=AXIS_NAMES[axis], seed=seed)
+    planes: dict[tuple[int, int], np.ndarray] = {}
+    seed_mask = _view(vs._draft.mask, key).copy()
+    seed_logits = _seed_logits(vs, key)
+    done = 0
+    for step in steps:
+        end, end_reason = ends[step]
+        prev, prev_logits = seed_mask, seed_logits
+        stopped: tuple[int | None, str] = (None, end_reason)
+        for i in range(seed + step, end, step):
+            if (axis, i) not in vs._cache:
+                ahead = list(range(i, end, step))[: rules.batch_size]
+                vs.encode_slices(axis, ahead)
+            spec = next_prompt(prev, prev_logits, rules)
+            pred = vs.model.decode(vs.embedding((axis, i)), spec)
+            rec = _record(i, pred.mask, prev, pred.quality)
+            result.records.append(rec)
+            done += 1
+            if progress is not None:
+                progress(done, total)
+            reason = stop_reason(rec, rules)
+            if reason is not None:
+                stopped = (i, reason)
+                # Slices from the stop up to the next anchor are cleared: an earlier walk's masks there
+                # came from prompts this walk has replaced.
+                for j in range(i, end, step):
+                    if _view(vs._draft.mask, (axis, j)).any():
+                        planes[(axis, j)] = np.zeros_like(prev)
+                break
+            planes[(axis, i)] = pred.mask
+            result.logits[i] = pred.low_res_logits
+            prev, prev_logits = pred.mask, pred.low_res_logits
+        result.stops["up" if step > 0 else "down"] = stopped
+    if progress is not None and done < total:
+        progress(total, total)
+    result.slices = sorted(result.logits)
+    result.seconds = time.perf_counter() - t0
+    result.encode_seconds = vs.cache_stats.encode_seconds - enc0
+    return result, planes
+
+
+def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float) -> SliceRecord:
+    area = int(mask.sum())
+    prev_area = int(prev.sum())
+    inter = int(np.logical_and(mask, prev).sum())
+    return SliceRecord(
+        index=index,
+        area=area,
+        quality=float(quality),
+        growth=area / prev_area if prev_area else float("inf"),
+        overlap=inter / area if area else 0.0,
+    )

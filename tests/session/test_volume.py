@@ -1,0 +1,148 @@
+"""VolumeSession on Colin27 + AAL with the real imis-lite model (a handful of slice encodes in all)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imis.bench.metrics import dice
+from imis.errors import InputError, PromptError
+from imis.io import Geometry, read_image, slice_volume
+from imis.prompts import tight_box
+from imis.session import PropagationRules, VolumeSession
+
+TEMPLATES = Path("/usr/share/mricron/templates")
+THALAMUS_L = 77
+
+
+@pytest.fixture(scope="module")
+def colin():
+    if not (TEMPLATES / "ch2.nii.gz").is_file():
+        pytest.skip("mricron-data (Colin27, AAL) is not installed")
+    return read_image(TEMPLATES / "ch2.nii.gz"), read_image(TEMPLATES / "aal.nii.gz")
+
+
+@pytest.fixture(scope="module")
+def model():
+    from imis.models import load_model
+
+    return load_model("imis-lite")
+
+
+@pytest.fixture(scope="module")
+def session(model, colin):
+    vs = VolumeSession(model, cache_size=8)
+    vs.open(colin[0])
+    return vs
+
+
+@pytest.fixture()
+def thalamus(colin):
+    gt = colin[1].array == THALAMUS_L
+    return gt, int(np.argmax(gt.sum(axis=(1, 2))))
+
+
+def test_refuses_2d_images_and_bad_slices(model, colin):
+    vs = VolumeSession(model, cache_size=1)
+    with pytest.raises(InputError, match="2D image"):
+        vs.open(slice_volume(colin[0], "z", 90))
+    vs.open(colin[0])
+    with pytest.raises(InputError, match=r"slice 181 is out of range for axis z .*valid 0..180"):
+        vs.set_slice("z", 181)
+    with pytest.raises(InputError, match="axis 'w'"):
+        vs.set_slice("w", 3)
+    with pytest.raises(PromptError, match="set_slice"):
+        vs.predict(box=(1, 1, 5, 5))
+
+
+def test_box_on_a_slice_then_propagate_undo_redo(session, thalamus):
+    gt, k = thalamus
+    session.reset()
+    session.set_slice("z", k)
+    pred = session.predict(box=tight_box(gt[k]))
+    assert dice(pred.mask, gt[k]) > 0.8
+    assert np.array_equal(session.object_mask[k], pred.mask)
+    calls = []
+    res = session.propagate(
+        direction="up", rules=PropagationRules(max_slices=1), progress=lambda d, t: calls.append((d, t))
+    )
+    assert res.slices == [k + 1] and res.stops["up"] == (None, "limit")
+    assert calls[-1] == (1, 1)
+    filled = session.object_mask
+    assert dice(filled[k + 1], gt[k + 1]) > 0.7
+    assert session.undo()  # the propagation, one step across slices
+    assert not session.object_mask[k + 1].any() and session.object_mask[k].any()
+    assert session.redo()
+    assert np.array_equal(session.object_mask, filled)
+    assert session.anchors("z") == [k]
+
+
+def test_committed_objects_never_overwrite_each_other(session, thalamus):
+    gt, k = thalamus
+    session.reset()
+    session.set_slice("z", k)
+    first = session.predict(box=tight_box(gt[k])).mask
+    a = session.commit(name="Thalamus_L")
+    x0, y0, x1, y1 = tight_box(gt[k])
+    session.predict(box=(max(0, x0 - 15), y0, x1, y1))  # a larger object overlapping the first
+    b = session.commit(name="bigger")
+    labels = session.label_map
+    assert (a, b) == (1, 2)
+    assert np.array_equal(labels[k] == a, first)
+    assert [o.name for o in session.objects] == ["Thalamus_L", "bigger"]
+    with pytest.raises(PromptError, match="already object"):
+        session.predict(box=tight_box(gt[k]))
+        session.commit(label=a)
+    session.reset()
+    session.select(b)  # reopened with its history: undo empties it on slice k
+    assert not (session.label_map == b).any()
+    assert session.undo() and not session.object_mask.any()
+    session.reset()
+    session.remove(a)
+    assert session.objects == []
+
+
+def test_prompts_on_a_y_slice_land_on_the_same_voxels(session, thalamus):
+    """A y slice is (z, x): x = column, y = row = z index. The mask lands at volume[:, j, :]."""
+    gt, _ = thalamus
+    j = int(np.argmax(gt.sum(axis=(0, 2))))
+    plane = gt[:, j, :]
+    session.reset()
+    session.set_slice("y", j)
+    assert session.slice_image("y", j).shape == plane.shape
+    pred = session.predict(box=tight_box(plane))
+    assert dice(pred.mask, plane) > 0.7
+    vol = session.object_mask
+    assert np.array_equal(vol[:, j, :], pred.mask) and vol.sum() == pred.mask.sum()
+    session.reset()
+
+
+def test_import_labels_checks_geometry(session, colin):
+    aal = colin[1]
+    moved = type(aal)(
+        array=aal.array,
+        geometry=Geometry(
+            spacing=aal.geometry.spacing, origin=(0.0, 0.0, 0.0), direction=aal.geometry.direction
+        ),
+        path=aal.path,
+        kind="volume",
+    )
+    with pytest.raises(InputError, match="origin .* differs"):
+        session.import_labels(moved)
+    with pytest.raises(InputError, match="does not match the volume"):
+        session.import_labels(aal.array[:, :, :-1])
+    vs = VolumeSession(session.model, cache_size=1)
+    vs.open(colin[0])
+    sub = np.where(np.isin(aal.array, [77, 78]), aal.array, 0).astype(np.uint8)
+    assert vs.import_labels(sub, names={77: "Thalamus_L"}) == [77, 78]
+    assert vs.objects[0].name == "Thalamus_L" and vs.objects[0].voxels == int((aal.array == 77).sum())
+
+
+def test_embeddings_are_cached_per_slice_in_an_lru(session):
+    stats = session.cache_stats
+    before = stats.encodes
+    session.set_slice("z", 5)
+    session.set_slice("z", 5)
+    assert stats.encodes == before + 1 and stats.hits >= 1
