@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imis.app.document import AXES, Document
-from imis.app.embeddings import CachingModel, EmbeddingCache
+from imis.app.document import AXES, Document, ImageDocument
+from imis.app.embeddings import CachingModel, EmbeddingCache, fingerprint
 from imis.app.files import AppError, open_path
 from imis.app.store import Entry, SessionStore
+from imis.app.volume_doc import VolumeDocument
 from imis.errors import ImisError
 
 log = logging.getLogger("imis.app")
@@ -78,8 +79,7 @@ class Backend:
         self._tmp.cleanup()
 
     def _evicted(self, doc: Document) -> None:
-        if not any(d.content_id == doc.content_id for d in self.store.documents()):
-            self.cache.drop_prefix(doc.content_id + ":")
+        log.info("session %s (%s) closed or evicted", doc.id, doc.name)
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.work_pool, fn, *args)
@@ -95,7 +95,8 @@ class Backend:
                 raise AppError(400, f"{name}: cannot read the file: {type(exc).__name__}: {exc}") from None
 
         data = await self.run(read)
-        doc = Document(self.store.new_id(), data, self.caching_model, name)
+        kind = VolumeDocument if data.kind == "volume" else ImageDocument
+        doc = await self.run(kind, self.store.new_id(), data, self.caching_model, name)
         entry = self.store.add(doc)
         self.prefetch(doc, "z", doc.display.shape[0] // 2)
         return entry
@@ -140,12 +141,13 @@ class Backend:
                 self.encoder_pool.submit(self._encode_if_near, doc, axis, k)
 
     def _encode_if_near(self, doc: Document, axis: str, k: int) -> None:
-        fa, fi = getattr(doc, "focus", (axis, k))
+        fa, fi = doc.focus
         if fa != axis or abs(fi - k) > PREFETCH_RADIUS or doc.id not in self.store:
             return  # the user has moved on (or left): do not spend the CPU on it
         try:
             t = time.perf_counter()
-            self.cache.get(doc.embed_key(axis, k), lambda: doc.model_plane(axis, k))
+            plane = doc.model_plane(axis, k)
+            self.cache.get(fingerprint(plane), plane)
             log.debug("encoded %s %s%d in %.2fs", doc.id, axis, k, time.perf_counter() - t)
         except Exception:  # a background failure must not kill the thread; the click will report it
             log.exception("background encoding failed")

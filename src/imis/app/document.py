@@ -1,20 +1,20 @@
 """What one user works on: an image or volume, one label map, the objects in it, and the draft being prompted.
 
-A 2D image is handled as a volume of one axial slice. Prompts go to a `Session` on the plane
-(axis, index) shown; its prediction is painted live into the label map as the active object's label,
-only where no other object is, so objects accepted on different slices and views never overwrite each
-other. Moving to another plane or object keeps what was painted and starts a new draft there; undo/redo
-and reset act on the draft (the prompts on the current plane).
+`Document` holds what both kinds share (the display array, object names/colours/visibility, planes);
+`ImageDocument` is a 2D image (a volume of one axial slice to the page) prompted through a `Session`;
+volumes are `imis.app.volume_doc.VolumeDocument`, built on the `VolumeSession`. In a 2D image the
+prediction is painted live into the label map as the active object's label, only where no other object
+is, so objects never overwrite each other; undo/redo and reset act on the active object's prompts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from imis.app.embeddings import fingerprint
 from imis.errors import InputError, PromptError
 from imis.io import LABEL_PALETTE, ImageData
 from imis.session import Session
@@ -53,7 +53,7 @@ def palette_color(label: int) -> tuple[int, int, int]:
 
 
 class Document:
-    """An opened image with its label map (see the module docstring)."""
+    """What 2D and volume documents share (see the module docstring); subclasses do the prompting."""
 
     def __init__(self, doc_id: str, data: ImageData, model, name: str) -> None:
         self.id = doc_id
@@ -65,15 +65,13 @@ class Document:
         self.volume = arr[None] if self.is_2d else arr  # model input; 2D may be (1, y, x, 3)
         gray = arr.mean(axis=-1) if data.is_rgb else arr
         self.display = (gray[None] if self.is_2d else gray).astype(np.float32, copy=False)
-        self.labels = np.zeros(self.display.shape, dtype=np.uint16)
         self.objects: list[ObjectInfo] = []
         self.active = self._new_object().label
-        self.draft: Draft | None = None
         self.created = time.time()
         lo, hi = np.percentile(self.display[:: max(1, self.display.shape[0] // 16)], [1, 99])
         self.auto_window = (float(hi - lo) or 1.0, float((hi + lo) / 2))
         self.range = (float(self.display.min()), float(self.display.max()))
-        self.content_id = _content_id(self.volume)
+        self.focus = ("z", self.display.shape[0] // 2)
 
     # ---- planes --------------------------------------------------------------------------------
     def check_plane(self, axis: str, index: int) -> tuple[str, int]:
@@ -96,13 +94,9 @@ class Document:
     def model_plane(self, axis: str, index: int) -> np.ndarray:
         return np.ascontiguousarray(self.volume[self._index(axis, index)])
 
-    def label_plane(self, axis: str, index: int) -> np.ndarray:
-        return np.ascontiguousarray(self.labels[self._index(axis, index)])
-
     def embed_key(self, axis: str, index: int) -> str:
-        """The slice's key in the shared embedding cache: by content, so users (or a reopened file)
-        working on the same image share its embeddings."""
-        return f"{self.content_id}:{axis}:{index}"
+        """The slice's key in the shared embedding cache (by content: see imis.app.embeddings)."""
+        return fingerprint(self.model_plane(axis, index))
 
     # ---- objects -------------------------------------------------------------------------------
     def _new_object(self, name: str | None = None) -> ObjectInfo:
@@ -116,6 +110,44 @@ class Document:
             if o.label == label:
                 return o
         raise PromptError(f"no object with label {label}")
+
+    def update_object(self, label: int, name=None, color=None, visible=None) -> ObjectInfo:
+        obj = self.object(label)
+        if name is not None:
+            name = str(name).strip()[:80]
+            if not name:
+                raise PromptError("an object name cannot be empty")
+            obj.name = name
+        if color is not None:
+            obj.color = _parse_color(color)
+        if visible is not None:
+            obj.visible = bool(visible)
+        return obj
+
+    def label_plane(self, axis: str, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def export_labels(self) -> np.ndarray:
+        """The label map as written: (y, x) for a 2D image, (z, y, x) for a volume."""
+        raise NotImplementedError
+
+
+class ImageDocument(Document):
+    """A 2D image prompted through a Session (see the module docstring)."""
+
+    def __init__(self, doc_id: str, data: ImageData, model, name: str) -> None:
+        super().__init__(doc_id, data, model, name)
+        self.labels = np.zeros(self.display.shape, dtype=np.uint16)
+        self.draft: Draft | None = None
+
+    def label_plane(self, axis: str, index: int) -> np.ndarray:
+        return np.ascontiguousarray(self.labels[self._index(axis, index)])
+
+    def export_labels(self) -> np.ndarray:
+        return self.labels[0]
+
+    def propagate(self, axis: str, index: int, max_slices=None, progress=None) -> int:
+        raise PromptError("propagation needs a volume; this is a 2D image")
 
     def next_object(self, name: str | None = None) -> int:
         """Keep the active object and start a new one (an empty object is reused, not duplicated)."""
@@ -132,19 +164,6 @@ class Document:
         self.object(label)
         self.draft = None
         self.active = label
-
-    def update_object(self, label: int, name=None, color=None, visible=None) -> ObjectInfo:
-        obj = self.object(label)
-        if name is not None:
-            name = str(name).strip()[:80]
-            if not name:
-                raise PromptError("an object name cannot be empty")
-            obj.name = name
-        if color is not None:
-            obj.color = _parse_color(color)
-        if visible is not None:
-            obj.visible = bool(visible)
-        return obj
 
     def delete_object(self, label: int) -> None:
         obj = self.object(label)
@@ -181,18 +200,13 @@ class Document:
         s = d.session
         cur = s.history[-1] if s.history else None
         clicks, box, text = (cur.clicks, cur.box, cur.text) if cur else ((), None, None)
+        kind, value = parse_prompt(kind, value)
         if kind == "click":
-            x, y, positive = float(value[0]), float(value[1]), bool(value[2])
-            pred = s.add_click(x, y, positive)
+            pred = s.add_click(*value)
         elif kind == "box":
-            pred = s.predict(clicks=clicks, box=tuple(float(v) for v in value), text=text)
-        elif kind == "text":
-            text = str(value).strip()
-            if not text:
-                raise PromptError("the text prompt is empty")
-            pred = s.predict(clicks=clicks, box=box, text=text[:200])
+            pred = s.predict(clicks=clicks, box=value, text=text)
         else:
-            raise PromptError(f"unknown prompt kind {kind!r} (click, box or text)")
+            pred = s.predict(clicks=clicks, box=box, text=value)
         d.redo_depth = 0
         self._paint(d)
         return float(pred.quality)
@@ -232,9 +246,9 @@ class Document:
         }
 
     # ---- import --------------------------------------------------------------------------------
-    def import_labels(self, labels: np.ndarray, source: str) -> None:
+    def import_labels(self, labels: ImageData, source: str) -> None:
         """Replace the label map by an existing one (same shape) to edit it; one object per label."""
-        arr = np.asarray(labels)
+        arr = np.asarray(labels.array)
         want = self.labels.shape[1:] if self.is_2d else self.labels.shape
         if arr.ndim == 3 and self.is_2d and arr.shape[-1] in (3, 4):
             arr = arr[..., 0]
@@ -251,11 +265,22 @@ class Document:
         self.active = self._new_object().label
 
 
-def _content_id(arr: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    h.update(str((arr.shape, arr.dtype.str)).encode())
-    h.update(np.ascontiguousarray(arr).data)
-    return h.hexdigest()
+def parse_prompt(kind: str, value) -> tuple[str, tuple | str]:
+    """A prompt from the page: click (x, y, positive), box (x0, y0, x1, y1) or text."""
+    try:
+        if kind == "click":
+            return kind, (float(value[0]), float(value[1]), bool(value[2]))
+        if kind == "box":
+            x0, y0, x1, y1 = (float(v) for v in value)
+            return kind, (x0, y0, x1, y1)
+    except (TypeError, ValueError, IndexError):
+        raise PromptError(f"a {kind} needs numbers: click [x, y, positive], box [x0, y0, x1, y1]") from None
+    if kind == "text":
+        text = str(value).strip()
+        if not text:
+            raise PromptError("the text prompt is empty")
+        return kind, text[:200]
+    raise PromptError(f"unknown prompt kind {kind!r} (click, box or text)")
 
 
 def _parse_color(color) -> tuple[int, int, int]:

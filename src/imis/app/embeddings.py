@@ -1,14 +1,15 @@
 """One bounded embedding cache for every user of the server, in front of the model.
 
-The Session encodes through `model.encode(image, name)`; the app hands it a `CachingModel` whose `encode`
-looks the slice up by name (``"<session>:<axis>:<index>"``) in a process-wide LRU, so a slice encoded in
-the background (neighbours of the one shown) is a hit when the user reaches it, and the memory held by
-embeddings is bounded however many users there are. Two requests for a slice being encoded wait for the
-one encoder run.
+The Session and VolumeSession encode through `model.encode`/`encode_batch`; the app hands them a
+`CachingModel` that looks each image up by its content (a hash of its bytes, shape and dtype) in a
+process-wide LRU, so a slice encoded in the background (neighbours of the one shown) is a hit when the
+user reaches it, users on the same image share its embeddings, and the memory held by embeddings is
+bounded however many users there are. Two requests for a slice being encoded wait for the one encoder run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -68,11 +69,13 @@ class EmbeddingCache:
                 self._inflight.pop(key, None)
             done.set()
 
-    def drop_prefix(self, prefix: str) -> None:
-        """Forget every embedding of one session (when it is closed or evicted)."""
-        with self._lock:
-            for key in [k for k in self._items if k.startswith(prefix)]:
-                del self._items[key]
+
+def fingerprint(arr: np.ndarray) -> str:
+    """The cache key of an image: a hash of its shape, dtype and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((arr.shape, arr.dtype.str)).encode())
+    h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()
 
 
 class CachingModel:
@@ -95,7 +98,10 @@ class CachingModel:
         return self.model.prompt_types
 
     def encode(self, image: np.ndarray, name: str = "image") -> Embedding:
-        return self.cache.get(name, image)
+        return self.cache.get(fingerprint(image), image)
+
+    def encode_batch(self, images, name: str = "image") -> list[Embedding]:
+        return [self.encode(im, name) for im in images]
 
     def decode(self, embedding: Embedding, prompts: PromptSpec, threshold: float = 0.0) -> Prediction:
         return self.model.decode(embedding, prompts, threshold)

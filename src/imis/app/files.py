@@ -176,7 +176,7 @@ def write_export(doc, fmt: str, workdir: Path) -> Path:
         raise AppError(400, "PNG export is for 2D images; export a volume as NIfTI or NRRD")
     stem = re.sub(r"(\.nii)?\.[A-Za-z0-9]+$", "", doc.name) or "image"
     out = Path(tempfile.mkdtemp(prefix="export-", dir=workdir)) / f"{stem}_labels{EXPORT_FORMATS[fmt]}"
-    labels = doc.labels[0] if doc.is_2d else doc.labels
+    labels = doc.export_labels()
     small = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
     write_label_map(out, small, reference=doc.data)
     return out

@@ -10,7 +10,7 @@ API (JSON unless said otherwise; every /api call needs the token when one is set
   POST /api/s/ID/prompt {axis, index, kind: click|box|text, value}
   POST /api/s/ID/history {op: undo|redo|reset, axis, index}
   POST /api/s/ID/objects {op: next|select|update|delete, label, name, color, visible, axis, index}
-  POST /api/s/ID/propagate {axis, index}   GET /api/s/ID/progress
+  POST /api/s/ID/propagate {axis, index, max_slices}   GET /api/s/ID/progress
   GET  /api/s/ID/export?fmt=nii.gz|nii|nrrd|png         POST /api/s/ID/import?name=FILE (raw body)
 """
 
@@ -35,7 +35,6 @@ from starlette.background import BackgroundTask
 
 from imis.app.backend import Backend, ServeConfig
 from imis.app.files import AppError, list_dir, open_path, resolve_in, safe_filename, save_upload, write_export
-from imis.app.propagate import propagate
 from imis.errors import ImisError, InputError
 
 STATIC = Path(str(resources.files("imis.app") / "static"))
@@ -222,7 +221,7 @@ def _routes_session(app: FastAPI, be: Backend) -> None:
             await save_upload(request.stream(), _content_length(request), be.upload_limit, folder / fname)
             data = await be.run(open_path, folder / fname, be.upload_limit, folder)
             async with entry.lock:
-                entry.doc.import_labels(data.array, fname)
+                await be.run(entry.doc.import_labels, data, fname)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return be.state(entry)
@@ -262,8 +261,13 @@ def _routes_objects(app: FastAPI, be: Backend) -> None:
         if entry.job and entry.job.get("running"):
             raise AppError(409, "a propagation is already running")
         entry.doc.check_plane(axis, index)
+        max_slices = body.get("max_slices")
+        if max_slices is not None and (not isinstance(max_slices, int) or not 1 <= max_slices <= 2000):
+            raise AppError(
+                400, "max_slices: an integer from 1 to 2000 (slices each way), or null for no limit"
+            )
         entry.job = {"running": True, "done": 0, "total": 0, "filled": 0, "error": None}
-        asyncio.get_running_loop().create_task(_propagate(be, entry, axis, index))
+        asyncio.get_running_loop().create_task(_propagate(be, entry, axis, index, max_slices))
         return {"job": entry.job}
 
     @app.get("/api/s/{sid}/progress")
@@ -271,7 +275,7 @@ def _routes_objects(app: FastAPI, be: Backend) -> None:
         return {"job": be.store.get(sid).job}
 
 
-async def _propagate(be: Backend, entry, axis: str, index: int) -> None:
+async def _propagate(be: Backend, entry, axis: str, index: int, max_slices: int | None) -> None:
     job = entry.job
 
     def report(done: int, total: int) -> None:
@@ -279,7 +283,7 @@ async def _propagate(be: Backend, entry, axis: str, index: int) -> None:
 
     async with entry.lock:
         try:
-            job["filled"] = await be.run(propagate, entry.doc, axis, index, 400, report)
+            job["filled"] = await be.run(entry.doc.propagate, axis, index, max_slices, report)
         except (ImisError, AppError) as exc:
             job["error"] = str(exc)
         except Exception as exc:  # reported in the page; the server carries on

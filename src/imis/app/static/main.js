@@ -261,7 +261,9 @@ function importLabels(file) {
 function propagate() {
   if (!S.sid || S.doc.is_2d) return;
   enqueue("propagating…", async () => {
-    const { job } = await postJSON(`/api/s/${S.sid}/propagate`, here());
+    const max = parseInt($("max-slices").value, 10);
+    const body = { ...here(), max_slices: Number.isFinite(max) && max > 0 ? max : null };
+    const { job } = await postJSON(`/api/s/${S.sid}/propagate`, body);
     showJob(job);
     let j = job;
     while (j.running) {
