@@ -72,3 +72,17 @@ def test_colin27_volume_workflow(page, server, atlas, tmp_path):
     print(f"Colin27 coronal slice {y}: left thalamus box Dice vs AAL {d:.3f}")
     assert d >= 0.7
     assert (labels[:, np.arange(labels.shape[1]) != y, :] == 0).all()
+
+    # propagate through the volume from this slice (3 slices each way), with its progress bar
+    page.fill("#max-slices", "3")
+    page.click("#propagate")
+    wait_idle(page, timeout_ms=300_000)
+    assert "Propagated to" in page.inner_text("#message")
+    page.keyboard.press("3")  # sagittal view through the thalamus
+    page.wait_for_function("window.imis.S.axis === 'x'")
+    set_slice(page, int(np.round(np.nonzero(thal)[2].mean())))
+    shot(page, "colin_sagittal_propagated")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(export(page, "nii.gz", tmp_path))))
+    filled = sorted(set(np.nonzero(labels == 1)[1]))
+    print(f"propagated over coronal slices {filled}")
+    assert len(filled) >= 4 and y in filled

@@ -165,11 +165,9 @@ def view_flips(direction: np.ndarray | None) -> dict:
         k = int(np.argmax(np.abs(col)))
         dom[arr_axis], sign[arr_axis] = k, bool(col[k] >= 0)
 
-    def flip(arr_axis: int, vertical: bool) -> bool:
-        k, positive = dom[arr_axis], sign[arr_axis]
-        # screen right/down should follow +L (x) and +P (y) and -S (z)
-        want_positive = k != 2
-        return positive != want_positive
+    def flip(arr_axis: int) -> bool:
+        # screen right/down should run along +L (x) and +P (y), and along -S (z)
+        return sign[arr_axis] != (dom[arr_axis] != 2)
 
     views = {"z": (1, 2), "y": (0, 2), "x": (0, 1)}
-    return {v: [flip(cols, False), flip(rows, True)] for v, (rows, cols) in views.items()}
+    return {v: [flip(cols), flip(rows)] for v, (rows, cols) in views.items()}

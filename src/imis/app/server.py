@@ -7,6 +7,7 @@ API (JSON unless said otherwise; every /api call needs the token when one is set
   POST /api/upload?name=FILE  (raw body)  open an uploaded file (413 over the limit)
   GET  /api/s/ID                          the session's state (page reload restores from it)
   GET  /api/s/ID/slice?axis=z&index=N     the plane: float32 image + uint16 labels (binary)
+  GET  /api/s/ID/encoded?axis=z&index=N   whether the plane's embedding is ready
   POST /api/s/ID/prompt {axis, index, kind: click|box|text, value}
   POST /api/s/ID/history {op: undo|redo|reset, axis, index}
   POST /api/s/ID/objects {op: next|select|update|delete, label, name, color, visible, axis, index}
@@ -179,6 +180,12 @@ def _routes_session(app: FastAPI, be: Backend) -> None:
         headers = {"X-Shape": f"{h},{w}", "X-Encoded": str(doc.embed_key(axis, index) in be.cache).lower()}
         data = img.astype("<f4").tobytes() + lab.astype("<u2").tobytes()
         return Response(data, media_type="application/octet-stream", headers=headers)
+
+    @app.get("/api/s/{sid}/encoded")
+    async def encoded(sid: str, axis: str = "z", index: int = 0):
+        doc = be.store.get(sid).doc
+        axis, index = doc.check_plane(axis, index)
+        return {"encoded": doc.embed_key(axis, index) in be.cache}
 
     @app.post("/api/s/{sid}/prompt")
     async def prompt(sid: str, request: Request):

@@ -146,7 +146,24 @@ async function loadSlice(keepView = true) {
   const flip = (S.doc.flips[axis] || [false, false]).slice();
   viewer.setPlane(img, labels, w, h, flip, aspectOf(axis), keepView);
   updateMarks();
-  $("status").textContent = headers.get("X-Encoded") === "true" ? "" : "encoding slice…";
+  if (headers.get("X-Encoded") !== "true") watchEncoding(gen, axis, index);
+}
+
+// "encoding slice…" while the background encoder works on the slice shown (a click then waits for it)
+async function watchEncoding(gen, axis, index) {
+  const note = "encoding slice…";
+  if (!busy) $("status").textContent = note;
+  while (gen === sliceGen) {
+    await new Promise((r) => setTimeout(r, 500));
+    let done = false;
+    try {
+      done = (await getJSON(`/api/s/${S.sid}/encoded?axis=${axis}&index=${index}`)).encoded;
+    } catch (_) {
+      return;
+    }
+    if (done) break;
+  }
+  if ($("status").textContent === note) $("status").textContent = "";
 }
 
 function setSlice(i) {
