@@ -159,11 +159,16 @@ def _dicom_zip(n: int = 6) -> bytes:
             img.SetSpacing((1.0, 1.0))
             for tag, value in (
                 ("0008|0060", "MR"),
+                ("0020|000d", "1.2.826.0.1.3680043.2.1125.2"),
                 ("0020|000e", "1.2.826.0.1.3680043.2.1125.1"),
+                ("0020|0052", "1.2.826.0.1.3680043.2.1125.3"),
+                ("0008|0018", f"1.2.826.0.1.3680043.2.1125.10.{i + 1}"),
+                ("0008|0016", "1.2.840.10008.5.1.4.1.1.4"),
                 ("0020|0013", str(i + 1)),
                 ("0020|0032", f"0\\0\\{i}"),
                 ("0020|0037", "1\\0\\0\\0\\1\\0"),
                 ("0028|0030", "1\\1"),
+                ("0018|0050", "1"),
             ):
                 img.SetMetaData(tag, value)
             path = f"/tmp/imis-dicom-{i}.dcm"
@@ -179,6 +184,23 @@ def test_dicom_zip_upload(client):
     r = client.post("/api/upload", params={"name": "series.zip"}, content=_dicom_zip())
     assert r.status_code == 200, r.text
     assert r.json()["doc"]["shape"] == [6, 217, 181]
+    sid = r.json()["doc"]["id"]
+    r = client.post(
+        f"/api/s/{sid}/prompt", json={"axis": "z", "index": 3, "kind": "box", "value": [60, 60, 120, 140]}
+    )
+    assert r.status_code == 200
+    seg = client.get(f"/api/s/{sid}/export", params={"fmt": "dcm"})
+    assert seg.status_code == 200, seg.text
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(seg.content))
+    assert ds.Modality == "SEG" and ds.SegmentSequence[0].SegmentLabel == "object 1"
+    sid2 = _open_colin(client)  # not a DICOM series: a clear refusal
+    client.post(
+        f"/api/s/{sid2}/prompt", json={"axis": "z", "index": 80, "kind": "click", "value": [90, 110, True]}
+    )
+    r = client.get(f"/api/s/{sid2}/export", params={"fmt": "dcm"})
+    assert r.status_code == 400 and "DICOM series" in r.json()["detail"] and "/tmp" not in r.json()["detail"]
 
 
 def test_store_is_bounded_and_evicts_least_recent(model, data_dir):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import shutil
 import tempfile
 import time
 import zlib
@@ -80,15 +81,19 @@ class Backend:
 
     def _evicted(self, doc: Document) -> None:
         log.info("session %s (%s) closed or evicted", doc.id, doc.name)
+        for folder in getattr(doc, "temp_dirs", []):
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.work_pool, fn, *args)
 
     # ---- documents -----------------------------------------------------------------------------
     async def open_document(self, path: Path, name: str) -> Entry:
+        made: list[Path] = []
+
         def read():
             try:
-                return open_path(path, self.upload_limit, self.workdir)
+                return open_path(path, self.upload_limit, self.workdir, made)
             except (AppError, ImisError):
                 raise
             except Exception as exc:  # any reader failure is the file's fault: say why, never a 500
@@ -97,6 +102,7 @@ class Backend:
         data = await self.run(read)
         kind = VolumeDocument if data.kind == "volume" else ImageDocument
         doc = await self.run(kind, self.store.new_id(), data, self.caching_model, name)
+        doc.temp_dirs = made
         entry = self.store.add(doc)
         self.prefetch(doc, "z", doc.display.shape[0] // 2)
         return entry

@@ -14,10 +14,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from imis.errors import ImisError
 from imis.io import SUPPORTED_EXTENSIONS, file_extension, read_image, write_label_map
 
 OPEN_EXTENSIONS = (*SUPPORTED_EXTENSIONS, ".zip")
-EXPORT_FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "nrrd": ".nrrd", "png": ".png"}
+EXPORT_FORMATS = {"nii.gz": ".nii.gz", "nii": ".nii", "nrrd": ".nrrd", "png": ".png", "dcm": ".dcm"}
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
 
 
@@ -134,12 +135,17 @@ def check_content(path: Path) -> None:
             )
 
 
-def open_path(path: Path, limit: int, workdir: Path):
-    """Read an image, volume, DICOM folder or zip (DICOM series or one image inside) as ImageData."""
+def open_path(path: Path, limit: int, workdir: Path, made: list[Path] | None = None):
+    """Read an image, volume, DICOM folder or zip (DICOM series or one image inside) as ImageData.
+
+    A zip is extracted under `workdir`; the folder is appended to `made` (a DICOM series' files must
+    outlive the read for a DICOM SEG export; the caller removes the folder with the session)."""
     if path.is_file():
         check_content(path)
         if file_extension(path) == ".zip":
             path = _extract_zip(path, limit, workdir)
+            if made is not None:
+                made.append(path if path.is_dir() else path.parent)
             if path.is_file():
                 check_content(path)
     return read_image(path)
@@ -177,6 +183,20 @@ def write_export(doc, fmt: str, workdir: Path) -> Path:
     stem = re.sub(r"(\.nii)?\.[A-Za-z0-9]+$", "", doc.name) or "image"
     out = Path(tempfile.mkdtemp(prefix="export-", dir=workdir)) / f"{stem}_labels{EXPORT_FORMATS[fmt]}"
     labels = doc.export_labels()
+    if fmt == "dcm":  # DICOM SEG, for volumes opened from a DICOM series (frames reference its files)
+        from imis.io.dicom_seg import write_dicom_seg
+
+        if doc.is_2d:
+            raise AppError(400, "DICOM SEG export needs a volume opened from a DICOM series")
+        names = {o.label: o.name for o in doc.objects}
+        try:
+            write_dicom_seg(out, labels, reference=doc.data, names=names)
+        except ImisError as exc:  # name the files as the user knows them, not by server paths
+            msg = str(exc).replace(str(out), out.name).replace(str(doc.data.path), doc.name)
+            raise AppError(400, msg) from None
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom refusing the series
+            raise AppError(400, f"DICOM SEG export failed: {type(exc).__name__}: {exc}") from None
+        return out
     small = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels
     write_label_map(out, small, reference=doc.data)
     return out
