@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     todo = [k for k in range(lo, hi) if (k - lo) % n == i and not (args.out / f"z{k:03d}.pt").exists()]
     for k in todo:
+        if (args.out / f"z{k:03d}.pt").exists():  # another process got there first
+            continue
         emb = model.encode(np.ascontiguousarray(vol[k]))
         f = emb.frame
         with atomic_output(args.out / f"z{k:03d}.pt") as tmp:

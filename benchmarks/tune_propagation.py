@@ -42,7 +42,7 @@ TUNE_STRUCTURES = (
     "Lingual_R",
     "Rolandic_Oper_R",
 )
-PROMPTS = ("box", "box+mask", "box+point")
+PROMPTS = ("box@2", "box+mask@2", "box+point@2")
 GRID = {
     "min_quality": (0.0, 0.3, 0.5, 0.6, 0.7, 0.8),
     "min_area": (1, 5, 10, 20),
@@ -51,9 +51,15 @@ GRID = {
 }
 
 
-def walk(vs: VolumeSession, gt: np.ndarray, seed: int, step: int, prompt: str, beyond: int) -> list[dict]:
+def _rules(mode: str, **kw) -> PropagationRules:
+    """PropagationRules of a mode 'PROMPT@MARGIN' (e.g. 'box+mask@2')."""
+    prompt, _, margin = mode.partition("@")
+    return PropagationRules(prompt=prompt, box_margin=int(margin or 2), **kw)
+
+
+def walk(vs: VolumeSession, gt: np.ndarray, seed: int, step: int, mode: str, beyond: int) -> list[dict]:
     """Records of one unstopped walk: SliceRecord fields plus 'inter' with the ground truth."""
-    rules = PropagationRules(prompt=prompt)
+    rules = _rules(mode)
     zs = np.nonzero(gt.any(axis=(1, 2)))[0]
     last = min(gt.shape[0] - 1, zs.max() + beyond) if step > 0 else max(0, zs.min() - beyond)
     prev = vs.plane("z", seed)
@@ -103,17 +109,17 @@ def score(walks: list[dict], rules: PropagationRules) -> float:
 def choose(walks: list[dict], model: str, seconds: float = 0.0, encodes: int = 0) -> dict:
     """The best rules per prompt kind (grid search on the recorded walks) and the best kind overall."""
     best = {}
-    for prompt in PROMPTS:
-        ws = [w for w in walks if w["prompt"] == prompt]
+    for prompt in dict.fromkeys(w["prompt"] if "@" in w["prompt"] else f"{w['prompt']}@2" for w in walks):
+        ws = [w for w in walks if (w["prompt"] if "@" in w["prompt"] else f"{w['prompt']}@2") == prompt]
         scored = []
         for combo in itertools.product(*GRID.values()):
-            rules = PropagationRules(prompt=prompt, **dict(zip(GRID, combo, strict=True)))
+            rules = _rules(prompt, **dict(zip(GRID, combo, strict=True)))
             scored.append((score(ws, rules), combo))
         top, combo = max(scored, key=lambda t: t[0])
         best[prompt] = {
             "dice": round(top, 4),
             **dict(zip(GRID, combo, strict=True)),
-            "no_stop_dice": round(score(ws, PropagationRules(prompt=prompt)), 4),
+            "no_stop_dice": round(score(ws, _rules(prompt)), 4),
         }
     return {
         "benchmark": "tune_propagation",
@@ -130,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="imis-lite")
     ap.add_argument("--structures", default=",".join(TUNE_STRUCTURES))
+    ap.add_argument(
+        "--modes", default=",".join(PROMPTS), help="PROMPT@MARGIN kinds, e.g. box+mask@0,point+mask"
+    )
     ap.add_argument("--beyond", type=int, default=4, help="slices recorded past the structure's end")
     ap.add_argument("--out", type=Path, default=None, help="write every record here (JSON)")
     ap.add_argument("--combine", type=Path, nargs="+", default=None, help="choose from these --out files")
@@ -161,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in wanted:
         gt = aal.array == by_name[s]
         seed = int(np.argmax(gt.sum(axis=(1, 2))))
-        for prompt in PROMPTS:
+        for prompt in args.modes.split(","):
             vs.reset()
             vs.set_slice("z", seed)
             pred = vs.predict(box=tight_box(gt[seed]))

@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--only", default=None, help="comma-separated seed kinds to run (box,click)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--part", default="0/1", help="i/n: this process runs every n-th structure from i")
     ap.add_argument("--zrange", default=None, help="LO:HI: only structures whose slices +-beyond lie inside")
     ap.add_argument("--summarise", type=Path, default=None, help="summarise this JSONL instead of running")
     ap.add_argument("--rules", default="{}", help="PropagationRules fields as JSON for --summarise")
@@ -179,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         load_into(vs, args.emb_dir)
     lo, hi = (int(v) for v in args.zrange.split(":")) if args.zrange else (0, image.array.shape[0])
     t0 = time.perf_counter()
-    for value, name in held.items():
+    part, nparts = (int(v) for v in args.part.split("/"))
+    for pos, (value, name) in enumerate(held.items()):
+        if pos % nparts != part:
+            continue
         zs = np.nonzero((aal.array == value).any(axis=(1, 2)))[0]
         if name in done or args.zrange and not (lo <= zs.min() - args.beyond and zs.max() + args.beyond < hi):
             continue

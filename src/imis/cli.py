@@ -21,8 +21,7 @@ examples:
   imis segment ct.nii.gz --axis z --slice 40 --box 60,190,315,385 -o liver.nii.gz
   imis segment mr.nrrd --axis x --slice 90 --click 120,88,+ --click 140,90,- -o mask.npy
   imis segment dicom_series/ --slice 12 --box 10,10,80,90 --model sam-vit-b --checkpoint sam_vit_b.pth -o m.nii.gz
-
-  imis segment ch2.nii.gz --axis z --slice 80 --box 95,100,120,135 --propagate -o thalamus.nii.gz
+  imis segment ch2.nii.gz --axis z --slice 78 --box 67,92,90,121 --propagate -o thalamus.nii.gz
   imis segment ct.nii.gz --axis z --slice 40 --text liver --propagate --labels old.nii.gz -o all.nii.gz
   imis segment dicom_series/ --slice 2 --box 4,4,11,9 --propagate --name tumour -o seg.dcm
 

@@ -146,3 +146,15 @@ def test_embeddings_are_cached_per_slice_in_an_lru(session):
     session.set_slice("z", 5)
     session.set_slice("z", 5)
     assert stats.encodes == before + 1 and stats.hits >= 1
+
+
+def test_batched_encoding_matches_one_at_a_time(model, colin):
+    """Propagation encodes slices in batches: the embeddings must be those of single-slice encoding."""
+    import torch
+
+    a, b = colin[0].array[60], colin[0].array[100]
+    batch = model.encode_batch([a, b])
+    for img, emb in zip((a, b), batch, strict=True):
+        one = model.encode(img)
+        assert emb.features.shape == one.features.shape and emb.frame == one.frame
+        assert torch.allclose(emb.features, one.features, atol=1e-4)

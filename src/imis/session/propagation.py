@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,10 +34,27 @@ import torch
 from imis.errors import PromptError
 from imis.models.interactive import PromptSpec
 
-if TYPE_CHECKING:
-    from imis.session.volume import VolumeSession
+#: Axis names of the (z, y, x) array axes 0, 1, 2.
+AXIS_NAMES = ("z", "y", "x")
+# The walk gets the VolumeSession as ``vs`` (typed Any: importing it here would close an import cycle).
+VolumeSession = Any
 
-__all__ = ["PropagationResult", "PropagationRules", "SliceRecord", "next_prompt", "propagate_object"]
+
+def plane_view(mask: np.ndarray, key: tuple[int, int]) -> np.ndarray:
+    """A writable 2D view of a (z, y, x) array at (axis, index)."""
+    ax, i = key
+    return mask[(slice(None),) * ax + (i,)]
+
+
+__all__ = [
+    "AXIS_NAMES",
+    "PropagationResult",
+    "PropagationRules",
+    "SliceRecord",
+    "next_prompt",
+    "plane_view",
+    "propagate_object",
+]
 
 PROMPT_PARTS = ("box", "mask", "point")
 
@@ -46,11 +63,14 @@ PROMPT_PARTS = ("box", "mask", "point")
 class PropagationRules:
     """How one slice prompts the next, and when the walk stops (see the module docstring)."""
 
+    # Measured on four training AAL structures (docs/volumes.md): box+mask with a tight box beat box,
+    # point+mask and box+point, and a 2 px margin (the box then grows every slice and the model fills it);
+    # of the grid, stopping below predicted IoU 0.5 or above 1.3x growth gave the best 3D Dice.
     prompt: str = "box+mask"
-    box_margin: int = 2
-    min_quality: float = 0.0
+    box_margin: int = 0
+    min_quality: float = 0.5
     min_area: int = 1
-    max_growth: float = float("inf")
+    max_growth: float = 1.3
     min_overlap: float = 0.0
     batch_size: int = 4
     max_slices: int | None = None
@@ -177,8 +197,6 @@ def propagate_object(
     progress: Callable[[int, int], None] | None,
 ) -> tuple[PropagationResult, dict[tuple[int, int], np.ndarray]]:
     """Walk from the draft's mask on slice ``key``; return the result and the planes to write."""
-    from imis.session.volume import AXIS_NAMES, _view
-
     t0 = time.perf_counter()
     enc0 = vs.cache_stats.encode_seconds
     axis, seed = key
@@ -187,7 +205,7 @@ def propagate_object(
     total = sum(abs(ends[s][0] - seed) - 1 for s in steps)
     result = PropagationResult(axis=AXIS_NAMES[axis], seed=seed)
     planes: dict[tuple[int, int], np.ndarray] = {}
-    seed_mask = _view(vs._draft.mask, key).copy()
+    seed_mask = plane_view(vs._draft.mask, key).copy()
     seed_logits = _seed_logits(vs, key)
     done = 0
     for step in steps:
@@ -211,7 +229,7 @@ def propagate_object(
                 # Slices from the stop up to the next anchor are cleared: an earlier walk's masks there
                 # came from prompts this walk has replaced.
                 for j in range(i, end, step):
-                    if _view(vs._draft.mask, (axis, j)).any():
+                    if plane_view(vs._draft.mask, (axis, j)).any():
                         planes[(axis, j)] = np.zeros_like(prev)
                 break
             planes[(axis, i)] = pred.mask

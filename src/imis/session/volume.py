@@ -44,12 +44,17 @@ from imis.errors import InputError, PromptError
 from imis.io.geometry import Geometry
 from imis.io.image import ImageData
 from imis.models.interactive import Embedding, InteractiveModel, Prediction, PromptSpec
-from imis.session.propagation import PropagationResult, PropagationRules, propagate_object
+from imis.session.propagation import (
+    AXIS_NAMES,
+    PropagationResult,
+    PropagationRules,
+    propagate_object,
+)
+from imis.session.propagation import plane_view as _view
 from imis.session.session import Box, Click, _check_box, _check_point
 
 __all__ = ["ObjectInfo", "SliceAction", "VolumeSession", "PropagationResult", "PropagationRules"]
 
-AXIS_NAMES = ("z", "y", "x")
 _AXES = {"z": 0, "y": 1, "x": 2, 0: 0, 1: 1, 2: 2}
 Key = tuple[int, int]  # (array axis, slice index)
 
@@ -490,12 +495,6 @@ class VolumeSession:
             name = (names or {}).get(v)
             self._objects[v] = _Object(mask=arr == v, name=name, label=v, painted=m)
         return values
-
-
-def _view(mask: np.ndarray, key: Key) -> np.ndarray:
-    """A writable 2D view of a (z, y, x) array at (axis, index)."""
-    ax, i = key
-    return mask[(slice(None),) * ax + (i,)]
 
 
 def _check_same_geometry(a: Geometry, b: Geometry, src: str, ref: str, atol: float) -> None:
