@@ -144,3 +144,13 @@ def test_malformed_uploads_show_the_reason(page, server, btcv_dir, tmp_path):
         assert resp.value.status == 400
         assert path.name in text and reason in text.lower(), text
     assert httpx.get(f"{server}/api/info").status_code == 200
+
+
+@pytest.mark.browser
+def test_page_with_and_without_token(page, token_server):
+    page.goto(token_server)
+    page.wait_for_selector("#message:not([hidden])")
+    assert "missing access token" in page.inner_text("#message")
+    page.goto(f"{token_server}/?token=s3cret")
+    page.wait_for_function("document.getElementById('model').textContent.includes('imis-lite')")
+    assert "token" not in page.url  # taken out of the address bar, kept for the tab only
