@@ -58,7 +58,9 @@ def test_btcv_slice_workflow(page, server, btcv_dir, tmp_path):
     nx, ny = interior_point(~liver & (np.arange(512)[None, :] < 256) & (np.arange(512)[:, None] > 150))
     click_pixel(page, nx, ny, button="right")
     after_neg = label_count(page, 1)
-    print(f"negative click, cached embedding: {page.get_attribute('#latency', 'data-ms')} ms to the mask shown")
+    print(
+        f"negative click, cached embedding: {page.get_attribute('#latency', 'data-ms')} ms to the mask shown"
+    )
     assert page.locator("#undo").is_enabled()
     page.keyboard.press("Control+z")
     wait_idle(page)
