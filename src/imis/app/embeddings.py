@@ -103,5 +103,7 @@ class CachingModel:
     def encode_batch(self, images, name: str = "image") -> list[Embedding]:
         return [self.encode(im, name) for im in images]
 
-    def decode(self, embedding: Embedding, prompts: PromptSpec, threshold: float = 0.0) -> Prediction:
-        return self.model.decode(embedding, prompts, threshold)
+    def decode(
+        self, embedding: Embedding, prompts: PromptSpec, threshold: float = 0.0, **options
+    ) -> Prediction:
+        return self.model.decode(embedding, prompts, threshold, **options)
