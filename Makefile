@@ -16,6 +16,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup.sh
 
 run: setup
 	$(VENV)/bin/imis demo --shared $(SHARED) --out runs/demo
+	@echo "the browser tool: $(VENV)/bin/imis serve $(SHARED)/data/btcv-demo/image  (then open http://127.0.0.1:8000/)"
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -16,6 +16,11 @@ pip="$venv/bin/pip"
 if [ "$(id -u)" = "0" ] && [ ! -f /usr/share/mricron/templates/ch2.nii.gz ]; then
   (apt-get update -q && apt-get install -y -q mricron-data) >/dev/null || echo "warning: mricron-data could not be installed" >&2
 fi
+# the browser tests (tests/app) drive Debian's Chromium through the playwright package (a dev extra);
+# never `playwright install`: no browser is downloaded
+if [ "$(id -u)" = "0" ] && [ ! -x /usr/bin/chromium ]; then
+  (apt-get update -q && apt-get install -y -q chromium) >/dev/null || echo "warning: chromium could not be installed" >&2
+fi
 if "$venv/bin/pip" show torchvision >/dev/null 2>&1 || "$venv/bin/pip" show timm >/dev/null 2>&1; then
   echo "error: torchvision/timm found in $venv; they must not be installed" >&2
   exit 1

@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_prepare_commands(sub)
     register_stats_command(sub)
 
+    _add_serve(sub)
+
     from imis.bench.commands import register_bench_commands
 
     register_bench_commands(sub)
@@ -161,6 +163,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_automask_command(sub)
     return parser
+
+
+EPILOG_SERVE = """\
+examples:
+  imis serve                                   # upload files in the page; http://127.0.0.1:8000/
+  imis serve ../shared/data/btcv-demo/image    # also pick files from this folder in the page
+  imis serve /data --host 0.0.0.0 --port 8080 --token s3cret   # remote: open http://HOST:8080/?token=s3cret
+  IMIS_TOKEN=s3cret imis serve /data --max-upload-mb 1024 --model litemedsam
+
+The browser tool: open NIfTI/NRRD/MHA/DICOM (zip or folder)/PNG/JPG, click/box/text prompts, undo/redo,
+objects, volume views and propagation, export NIfTI/NRRD/PNG. A token is required on every API call when
+given (--token or IMIS_TOKEN), and always when --host is not loopback (one is generated and printed).
+"""
+
+
+def _add_serve(sub) -> None:
+    srv = sub.add_parser(
+        "serve",
+        help="the browser tool: interactive segmentation in a web page",
+        description="Serve the interactive segmentation web app (FastAPI + a static page, no build step).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_SERVE,
+    )
+    srv.add_argument(
+        "data_dir", nargs="?", type=Path, default=None, help="folder whose files the page can open"
+    )
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument(
+        "--model", default=None, help=f"registry model (default {DEFAULT_MODEL}); see `imis models`"
+    )
+    srv.add_argument(
+        "--checkpoint", type=Path, default=None, help="weight file for models without embedded weights"
+    )
+    srv.add_argument("--token", default=None, help="access token required by the API (default: $IMIS_TOKEN)")
+    srv.add_argument("--max-upload-mb", type=float, default=512, help="largest upload accepted (default 512)")
+    srv.add_argument(
+        "--max-sessions", type=int, default=16, help="documents kept in memory (LRU, default 16)"
+    )
+    srv.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    srv.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from imis.app.server import ServeConfig, serve
+
+    config = ServeConfig(
+        data_dir=args.data_dir,
+        token=args.token or os.environ.get("IMIS_TOKEN") or None,
+        max_upload_mb=args.max_upload_mb,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        max_sessions=args.max_sessions,
+    )
+    return serve(config, args.host, args.port, args.device)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -463,6 +463,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"reports (imis report's Markdown, CSV, figures): {', '.join(str(d) for d in run_dirs)}")
     print(f"wrote {out}/leaderboard.md, results.json" + (f", {Path(overlay).name}" if overlay else ""))
     print(f"demo wall time: {total:.0f} s")
+    print(
+        "interactive: `imis serve ../shared/data/btcv-demo/image` (or `.venv/bin/imis serve DATA_DIR`), "
+        "then open http://127.0.0.1:8000/"
+    )
     return 0
 
 

@@ -1,0 +1,84 @@
+"""Helpers of the browser tests: ground truth from btcv-demo, waiting for the page, driving the canvas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+from scipy import ndimage
+
+BTCV_CASE = "ABD_037_71"
+LIVER, SPLEEN, KIDNEY_LEFT = 6, 1, 3
+
+
+def btcv_label(btcv_dir: Path, case: str, label: int) -> np.ndarray:
+    (path,) = (btcv_dir / "label").glob(f"x___{case}.*.npz")
+    dense = scipy.sparse.load_npz(path).toarray()
+    return dense[label - 1].reshape(512, 512) > 0
+
+
+def interior_point(mask: np.ndarray) -> tuple[int, int]:
+    """(x, y) of the pixel deepest inside the mask."""
+    dist = ndimage.distance_transform_edt(mask)
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
+def bbox(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return (
+        max(0, int(xs.min()) - pad),
+        max(0, int(ys.min()) - pad),
+        min(w - 1, int(xs.max()) + pad),
+        min(h - 1, int(ys.max()) + pad),
+    )
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    s = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / s) if s else 1.0
+
+
+def wait_idle(page, timeout_ms: int = 120_000) -> None:
+    page.wait_for_function("window.imis && window.imis.idle()", timeout=timeout_ms)
+
+
+def screen_point(page, x: float, y: float) -> tuple[float, float]:
+    """Page coordinates of image pixel (x, y) of the plane shown (follows zoom, pan and flips)."""
+    sx, sy = page.evaluate("([x, y]) => window.imis.viewer.toScreen(x + 0.5, y + 0.5)", [x, y])
+    box = page.locator("#canvas").bounding_box()
+    return box["x"] + sx, box["y"] + sy
+
+
+def click_pixel(page, x: float, y: float, button: str = "left") -> None:
+    px, py = screen_point(page, x, y)
+    page.mouse.click(px, py, button=button)
+    wait_idle(page)
+
+
+def drag_box(page, x0: float, y0: float, x1: float, y1: float) -> None:
+    a, b = screen_point(page, x0, y0), screen_point(page, x1, y1)
+    page.mouse.move(*a)
+    page.mouse.down()
+    page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2, steps=3)
+    page.mouse.move(*b, steps=3)
+    page.mouse.up()
+    wait_idle(page)
+
+
+def label_count(page, label: int) -> int:
+    return page.evaluate("(l) => window.imis.viewer.labels.filter((v) => v === l).length", label)
+
+
+def export(page, fmt: str, dest: Path) -> Path:
+    page.select_option("#fmt", fmt)
+    with page.expect_download() as info:
+        page.click("#export")
+    dl = info.value
+    out = dest / dl.suggested_filename
+    dl.save_as(out)
+    wait_idle(page)
+    return out
