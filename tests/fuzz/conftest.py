@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz_helpers import FUZZ_CAP, memory_budget, write_report
+from fuzz_helpers import FUZZ_CAP, write_report
 
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
@@ -18,11 +18,9 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(autouse=True)
-def _fuzz_limits(monkeypatch):
-    """Every fuzz test runs with a low reading cap and a bounded data segment (see fuzz_helpers)."""
+def _fuzz_cap(monkeypatch):
+    """Every fuzz test runs with a low reading cap (and each read with a bounded data segment)."""
     monkeypatch.setenv("IMIS_MAX_IMAGE_BYTES", FUZZ_CAP)
-    with memory_budget():
-        yield
 
 
 @pytest.fixture(scope="session")
@@ -84,7 +82,7 @@ def image_seeds(seed_dir, colin_block, btcv_crop) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def dicom_seed() -> Path:
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
 
     return Path(get_testdata_file("CT_small.dcm"))

@@ -116,7 +116,9 @@ def load_npz(
             wanted = list(names) if keys is None else keys
             missing = [k for k in wanted if k not in names]
             if missing:
-                raise InputError(f"{src}: .npz has no array {', '.join(missing)} (it holds {', '.join(names)})")
+                raise InputError(
+                    f"{src}: .npz has no array {', '.join(missing)} (it holds {', '.join(names)})"
+                )
             for k in wanted:
                 _check_member(zf, names[k], size, src, max_bytes)
         with np.load(p, allow_pickle=False) as npz:

@@ -207,15 +207,9 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def read_checkpoint(path: Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        # weights_only keeps a malicious pickle from running code; our own format is plain containers.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+    from imis.models.formats.torchfile import load_torch_file
+
+    return load_torch_file(path)  # weights_only=True: a malicious pickle cannot run code
 
 
 def is_imis_checkpoint(obj: Any) -> bool:
@@ -298,7 +292,9 @@ def load_model(
     if obj is not None and is_imis_checkpoint(obj):
         return _load_own(obj, Path(checkpoint), name, device, dtype)
     if name is None:
-        raise ModelNotAvailableError("no model name given and the checkpoint is not an imis checkpoint")
+        raise ModelNotAvailableError(
+            f"{checkpoint}: no model name given and the file is not an imis checkpoint"
+        )
     spec = get_spec(name)
     if obj is None:
         path = spec.weights_path()
@@ -379,10 +375,10 @@ def _load_own(
 ) -> InteractiveModel:
     if obj.get("version") != IMIS_FORMAT_VERSION:
         raise CheckpointError(f"{path}: imis checkpoint version {obj.get('version')} is not supported")
-    arch = obj.get("arch")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
-    net = ARCHITECTURES[arch](**obj.get("arch_kwargs", {}))
+    from imis.models.formats.own import build_checked, check_own_fields
+
+    check_own_fields(obj, path, ARCHITECTURES)  # types first: a file is user input
+    arch = obj["arch"]
     sd = {k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
     base = obj.get("metadata", {}).get("base")
     if base:
@@ -393,6 +389,7 @@ def _load_own(
         sd = full
     from imis.models.formats import load_strict
 
+    net = build_checked(ARCHITECTURES[arch], obj.get("arch_kwargs", {}), sd, path)  # meta-device probe first
     load_strict(net, sd, f"imis checkpoint (arch {arch}, file {path})")
     return InteractiveModel(
         name=name or obj.get("name", path.stem),

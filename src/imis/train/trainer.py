@@ -418,7 +418,9 @@ def train(
     state_path = out / STATE_FILE
     epoch, step_in_epoch, global_step, skipped = 0, 0, 0, 0
     if resume and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        from imis.models.formats.torchfile import load_torch_file
+
+        st = load_torch_file(state_path, "training state")  # weights_only: a run folder is user input
         if st.get("config_key") != _config_key(cfg):
             raise InputError(
                 f"{state_path}: this run folder holds a run with another configuration; "

@@ -1,0 +1,41 @@
+"""Reading PyTorch files that come from users: never with pickle's power to run code.
+
+``torch.load`` unpickles; a pickle can call any function while it loads (``os.system``, ...). Every file
+a user hands us (``--checkpoint``, a run folder's ``state.pt``, LiteMedSAM's release) is read with
+``weights_only=True``: only tensors, numbers, strings and containers are rebuilt, anything else is
+refused before it runs. Failures are one :class:`imis.errors.CheckpointError` line naming the file.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+from imis.errors import CheckpointError
+
+__all__ = ["load_torch_file"]
+
+
+def load_torch_file(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
+    """The object saved in ``path`` by ``torch.save``, loaded on the CPU with ``weights_only=True``."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise
+    except pickle.UnpicklingError as exc:
+        first = " ".join(str(exc).split())[:300]
+        if "weights_only" in first or "Unsupported global" in first:
+            raise CheckpointError(
+                f"{path}: refused: the {what} holds Python objects beyond tensors and containers, which "
+                f"could run code when loaded (read with weights_only=True): {first}"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
+    except Exception as exc:  # torch raises RuntimeError, ValueError, EOFError, zipfile errors ...
+        first = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable {what} ({first})") from None
