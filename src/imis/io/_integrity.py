@@ -185,7 +185,7 @@ def _scan(p: Path, src: str, compressed: bool) -> tuple[int, NiftiHeader | None,
 _MET_NDIM_FIELDS = ("dimsize", "elementspacing", "elementsize", "offset", "origin", "position",
                     "centerofrotation")  # fmt: skip
 _MET_MATRIX_FIELDS = ("transformmatrix", "rotation", "orientation")
-_MET_INT_FIELDS = ("ndims", "elementnumberofchannels", "headersize")
+_MET_INT_FIELDS = ("ndims", "elementnumberofchannels", "headersize", "compresseddatasize")
 
 
 def _numbers(text: str) -> list[float] | None:
@@ -234,6 +234,13 @@ def check_metaimage_header(p: Path, src: str) -> None:
     if "ndims" not in fields:
         raise InputError(f"{src}: cannot read MetaImage file: its header has no NDims line")
     bad = _bad_metaimage_field(fields)
+    size = p.stat().st_size
+    data = p.parent / fields.get("elementdatafile", "LOCAL")
+    if fields.get("elementdatafile", "LOCAL").upper() != "LOCAL" and data.is_file():
+        size = data.stat().st_size
+    if bad is None and "compresseddatasize" in fields and not 1 <= int(fields["compresseddatasize"]) <= size:
+        # ITK allocates CompressedDataSize bytes unchecked: -1 is a std::bad_alloc
+        bad = f"CompressedDataSize = {fields['compresseddatasize']} for {size} bytes of data"
     if bad is not None:
         raise InputError(f"{src}: cannot read MetaImage file: corrupt header ({bad})")
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from imis.data.sample import Sample
 from imis.errors import InputError
-from imis.io.files import atomic_output
+from imis.io.files import atomic_output, read_json
 
 __all__ = [
     "ImedDataset",
@@ -112,15 +112,20 @@ class ImedDataset:
 # reading
 # ---------------------------------------------------------------------------------------------------------
 def read_dataset(root: str | Path) -> ImedDataset:
+    """See :func:`_read_dataset`; a file whose content has the wrong types is an InputError naming it."""
+    from imis.io.files import content_errors
+
+    with content_errors(Path(root) / "dataset.json"):
+        return _read_dataset(root)
+
+
+def _read_dataset(root: str | Path) -> ImedDataset:
     """Parse ``root/dataset.json`` (entries only; no image is opened)."""
     root = Path(root)
     meta_path = root / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{meta_path}: not found (not an IMed-361M dataset folder)") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: not found (not an IMed-361M dataset folder)")
+    meta = read_json(meta_path, "dataset.json")
     if not isinstance(meta, dict):
         raise InputError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     try:
