@@ -18,6 +18,8 @@ from imis.models.formats import load_strict
 from imis.models.formats.torchfile import load_torch_file
 from imis.models.registry import LAYOUTS, load_model, read_checkpoint
 
+pytestmark = pytest.mark.fuzz  # IMIS_FUZZ_EXAMPLES cases per format; scripts/fuzz_long.sh
+
 
 class _TouchOnLoad:
     """Unpickling this calls ``Path(target).touch()``: what an attack would do with ``os.system``."""

@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 
 from imis.io import read_image
 
+pytestmark = pytest.mark.fuzz  # IMIS_FUZZ_EXAMPLES cases per format; scripts/fuzz_long.sh
+
 EXTENSIONS = ("png", "jpg", "tif", "nii", "nii.gz", "nrrd", "mha", "mhd", "npy", "npz", "dcm")
 
 
