@@ -111,6 +111,8 @@ def write_report() -> None:
 # ---------------------------------------------------------------------------------------------------------
 # mutations
 # ---------------------------------------------------------------------------------------------------------
+# Strategies return a Recipe (a list of small operations), never the mutated bytes: hypothesis keeps
+# what its strategies draw until the run ends, and 10,000 megabyte-sized files would not fit in memory.
 INTERESTING = (
     0,
     1,
@@ -128,11 +130,108 @@ INTERESTING = (
     0x80000000,
     0xFFFFFFFF,
 )
+_APPLY: dict = {}  # operation name -> function(bytes, *args) -> bytes
+
+
+def operation(name: str):
+    def register(fn):
+        _APPLY[name] = fn
+        return fn
+
+    return register
+
+
+class Recipe:
+    """Operations that turn a seed's bytes into one fuzz case: ``recipe(seed) -> bytes``."""
+
+    def __init__(self, ops: list[tuple]) -> None:
+        self.ops = ops
+
+    def __call__(self, data: bytes) -> bytes:
+        for name, *args in self.ops:
+            data = _APPLY[name](data, *args)
+        return data
+
+    def __add__(self, other: Recipe) -> Recipe:
+        return Recipe(self.ops + other.ops)
+
+    def __repr__(self) -> str:
+        return f"Recipe({self.ops!r})"[:2000]
+
+
+@operation("truncate")
+def _truncate(data: bytes, pos: int) -> bytes:
+    return data[:pos]
+
+
+@operation("flip")
+def _flip(data: bytes, bits: list[tuple[int, int]]) -> bytes:
+    buf = bytearray(data)
+    for pos, bit in bits:
+        if pos < len(buf):
+            buf[pos] ^= 1 << bit
+    return bytes(buf)
+
+
+@operation("put")
+def _put(data: bytes, pos: int, chunk: bytes) -> bytes:
+    """Overwrite at ``pos`` (nothing past the end)."""
+    buf = bytearray(data)
+    buf[pos : pos + len(chunk)] = chunk[: max(0, len(buf) - pos)]
+    return bytes(buf)
+
+
+@operation("insert")
+def _insert(data: bytes, pos: int, chunk: bytes) -> bytes:
+    return data[:pos] + chunk + data[pos:]
+
+
+@operation("delete")
+def _delete(data: bytes, pos: int, n: int) -> bytes:
+    return data[:pos] + data[pos + n :]
+
+
+@st.composite
+def byte_mutation(draw, n: int, header: int = 512) -> tuple[tuple, int]:
+    """One operation on ``n`` bytes and the length after it: truncation, bit flips, overwritten / inserted
+    / deleted bytes, or an integer field (1, 2, 4 or 8 bytes, either byte order) set to an interesting
+    value; positions mostly inside the first ``header`` bytes."""
+    kind = draw(st.sampled_from(["truncate", "flip", "overwrite", "insert", "delete", "field", "field"]))
+    top = max(0, (min(n, header) if draw(st.booleans()) else n) - 1)
+    pos = draw(st.integers(0, top))
+    if kind == "truncate" or n == 0:
+        return ("truncate", pos), min(pos, n)
+    if kind == "flip":
+        bits = [(draw(st.integers(0, top)), draw(st.integers(0, 7))) for _ in range(draw(st.integers(1, 8)))]
+        return ("flip", bits), n
+    if kind == "overwrite":
+        return ("put", pos, draw(st.binary(min_size=1, max_size=16))), n
+    if kind == "insert":
+        chunk = draw(st.binary(min_size=1, max_size=64))
+        return ("insert", pos, chunk), n + len(chunk)
+    if kind == "delete":
+        k = draw(st.integers(1, 256))
+        return ("delete", pos, k), n - min(k, n - pos)
+    width = draw(st.sampled_from([1, 2, 4, 8]))
+    value = draw(st.sampled_from(INTERESTING) | st.integers(0, 2 ** (8 * width) - 1)) % (2 ** (8 * width))
+    fmt = draw(st.sampled_from("<>")) + {1: "B", 2: "H", 4: "I", 8: "Q"}[width]
+    return ("put", pos, struct.pack(fmt, value)), n
+
+
+@st.composite
+def mutated(draw, n: int | bytes | Quiet, header: int = 512) -> Recipe:
+    """1 to 3 byte mutations of a seed of ``n`` bytes (or of the given seed's length)."""
+    n = _unquiet(n)
+    n = n if isinstance(n, int) else len(n)
+    ops = []
+    for _ in range(draw(st.integers(1, 3))):
+        op, n = draw(byte_mutation(n, header))
+        ops.append(op)
+    return Recipe(ops)
 
 
 class Quiet:
-    """A seed passed to a strategy: hypothesis prints strategies' arguments, and a multi-megabyte repr
-    under the fuzzing memory budget is a MemoryError of the harness, not of a reader."""
+    """A seed passed to a strategy, printed short in hypothesis' reports."""
 
     def __init__(self, value) -> None:
         self.value = value
@@ -145,56 +244,9 @@ def _unquiet(value):
     return value.value if isinstance(value, Quiet) else value
 
 
-@st.composite
-def byte_mutation(draw, data: bytes, header: int = 512):
-    """One of: truncation, bit flips, overwritten / inserted / deleted bytes, an integer field (1, 2, 4
-    or 8 bytes, either byte order) set to an interesting value, mostly inside the first ``header``
-    bytes."""
-    data = _unquiet(data)
-    n = len(data)
-    buf = bytearray(data)
-    kind = draw(st.sampled_from(["truncate", "flip", "overwrite", "insert", "delete", "field", "field"]))
-    near = draw(st.booleans())
-    pos = draw(st.integers(0, max(0, (min(n, header) if near else n) - 1)))
-    if kind == "truncate" or n == 0:
-        return bytes(buf[:pos])
-    if kind == "flip":
-        for _ in range(draw(st.integers(1, 8))):
-            p = draw(st.integers(0, max(0, (min(n, header) if near else n) - 1)))
-            buf[p] ^= 1 << draw(st.integers(0, 7))
-        return bytes(buf)
-    if kind == "overwrite":
-        chunk = draw(st.binary(min_size=1, max_size=16))
-        buf[pos : pos + len(chunk)] = chunk
-        return bytes(buf)
-    if kind == "insert":
-        return bytes(buf[:pos] + draw(st.binary(min_size=1, max_size=64)) + buf[pos:])
-    if kind == "delete":
-        return bytes(buf[:pos] + buf[pos + draw(st.integers(1, 256)) :])
-    width = draw(st.sampled_from([1, 2, 4, 8]))
-    value = draw(st.sampled_from(INTERESTING) | st.integers(0, 2 ** (8 * width) - 1)) % (2 ** (8 * width))
-    order = draw(st.sampled_from("<>"))
-    fmt = {1: "B", 2: "H", 4: "I", 8: "Q"}[width]
-    buf[pos : pos + width] = struct.pack(order + fmt, value)[: max(0, n - pos)]
-    return bytes(buf)
-
-
-@st.composite
-def mutated(draw, data: bytes, header: int = 512):
-    """1 to 3 byte mutations of ``data``."""
-    data = _unquiet(data)
-    for _ in range(draw(st.integers(1, 3))):
-        data = draw(byte_mutation(data, header))
-    return data
-
-
 def gzip_bytes(raw: bytes) -> bytes:
     comp = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     return comp.compress(raw) + comp.flush()
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
 
 def interesting_floats():

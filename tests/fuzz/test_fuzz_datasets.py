@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz_helpers import FUZZ_SETTINGS, Quiet, check_reader, mutated
+from fuzz_helpers import FUZZ_SETTINGS, Quiet, Recipe, check_reader, mutated, operation
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,11 +25,29 @@ JSON_VALUES = st.recursive(
 )
 
 
+@operation("json")
+def _json_edit(data: bytes, path: list, action: str, key, value) -> bytes:
+    """Walk ``path`` from the root; then replace / delete the entry ``key`` there, or add one."""
+    obj = json.loads(data)
+    node = obj
+    for k in path:
+        node = node[k]
+    if action == "add":
+        if isinstance(node, dict):
+            node[key] = value
+        elif isinstance(node, list):
+            node.append(value)
+    elif action == "set":
+        node[key] = value
+    else:
+        del node[key]
+    return json.dumps(obj).encode()
+
+
 @st.composite
-def json_mutation(draw, holder: Quiet):
-    """The JSON text with one value (found by walking down from the root) replaced, deleted or added."""
-    obj = json.loads(json.dumps(holder.value))
-    node, key = obj, None
+def json_mutation(draw, holder: Quiet) -> Recipe:
+    """One value of the JSON (found by walking down from the root) replaced, deleted, or one added."""
+    node, path = holder.value, []
     for _ in range(draw(st.integers(0, 4))):
         keys = (
             list(node) if isinstance(node, dict) else list(range(len(node))) if isinstance(node, list) else []
@@ -38,19 +56,11 @@ def json_mutation(draw, holder: Quiet):
             break
         key = draw(st.sampled_from(keys))
         if not isinstance(node[key], (dict, list)) or draw(st.booleans()):
-            break
-        node, key = node[key], None
-    value = draw(JSON_VALUES)
-    if key is None:
-        if isinstance(node, dict):
-            node[draw(st.text(max_size=8))] = value
-        elif isinstance(node, list):
-            node.append(value)
-    elif draw(st.booleans()):
-        node[key] = value
-    else:
-        del node[key]
-    return json.dumps(obj).encode()
+            action = draw(st.sampled_from(["set", "delete"]))
+            return Recipe([("json", path, action, key, draw(JSON_VALUES))])
+        node = node[key]
+        path.append(key)
+    return Recipe([("json", path, "add", draw(st.text(max_size=8)), draw(JSON_VALUES))])
 
 
 def _fuzz_json(fmt: str, path: Path, read) -> None:
@@ -58,9 +68,9 @@ def _fuzz_json(fmt: str, path: Path, read) -> None:
     holder = Quiet(json.loads(raw))
 
     @FUZZ_SETTINGS
-    @given(data=st.one_of(mutated(Quiet(raw), 4096), json_mutation(holder), json_mutation(holder)))
-    def run(data):
-        path.write_bytes(data)
+    @given(recipe=st.one_of(mutated(len(raw), 4096), json_mutation(holder), json_mutation(holder)))
+    def run(recipe):
+        path.write_bytes(recipe(raw))
         try:
             check_reader(fmt, path, read, names=(str(path.parent),))
         finally:
@@ -101,9 +111,9 @@ def test_imed_label_and_imask_never_break(which, imed_dataset, tmp_path):
     read = imed.read_label if which == "label" else imed.read_imask
 
     @FUZZ_SETTINGS
-    @given(data=mutated(Quiet(raw), 1024))
-    def run(data):
-        path.write_bytes(data)
+    @given(recipe=mutated(len(raw), 1024))
+    def run(recipe):
+        path.write_bytes(recipe(raw))
         check_reader(f"imed-{which}.npz", path, read)
 
     run()

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from fuzz_helpers import (
     FUZZ_SETTINGS,
-    Quiet,
+    Recipe,
     check_reader,
     gzip_bytes,
     interesting_floats,
     interesting_ints,
     mutated,
+    operation,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -52,29 +53,46 @@ _NIFTI_FIELDS = (
 )
 
 
-@st.composite
-def nifti_field(draw, raw: bytes, compressed: bool) -> bytes:
-    buf = bytearray(zlib.decompress(raw, 16 + zlib.MAX_WBITS) if compressed else raw)
-    for _ in range(draw(st.integers(1, 3))):
-        off, code = draw(st.sampled_from(_NIFTI_FIELDS))
-        value = draw(interesting_floats() if code == "f" else interesting_ints(16))
+@operation("nifti")
+def _nifti_edit(data: bytes, compressed: bool, edits: list[tuple[int, str, float]]) -> bytes:
+    buf = bytearray(zlib.decompress(data, 16 + zlib.MAX_WBITS) if compressed else data)
+    for off, code, value in edits:
         buf[off : off + struct.calcsize(code)] = struct.pack("<" + code, value)
     return gzip_bytes(bytes(buf)) if compressed else bytes(buf)
 
 
 @st.composite
-def png_field(draw, raw: bytes) -> bytes:
+def nifti_field(draw, compressed: bool) -> Recipe:
+    edits = []
+    for _ in range(draw(st.integers(1, 3))):
+        off, code = draw(st.sampled_from(_NIFTI_FIELDS))
+        edits.append((off, code, draw(interesting_floats() if code == "f" else interesting_ints(16))))
+    return Recipe([("nifti", compressed, edits)])
+
+
+@operation("ihdr")
+def _ihdr_edit(data: bytes, edits: list[tuple[int, bytes]]) -> bytes:
+    """IHDR fields replaced, its CRC recomputed (so the PNG reader looks at the values)."""
+    ihdr = bytearray(data[16:29])
+    for off, value in edits:
+        ihdr[off : off + len(value)] = value
+    return data[:16] + bytes(ihdr) + struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr))) + data[33:]
+
+
+@st.composite
+def png_field(draw) -> Recipe:
     """IHDR width / height / bit depth / colour type set to edge values, with a valid CRC."""
-    ihdr = bytearray(raw[16:29])
+    edits = []
     for _ in range(draw(st.integers(1, 2))):
         field = draw(st.sampled_from(["w", "h", "depth", "colour"]))
         if field in "wh":
             v = draw(st.sampled_from([0, 1, 100_000, 2**31 - 1, 2**32 - 1]) | st.integers(0, 2**32 - 1))
-            ihdr[0 if field == "w" else 4 : 4 if field == "w" else 8] = struct.pack(">I", v)
+            edits.append((0 if field == "w" else 4, struct.pack(">I", v)))
         else:
-            ihdr[8 if field == "depth" else 9] = draw(st.sampled_from([0, 1, 2, 4, 8, 16, 3, 6, 255]))
-    crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(ihdr)))
-    return raw[:16] + bytes(ihdr) + crc + raw[33:]
+            edits.append(
+                (8 if field == "depth" else 9, bytes([draw(st.sampled_from([0, 1, 2, 4, 8, 16, 3, 6, 255]))]))
+            )
+    return Recipe([("ihdr", edits)])
 
 
 _TEXT_VALUES = [
@@ -85,28 +103,43 @@ _TEXT_VALUES = [
 ]  # fmt: skip
 
 
-@st.composite
-def text_field(draw, raw: bytes) -> bytes:
-    """A header line of NRRD / MetaImage text (``key: value`` / ``Key = value``) given an edge value."""
-    end = raw.find(b"\n\n") if raw.startswith(b"NRRD") else raw.find(b"ElementDataFile")
-    end = len(raw) if end < 0 else end
-    lines = raw[:end].split(b"\n")
-    i = draw(st.integers(1 if raw.startswith(b"NRRD") else 0, max(0, len(lines) - 1)))
-    sep = b":" if raw.startswith(b"NRRD") else b"="
+def _header_lines(data: bytes) -> tuple[list[bytes], bytes, bytes]:
+    nrrd = data.startswith(b"NRRD")
+    end = data.find(b"\n\n") if nrrd else data.find(b"ElementDataFile")
+    end = len(data) if end < 0 else end
+    return data[:end].split(b"\n"), data[end:], b":" if nrrd else b"="
+
+
+@operation("line")
+def _line_edit(data: bytes, index: int, action: str, value: bytes) -> bytes:
+    lines, rest, sep = _header_lines(data)
+    i = min(index, len(lines) - 1)
     key = lines[i].partition(sep)[0]
-    value = draw(st.sampled_from(_TEXT_VALUES)).encode()
-    action = draw(st.sampled_from(["set", "set", "drop", "repeat"]))
     if action == "set":
         lines[i] = key + sep + b" " + value
     elif action == "drop":
         del lines[i]
     else:
         lines.insert(i, key + sep + b" " + value)
-    return b"\n".join(lines) + raw[end:]
+    return b"\n".join(lines) + rest
 
 
 @st.composite
-def npy_field(draw, raw: bytes) -> bytes:
+def text_field(draw, n_lines: int, first: int) -> Recipe:
+    """A header line of NRRD / MetaImage text (``key: value`` / ``Key = value``) given an edge value."""
+    index = draw(st.integers(first, max(first, n_lines - 1)))
+    action = draw(st.sampled_from(["set", "set", "drop", "repeat"]))
+    return Recipe([("line", index, action, draw(st.sampled_from(_TEXT_VALUES)).encode())])
+
+
+@operation("npy")
+def _npy_header(data: bytes, head: bytes) -> bytes:
+    (hlen,) = struct.unpack("<H", data[8:10])
+    return data[:8] + struct.pack("<H", len(head)) + head + data[10 + hlen :]
+
+
+@st.composite
+def npy_field(draw) -> Recipe:
     """The ``.npy`` header dictionary with an edge shape, dtype or order."""
     shape = draw(
         st.sampled_from(["()", "(0,)", "(100000, 100000)", "(-1, 4)", "(2**40,)", "(3, 20, 24, 1, 1)"])
@@ -116,16 +149,16 @@ def npy_field(draw, raw: bytes) -> bytes:
     order = draw(st.sampled_from(["False", "True"]))
     head = f"{{'descr': {descr}, 'fortran_order': {order}, 'shape': {shape}, }}".encode()
     head += b" " * (-(10 + len(head) + 1) % 64) + b"\n"
-    (hlen,) = struct.unpack("<H", raw[8:10])
-    return raw[:8] + struct.pack("<H", len(head)) + head + raw[10 + hlen :]
+    return Recipe([("npy", head)])
 
 
-def _pydicom_edit(raw: bytes, edits) -> bytes:
+@operation("dicom")
+def _pydicom_edit(data: bytes, edits) -> bytes:
     import io
 
     import pydicom
 
-    ds = pydicom.dcmread(io.BytesIO(raw))
+    ds = pydicom.dcmread(io.BytesIO(data))
     for keyword, value in edits:
         if value is None:
             if keyword in ds:
@@ -158,35 +191,36 @@ _DICOM_EDITS = {
 
 
 @st.composite
-def dicom_field(draw, raw: bytes) -> bytes:
+def dicom_field(draw) -> Recipe:
     keys = draw(st.lists(st.sampled_from(sorted(_DICOM_EDITS)), min_size=1, max_size=3, unique=True))
-    return _pydicom_edit(raw, [(k, draw(st.sampled_from(_DICOM_EDITS[k]))) for k in keys])
+    return Recipe([("dicom", [(k, draw(st.sampled_from(_DICOM_EDITS[k]))) for k in keys])])
 
 
 def _structured(ext: str, raw: bytes):
     if ext in ("nii", "nii.gz"):
-        return nifti_field(raw, ext == "nii.gz")
+        return nifti_field(ext == "nii.gz")
     if ext == "png":
-        return png_field(raw)
+        return png_field()
     if ext in ("nrrd", "mha", "mhd"):
-        return text_field(raw)
+        return text_field(len(_header_lines(raw)[0]), 1 if ext == "nrrd" else 0)
     if ext == "npy":
-        return npy_field(raw)
+        return npy_field()
     if ext == "dcm":
-        return dicom_field(raw)
+        return dicom_field()
     return None
 
 
-def case_strategy(ext: str, raw: bytes, others: dict[str, bytes]):
-    """A mutated file for a seed: (extension to write it under, bytes)."""
+def case_strategy(ext: str, raw: bytes):
+    """A fuzz case for a seed: (extension to write it under, recipe of its bytes)."""
     header = {"nii": 352, "nii.gz": 64, "npy": 128, "dcm": 1024}.get(ext, 512)
-    options = [st.tuples(st.just(ext), mutated(Quiet(raw), header))] * 3
+    options = [st.tuples(st.just(ext), mutated(len(raw), header))] * 3
     structured = _structured(ext, raw)
     if structured is not None:
         options += [st.tuples(st.just(ext), structured)] * 3
-        options.append(st.tuples(st.just(ext), structured.flatmap(lambda b: mutated(b, header))))
+        both = st.builds(lambda a, b: a + b, structured, mutated(len(raw), header))
+        options.append(st.tuples(st.just(ext), both))
     wrong = st.sampled_from(sorted(set(EXTENSIONS) - {ext}))
-    options.append(st.tuples(wrong, st.just(raw)))
+    options.append(st.tuples(wrong, st.just(Recipe([]))))
     return st.one_of(options)
 
 
@@ -204,11 +238,11 @@ def test_read_image_never_breaks(ext, image_seeds, dicom_seed, tmp_path_factory)
         (folder / "seed.raw").write_bytes((seed.parent / "seed.raw").read_bytes())
 
     @FUZZ_SETTINGS
-    @given(case=case_strategy(ext, raw, {}))
+    @given(case=case_strategy(ext, raw))
     def run(case):
-        write_ext, data = case
+        write_ext, recipe = case
         path = folder / f"seed.{write_ext}"
-        path.write_bytes(data)
+        path.write_bytes(recipe(raw))
         try:
             check_reader(ext, path, read_image, valid_image)
         finally:
@@ -226,9 +260,9 @@ def test_mhd_data_file_never_breaks(which, image_seeds, tmp_path_factory):
     raw = (seed.parent / "seed.raw").read_bytes()
 
     @FUZZ_SETTINGS
-    @given(data=mutated(raw, 64))
-    def run(data):
-        (folder / "seed.raw").write_bytes(data)
+    @given(recipe=mutated(len(raw), 64))
+    def run(recipe):
+        (folder / "seed.raw").write_bytes(recipe(raw))
         check_reader("mhd+raw", folder / "seed.mhd", read_image, valid_image)
 
     run()
@@ -248,8 +282,8 @@ def test_dicom_series_never_breaks(dicom_series, tmp_path_factory):
     def run(index, data):
         target = folder / f"s{index:03d}.dcm"
         original = target.read_bytes()
-        choice = st.one_of(mutated(original, 1024), dicom_field(original))
-        target.write_bytes(data.draw(choice))
+        recipe = data.draw(st.one_of(mutated(len(original), 1024), dicom_field()))
+        target.write_bytes(recipe(original))
         try:
             check_reader("dicom-series", folder, read_image, valid_image)
         finally:
