@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long fuzzing run of the readers (issue 21): IMIS_FUZZ_EXAMPLES cases per format (default 10000).
 #
-#   bash scripts/fuzz_long.sh [OUT]          (OUT defaults to runs/fuzz-long)
+#   [JOBS=2] bash scripts/fuzz_long.sh [OUT]    (OUT defaults to runs/fuzz-long; JOBS tests at once)
 #
 # Each fuzz test runs in its own pytest process at nice 19, so that a reader that kills its process
 # (a segmentation fault in a C library) stops only its own format; OUT/status.txt has each test's exit
@@ -15,13 +15,19 @@ PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 : > "$OUT/status.txt"
 ids=$(PYTHONPATH=src $PY -m pytest --collect-only -q -m fuzz tests/fuzz 2>/dev/null | grep '::')
-for id in $ids; do
+run_one() {
+  local id=$1 name start
   name=$(printf '%s' "${id#tests/fuzz/}" | tr -c 'A-Za-z0-9_.-' '_')
   start=$(date +%s)
   IMIS_FUZZ_EXAMPLES=$N IMIS_FUZZ_REPORT="$OUT/$name.json" PYTHONPATH=src \
-    nice -n 19 $PY -m pytest -q -p no:cacheprovider "$id" > "$OUT/$name.log" 2>&1
+    nice -n 19 $PY -m pytest -q -p no:cacheprovider --basetemp="$OUT/tmp/$name" "$id" > "$OUT/$name.log" 2>&1
   echo "$? $(( $(date +%s) - start ))s $id" | tee -a "$OUT/status.txt"
+}
+for id in $ids; do  # JOBS tests at a time (default 1)
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done
+  run_one "$id" &
 done
+wait
 $PY - "$OUT" <<'PYEOF'
 import json, sys
 from collections import Counter

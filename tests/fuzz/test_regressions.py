@@ -196,3 +196,12 @@ def test_foreign_checkpoint_without_a_model_name(tmp_path):
 @pytest.fixture(scope="module")
 def imed_label(btcv_dir) -> Path:
     return next((btcv_dir / "label").glob("*.npz"))
+
+
+def test_own_checkpoint_with_a_tensor_as_version(tmp_path):
+    """``version`` an empty tensor: ``version != 1`` raised 'Boolean value of Tensor ... is ambiguous'."""
+    from imis.models.registry import IMIS_FORMAT_TAG, load_model
+
+    path = tmp_path / "model.pt"
+    torch.save({"format": IMIS_FORMAT_TAG, "version": torch.zeros(0), "state_dict": {}}, path)
+    expect(path, lambda p: load_model(checkpoint=p), "version", error=CheckpointError)

@@ -213,7 +213,7 @@ def read_checkpoint(path: Path) -> Any:
 
 
 def is_imis_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == IMIS_FORMAT_TAG
+    return isinstance(obj, dict) and isinstance(obj.get("format"), str) and obj["format"] == IMIS_FORMAT_TAG
 
 
 def _make_text_fn(
@@ -373,8 +373,12 @@ def _load_own(
     device: str | torch.device,
     dtype: torch.dtype | None,
 ) -> InteractiveModel:
-    if obj.get("version") != IMIS_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: imis checkpoint version {obj.get('version')} is not supported")
+    if (
+        type(obj.get("version")) is not int or obj["version"] != IMIS_FORMAT_VERSION
+    ):  # a tensor would not compare
+        from imis.models.formats.own import show
+
+        raise CheckpointError(f"{path}: imis checkpoint version {show(obj.get('version'))} is not supported")
     from imis.models.formats.own import build_checked, check_own_fields
 
     check_own_fields(obj, path, ARCHITECTURES)  # types first: a file is user input

@@ -34,6 +34,15 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def show(value: Any) -> str:
+    """A value from a file, on one short line (a tensor's repr spans several)."""
+    return " ".join(repr(value).split())[:80]
+
+
+def _line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
 def _fail(path: Path, what: str) -> CheckpointError:
     return CheckpointError(f"{path}: corrupt imis checkpoint: {what}")
 
@@ -62,17 +71,20 @@ def check_own_fields(obj: Mapping[str, Any], path: Path, architectures: Mapping[
         if key in obj and not isinstance(obj[key], kind):
             raise _fail(path, f"{key} is a {type(obj[key]).__name__}")
     if obj.get("multimask", "single") not in ("single", "best_iou", "auto"):
-        raise _fail(path, f"multimask {obj.get('multimask')!r} is not single, best_iou or auto")
+        raise _fail(path, f"multimask {show(obj.get('multimask'))} is not single, best_iou or auto")
     prompts = obj.get("prompt_types", ["box"])
     if not isinstance(prompts, (list, tuple)) or not prompts or not set(prompts) <= _PROMPTS:
-        raise _fail(path, f"prompt_types {prompts!r} is not a list of {sorted(_PROMPTS)}")
+        raise _fail(path, f"prompt_types {show(prompts)} is not a list of {sorted(_PROMPTS)}")
     pre = obj.get("preprocess")
     fields = {f.name for f in dataclasses.fields(Preprocess)}
     if not isinstance(pre, Mapping) or set(pre) != fields or not all(_plain(v) for v in pre.values()):
         raise _fail(path, f"preprocess is not a dict of {sorted(fields)}")
-    p = Preprocess(**pre)
+    try:
+        p = Preprocess(**pre)
+    except (TypeError, ValueError) as exc:
+        raise _fail(path, f"preprocess {show(dict(pre))} ({_line(exc)})") from None
     if not (isinstance(p.input_size, int) and 16 <= p.input_size <= 8192):
-        raise _fail(path, f"preprocess input_size {p.input_size!r} is not a size of 16..8192")
+        raise _fail(path, f"preprocess input_size {show(p.input_size)} is not a size of 16..8192")
 
 
 def build_checked(
@@ -89,7 +101,9 @@ def build_checked(
         with torch.device("meta"):
             probe = builder(**kwargs)
     except Exception as exc:  # TypeError (unknown argument), ValueError, RuntimeError from layer sizes
-        raise _fail(path, f"its arch_kwargs do not build the network ({type(exc).__name__}: {exc})") from None
+        raise _fail(
+            path, f"its arch_kwargs do not build the network ({type(exc).__name__}: {_line(exc)})"
+        ) from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # copying into meta tensors is a no-op, as wanted
         load_strict(probe, sd, f"imis checkpoint (file {path})")
