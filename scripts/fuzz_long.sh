@@ -13,6 +13,7 @@ N=${IMIS_FUZZ_EXAMPLES:-10000}
 OUT=${1:-runs/fuzz-long}
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
+mkdir -p "$OUT/tmp"
 : > "$OUT/status.txt"
 ids=$(PYTHONPATH=src $PY -m pytest --collect-only -q -m fuzz tests/fuzz 2>/dev/null | grep '::')
 run_one() {
