@@ -205,3 +205,16 @@ def test_own_checkpoint_with_a_tensor_as_version(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"format": IMIS_FORMAT_TAG, "version": torch.zeros(0), "state_dict": {}}, path)
     expect(path, lambda p: load_model(checkpoint=p), "version", error=CheckpointError)
+
+
+def test_checkpoint_key_with_a_newline(tmp_path):
+    """A state-dict key holding a newline (one flipped byte of the pickle): the key mismatch error,
+    which names the keys, spanned two lines."""
+    from imis.models.registry import load_model
+
+    path = tmp_path / "model.pt"
+    torch.save({"model": {"\nmage_encoder.patch_embed.proj.weight": torch.zeros(1)}}, path)
+    msg = expect(
+        path, lambda p: load_model("litemedsam", checkpoint=p), "unexpected key", error=CheckpointError
+    )
+    assert "'\\nmage_encoder" in msg
