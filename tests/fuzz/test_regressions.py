@@ -218,3 +218,16 @@ def test_checkpoint_key_with_a_newline(tmp_path):
         path, lambda p: load_model("litemedsam", checkpoint=p), "unexpected key", error=CheckpointError
     )
     assert "'\\nmage_encoder" in msg
+
+
+def test_pickle_string_length_beyond_the_file(tmp_path):
+    """Found from our checkpoint with 167 bytes cut from its start: torch's legacy loader met a pickle
+    string opcode whose 4-byte length (here 2**31 - 1) exceeds the file and read() allocated it first."""
+    from fuzz_helpers import memory_budget
+
+    from imis.models.formats.torchfile import load_torch_file
+
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x80\x02X\xff\xff\xff\x7fabc")  # protocol 2, BINUNICODE of 2 GiB, 3 bytes present
+    with memory_budget(200 << 20):
+        expect(path, load_torch_file, "not a readable", error=CheckpointError)
