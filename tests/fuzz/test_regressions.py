@@ -232,3 +232,15 @@ def test_pickle_string_length_beyond_the_file(tmp_path):
     with memory_budget(200 << 20):  # before: "not a readable PyTorch checkpoint (MemoryError)"
         msg = expect(path, load_torch_file, "not a readable", error=CheckpointError)
     assert "MemoryError" not in msg
+
+
+def test_samed2d_index_entry_with_a_newline(tmp_path):
+    """An SA-Med2D index whose image path is a newline: the message naming it spanned two lines. Every
+    ImisError now keeps one line (control characters escaped)."""
+    from imis.data.formats import samed2d
+
+    (tmp_path / samed2d.INDEX_NAME).write_text(json.dumps({"\n": []}))
+    ds = samed2d.read_dataset(tmp_path)
+    with pytest.raises(InputError) as err:
+        list(samed2d.iter_samples(ds))
+    assert "\n" not in str(err.value) and "\\n" in str(err.value) and str(tmp_path) in str(err.value)
