@@ -73,11 +73,22 @@ def memory_budget(extra: int = MEMORY_BUDGET):
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
+_HANG_LOGS: dict[Path, object] = {}
+
+
+def _hang_log(path: Path):
+    folder = path.parent if path.parent.name else Path(".")
+    if folder not in _HANG_LOGS:
+        _HANG_LOGS[folder] = open(folder / "hang-traceback.txt", "w")  # noqa: SIM115 - kept open: written at exit
+    return _HANG_LOGS[folder]
+
+
 def check_reader(fmt: str, path: Path, read, validate=None, names: tuple[str, ...] = ()):
     """Run ``read(path)`` under the oracle; returns the result or the error (both fine). The error must
     name ``path`` (or one of ``names``: a dataset reader may name the dataset folder's file at fault)."""
     COUNTS[fmt] += 1
-    faulthandler.dump_traceback_later(HARD_SECONDS, exit=True)
+    # pytest captures fd 2, and a hung case exits the process: its stacks go to a file beside the case
+    faulthandler.dump_traceback_later(HARD_SECONDS, exit=True, file=_hang_log(path))
     t0 = time.perf_counter()
     try:
         with memory_budget():
