@@ -244,3 +244,24 @@ def test_samed2d_index_entry_with_a_newline(tmp_path):
     with pytest.raises(InputError) as err:
         list(samed2d.iter_samples(ds))
     assert "\n" not in str(err.value) and "\\n" in str(err.value) and str(tmp_path) in str(err.value)
+
+
+@pytest.mark.parametrize("ext", ["nii", "nii.gz"])
+def test_nifti_infinite_sform_hung_itk(image_seeds, tmp_path, ext):
+    """srow_x = (0, inf, 0, ...) with sform_code 1: ITK's NIfTI reader never returned (the long run's
+    60 s limit). Read in a child process with a timeout so that a regression fails instead of hanging."""
+    import zlib
+
+    raw = image_seeds["nii"].read_bytes()
+    data = bytearray(raw)
+    data[280:292] = struct.pack("<3f", 0.0, float("inf"), 0.0)
+    data[254:256] = struct.pack("<h", 1)
+    if ext == "nii.gz":
+        comp = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        data = comp.compress(bytes(data)) + comp.flush()
+    path = tmp_path / f"seed.{ext}"
+    path.write_bytes(bytes(data))
+    code = f"from imis.io import read_image\ntry:\n    read_image({str(path)!r})\nexcept Exception as e:\n    print(e)"
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert str(path) in out.stdout and "non-finite srow" in out.stdout, out.stdout + out.stderr[-300:]

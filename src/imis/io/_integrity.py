@@ -109,6 +109,18 @@ def _chunks(p: Path, src: str, compressed: bool) -> Iterator[bytes]:
             yield chunk
 
 
+def nonfinite_geometry(head: bytes) -> str | None:
+    """The NIfTI-1 geometry field that is NaN or infinite (pixdim, quatern/qoffset, srow), or None: ITK's
+    reader hangs on an infinite sform (its polar decomposition never converges)."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
+            for name, off, n in (("pixdim", 76, 8), ("quatern/qoffset", 256, 6), ("srow", 280, 12)):
+                values = struct.unpack(f"{endian}{n}f", head[off : off + 4 * n])
+                if not all(math.isfinite(v) for v in values):
+                    return f"{name} {tuple(values)}"
+    return None
+
+
 def _gzip_head(p: Path, n: int) -> bytes:
     """The first ``n`` decompressed bytes of a gzip file (fewer, or none, if it is corrupt)."""
     dec = zlib.decompressobj(_GZIP)
@@ -126,6 +138,9 @@ def check_nifti(p: Path, src: str, max_bytes: int | None = None) -> None:
         magic = fh.read(2)
         compressed = magic == b"\x1f\x8b"  # znzlib reads plain files named .nii.gz too
         head = _gzip_head(p, 540) if compressed else magic + fh.read(538)
+    bad = nonfinite_geometry(head)
+    if bad is not None:
+        raise InputError(f"{src}: cannot read NIfTI file: corrupt header (non-finite {bad})")
     claim = parse_header(head)
     if claim is not None:
         check_claim(src, claim.n_bytes, "the NIfTI header's voxel data", max_bytes)
