@@ -5,8 +5,21 @@ the CLI prints it and exits non-zero.
 """
 
 
+def one_line(message: str) -> str:
+    """``message`` with its control characters escaped (a newline from a file name becomes ``\\n``)."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 class ImisError(Exception):
-    """Base class of every error the project raises on purpose."""
+    """Base class of every error the project raises on purpose. Its message is kept on one line: parts
+    of it come from files (names, keys, values), and a newline there must not split it."""
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (one_line(args[0]),)
+        super().__init__(*args)
 
 
 class InputError(ImisError, ValueError):

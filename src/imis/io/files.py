@@ -69,3 +69,37 @@ def read_yaml(path: str | os.PathLike, what: str = "configuration") -> Any:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"{src}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """Parse a JSON file; a missing, unreadable, non-UTF-8 or invalid file is an InputError naming it."""
+    import json
+
+    from imis.errors import InputError
+
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: the {what} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply") from None
+
+
+@contextmanager
+def content_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a TypeError / ValueError / ... met while interpreting a parsed file into an InputError naming it."""
+    from imis.errors import ImisError, InputError
+
+    try:
+        yield
+    except ImisError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError) as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise InputError(f"{path}: unexpected content ({type(exc).__name__}: {msg})") from None

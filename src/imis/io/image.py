@@ -11,6 +11,7 @@ Every failure raises :class:`imis.errors.InputError` with one line ``"<file>: <c
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from typing import Literal
 import numpy as np
 
 from imis.errors import InputError
-from imis.io._integrity import check_metaimage, check_nifti
+from imis.io._integrity import check_metaimage, check_metaimage_header, check_nifti, check_nrrd
+from imis.io.arrays import load_npy, load_npz, npz_keys
 from imis.io.files import file_extension
 from imis.io.geometry import Geometry
+from imis.io.limits import check_claim, check_pillow_claim
 
 __all__ = [
     "AXES",
@@ -205,7 +208,9 @@ def validate_image(array: np.ndarray, source: str, *, kind: Kind | None = None) 
 # ---------------------------------------------------------------------------------------------------------
 # reading
 # ---------------------------------------------------------------------------------------------------------
-def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> ImageData:
+def read_image(
+    path: str | os.PathLike, *, series_uid: str | None = None, max_bytes: int | None = None
+) -> ImageData:
     """Read a 2D image, a volume, or a DICOM series folder, with its geometry.
 
     ``series_uid`` picks one series when a DICOM folder holds several (otherwise that is an error
@@ -215,22 +220,25 @@ def read_image(path: str | os.PathLike, *, series_uid: str | None = None) -> Ima
     is read as ``(y, x)``, a ``(y, x, 3|4)`` one as colour, other 3D arrays as ``(z, y, x)`` volumes
     (see :func:`validate_image`). An ``.npz`` holding several arrays is read from its key ``image``,
     ``imgs`` or ``arr_0``.
+
+    ``max_bytes`` is the reading cap: a file whose header claims more decoded pixel data is refused before
+    anything is allocated (default ``$IMIS_MAX_IMAGE_BYTES`` or 4 GiB, see :mod:`imis.io.limits`).
     """
     p = Path(path)
     src = str(path)
     if not p.exists():
         raise InputError(f"{src}: no such file or folder")
     if p.is_dir():
-        return _read_dicom_series(p, src, series_uid)
+        return _read_dicom_series(p, src, series_uid, max_bytes)
     if series_uid is not None:
         raise InputError(f"{src}: series_uid applies to DICOM series folders only, not to files")
     ext = file_extension(p)
     if ext in PILLOW_EXTENSIONS:
-        return _read_pillow(p, src)
+        return _read_pillow(p, src, max_bytes)
     if ext in SITK_EXTENSIONS:
-        return _read_sitk(p, src, SITK_EXTENSIONS[ext])
+        return _read_sitk(p, src, SITK_EXTENSIONS[ext], max_bytes)
     if ext in NUMPY_EXTENSIONS:
-        return _read_numpy(p, src, ext)
+        return _read_numpy(p, src, ext, max_bytes)
     raise InputError(
         f"{src}: unsupported extension {ext or '(none)'!r}; supported: "
         f"{', '.join(SUPPORTED_EXTENSIONS)} or a DICOM series folder"
@@ -269,19 +277,28 @@ def _pil_array(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))  # CMYK, YCbCr, LAB, HSV
 
 
-def _read_pillow(p: Path, src: str) -> ImageData:
+def _pillow_frames(p: Path, src: str, max_bytes: int | None) -> list[np.ndarray]:
     from PIL import Image
 
+    frames: list[np.ndarray] = []
+    total = 0
+    with Image.open(p) as im:
+        for i in range(int(getattr(im, "n_frames", 1))):
+            im.seek(i)
+            total = check_pillow_claim(im, p, src, max_bytes, total)
+            frames.append(_pil_array(im))
+    return frames
+
+
+def _read_pillow(p: Path, src: str, max_bytes: int | None = None) -> ImageData:
     fmt = file_extension(p).lstrip(".").upper().replace("JPG", "JPEG").replace("TIFF", "TIF")
     try:
-        with Image.open(p) as im:
-            n_frames = int(getattr(im, "n_frames", 1))
-            frames = []
-            for i in range(n_frames):
-                im.seek(i)
-                frames.append(_pil_array(im))
+        frames = _pillow_frames(p, src, max_bytes)
+    except (InputError, MemoryError):
+        raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, zlib.error, ...
         raise InputError(f"{src}: cannot read {fmt} file: {_cause(exc)}") from None
+    n_frames = len(frames)
     if n_frames == 1:
         return _finish(frames[0], None, p, src, "2d")
     if any(f.shape != frames[0].shape or f.ndim != 2 for f in frames):
@@ -317,21 +334,50 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg[:300]}" if msg else type(exc).__name__
 
 
-def _read_sitk(p: Path, src: str, fmt: str) -> ImageData:
+def _geometry(image, src: str) -> Geometry:
+    try:
+        return Geometry.from_sitk(image)
+    except ValueError as exc:  # spacing 0, negative or NaN; NaN origin or direction
+        raise InputError(f"{src}: unusable geometry in the header: {exc}") from None
+
+
+def _pixel_bytes(reader) -> int:
+    """Bytes of one pixel component of the image ``reader`` would produce (from its header)."""
     import SimpleITK as sitk
 
-    if fmt == "NIfTI":
-        check_nifti(p, src)  # truncation, gzip corruption and NaN/Inf, which ITK's NIfTI reader hides
-    elif fmt == "MetaImage":
-        check_metaimage(p, src)  # ITK returns a corrupt compressed .mha with only a printed warning
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
+    try:
+        return sitk.Image([1, 1], reader.GetPixelID()).GetSizeOfPixelComponent()
+    except RuntimeError:
+        return 8
+
+
+def _read_info(reader, p: Path, src: str, fmt: str, max_bytes: int | None) -> tuple[tuple[int, ...], int]:
+    """Parse the header only; refuse a claimed size above the cap or beyond what the file holds."""
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"{src}: cannot read {fmt} file: {_sitk_cause(exc, p)}") from None
-    size = tuple(reader.GetSize())
+    full = tuple(reader.GetSize())
     comps = reader.GetNumberOfComponents()
+    n_bytes = math.prod(full) * comps * _pixel_bytes(reader)
+    check_claim(src, n_bytes, f"a {fmt} image of size {full} x {comps} components", max_bytes)
+    if fmt == "MetaImage":
+        check_metaimage(p, src, n_bytes)  # ITK returns a corrupt compressed .mha with only a warning
+    elif fmt == "NRRD":
+        check_nrrd(p, src, n_bytes, math.prod(full) * comps)
+    return full, comps
+
+
+def _read_sitk(p: Path, src: str, fmt: str, max_bytes: int | None = None) -> ImageData:
+    import SimpleITK as sitk
+
+    if fmt == "NIfTI":
+        check_nifti(p, src, max_bytes)  # truncation, gzip corruption and NaN/Inf, which ITK's reader hides
+    elif fmt == "MetaImage":
+        check_metaimage_header(p, src)  # ITK's MetaIO crashes on inconsistent dimensions
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    size, comps = _read_info(reader, p, src, fmt, max_bytes)
     while len(size) > 3 and size[-1] == 1:
         size = size[:-1]
     if len(size) > 3:
@@ -352,13 +398,16 @@ def _read_sitk(p: Path, src: str, fmt: str) -> ImageData:
         image = image[(slice(None),) * (image.GetDimension() - 1) + (0,)]
     array = sitk.GetArrayFromImage(image)
     kind: Kind = "volume" if image.GetDimension() == 3 else "2d"
-    return _finish(array, Geometry.from_sitk(image), p, src, kind)
+    return _finish(array, _geometry(image, src), p, src, kind)
 
 
-def _read_dicom_series(p: Path, src: str, series_uid: str | None) -> ImageData:
+def _series_files(p: Path, src: str, series_uid: str | None) -> tuple[str, list[str]]:
     import SimpleITK as sitk
 
-    ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+    try:  # GDCM raises on a file it cannot parse (SamplesPerPixel 0, ...) while scanning the folder
+        ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+    except RuntimeError as exc:
+        raise InputError(f"{src}: cannot scan the DICOM folder: {_sitk_cause(exc, p)}") from None
     if not ids:
         n_files = sum(1 for f in p.iterdir() if f.is_file())
         raise InputError(f"{src}: folder holds no DICOM series ({n_files} files, none readable as DICOM)")
@@ -374,7 +423,21 @@ def _read_dicom_series(p: Path, src: str, series_uid: str | None) -> ImageData:
         )
     else:
         uid = ids[0]
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), uid)
+    try:
+        return uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(p), uid))
+    except RuntimeError as exc:
+        raise InputError(f"{src}: cannot list DICOM series {uid}: {_sitk_cause(exc, p)}") from None
+
+
+def _read_dicom_series(p: Path, src: str, series_uid: str | None, max_bytes: int | None = None) -> ImageData:
+    import SimpleITK as sitk
+
+    uid, files = _series_files(p, src, series_uid)
+    first = sitk.ImageFileReader()
+    first.SetFileName(files[0])
+    size, comps = _read_info(first, Path(files[0]), f"{src} (file {Path(files[0]).name})", "DICOM", None)
+    n_bytes = math.prod(size) * comps * _pixel_bytes(first) * len(files)
+    check_claim(src, n_bytes, f"a DICOM series of {len(files)} files of size {size}", max_bytes)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -388,7 +451,7 @@ def _read_dicom_series(p: Path, src: str, series_uid: str | None) -> ImageData:
         meta["modality"] = reader.GetMetaData(0, "0008|0060").strip()
     array = sitk.GetArrayFromImage(image)
     kind: Kind = "volume" if image.GetDimension() == 3 else "2d"
-    return _finish(array, Geometry.from_sitk(image), p, src, kind, **meta)
+    return _finish(array, _geometry(image, src), p, src, kind, **meta)
 
 
 def _check_slice_positions(reader, n: int, src: str, uid: str) -> None:
@@ -413,29 +476,23 @@ def _check_slice_positions(reader, n: int, src: str, uid: str) -> None:
 
 
 # -- numpy -----------------------------------------------------------------------------------------------
-def _read_numpy(p: Path, src: str, ext: str) -> ImageData:
+def _read_numpy(p: Path, src: str, ext: str, max_bytes: int | None = None) -> ImageData:
     meta = {}
-    try:
-        if ext == ".npy":
-            array = np.load(p, allow_pickle=False)
+    if ext == ".npy":
+        array = load_npy(p, src, max_bytes)
+    else:
+        keys = npz_keys(p, src)
+        if len(keys) == 1:
+            key = keys[0]
         else:
-            with np.load(p, allow_pickle=False) as npz:
-                keys = list(npz.keys())
-                if len(keys) == 1:
-                    key = keys[0]
-                else:
-                    key = next((k for k in NPZ_KEYS if k in keys), None)
-                    if key is None:
-                        raise InputError(
-                            f"{src}: .npz holds {len(keys)} arrays ({', '.join(keys) or 'none'}) and none "
-                            f"is named {' / '.join(NPZ_KEYS)}; save the image alone or under 'image'"
-                        )
-                array = npz[key]
-                meta["npz_key"] = key
-    except InputError:
-        raise
-    except Exception as exc:  # ValueError (pickle, bad header), EOFError, zipfile.BadZipFile, OSError
-        raise InputError(f"{src}: cannot read {ext[1:].upper()} file: {_cause(exc)}") from None
+            key = next((k for k in NPZ_KEYS if k in keys), None)
+            if key is None:
+                raise InputError(
+                    f"{src}: .npz holds {len(keys)} arrays ({', '.join(keys) or 'none'}) and none "
+                    f"is named {' / '.join(NPZ_KEYS)}; save the image alone or under 'image'"
+                )
+        array = load_npz(p, [key], src, max_bytes)[key]
+        meta["npz_key"] = key
     if not isinstance(array, np.ndarray):
         raise InputError(f"{src}: expected an array, got {type(array).__name__}")
     if array.ndim == 3 and array.shape[2] == 1 and min(array.shape[:2]) > 4:

@@ -158,19 +158,13 @@ def spec_for_architecture(arch: str) -> ModelSpec:
 
 
 def read_checkpoint(path: Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        # weights_only keeps a malicious pickle from running code; our own format is plain containers.
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+    from imis.models.formats.torchfile import load_torch_file
+
+    return load_torch_file(path)  # weights_only=True: a malicious pickle cannot run code
 
 
 def is_imis_checkpoint(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("format") == IMIS_FORMAT_TAG
+    return isinstance(obj, dict) and isinstance(obj.get("format"), str) and obj["format"] == IMIS_FORMAT_TAG
 
 
 def model_from_spec(
@@ -209,7 +203,9 @@ def load_model(
     if obj is not None and is_imis_checkpoint(obj):
         return _load_own(obj, Path(checkpoint), name, device, dtype)
     if name is None:
-        raise ModelNotAvailableError("no model name given and the checkpoint is not an imis checkpoint")
+        raise ModelNotAvailableError(
+            f"{checkpoint}: no model name given and the file is not an imis checkpoint"
+        )
     spec = get_spec(name)
     if obj is None:
         path = spec.weights_path()
@@ -310,15 +306,19 @@ def _load_own(
     device: str | torch.device,
     dtype: torch.dtype | None,
 ) -> InteractiveModel:
-    if obj.get("version") != IMIS_FORMAT_VERSION:
-        raise CheckpointError(f"{path}: imis checkpoint version {obj.get('version')} is not supported")
+    if type(obj.get("version")) is not int or obj["version"] != IMIS_FORMAT_VERSION:  # a tensor: no compare
+        from imis.models.formats.own import show
+
+        raise CheckpointError(f"{path}: imis checkpoint version {show(obj.get('version'))} is not supported")
+    from imis.models.formats.own import build_checked, check_own_fields
+
+    check_own_fields(obj, path, ARCHITECTURES)  # types first: a file is user input
     spec = spec_from_checkpoint(obj, path, name)
     if spec.name in REGISTRY:  # a registry model shipped in our format keeps its entry's description
         entry = REGISTRY[spec.name]
         spec = dataclasses.replace(
             spec, description=entry.description, embedded_weights=entry.embedded_weights
         )
-    net = spec.build()
     sd = {k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
     base = obj.get("metadata", {}).get("base")
     if base:
@@ -329,6 +329,7 @@ def _load_own(
         sd = full
     from imis.models.formats import load_strict
 
+    net = build_checked(spec.architecture, spec.arch_kwargs, sd, path)  # probed on the meta device first
     load_strict(net, sd, f"imis checkpoint (arch {spec.arch}, file {path})")
     return model_from_spec(spec, net, device, dtype)
 

@@ -114,11 +114,16 @@ def base_model_name(init: str | None) -> str | None:
         return None
     if not Path(init).is_file():
         return init
+    from imis.errors import CheckpointError
+    from imis.models.formats.torchfile import load_torch_file
+
     try:
-        obj = torch.load(init, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - a foreign or unreadable file names no base
+        obj = load_torch_file(init)  # weights_only, bounded reads: a user's file
+    except CheckpointError:  # a foreign or unreadable file names no base
         return None
-    return obj.get("metadata", {}).get("base") if isinstance(obj, dict) else None
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    base = meta.get("base") if isinstance(meta, dict) else None
+    return base if isinstance(base, str) else None
 
 
 def export_model(

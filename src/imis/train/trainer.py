@@ -209,7 +209,9 @@ def _embedding_store(cfg, net, trunk, pre, data: _Data, device, d: Dist, out: Pa
 def _resume(cfg: TrainConfig, state_path: Path, net, optimizer, resume: bool) -> _Position:
     if not (resume and state_path.is_file()):
         return _Position()
-    st = torch.load(state_path, map_location="cpu", weights_only=False)
+    from imis.models.formats.torchfile import load_torch_file
+
+    st = load_torch_file(state_path, "training state")  # weights_only: a run folder is user input
     if st.get("config_key") != config_key(cfg):
         raise InputError(
             f"{state_path}: this run folder holds a run with another configuration; "

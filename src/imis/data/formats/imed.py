@@ -38,7 +38,7 @@ from PIL import Image
 
 from imis.data.sample import Sample
 from imis.errors import InputError
-from imis.io.files import atomic_output
+from imis.io.files import atomic_output, read_json
 
 __all__ = [
     "ImedDataset",
@@ -112,15 +112,20 @@ class ImedDataset:
 # reading
 # ---------------------------------------------------------------------------------------------------------
 def read_dataset(root: str | Path) -> ImedDataset:
+    """See :func:`_read_dataset`; a file whose content has the wrong types is an InputError naming it."""
+    from imis.io.files import content_errors
+
+    with content_errors(Path(root) / "dataset.json"):
+        return _read_dataset(root)
+
+
+def _read_dataset(root: str | Path) -> ImedDataset:
     """Parse ``root/dataset.json`` (entries only; no image is opened)."""
     root = Path(root)
     meta_path = root / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{meta_path}: not found (not an IMed-361M dataset folder)") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: not found (not an IMed-361M dataset folder)")
+    meta = read_json(meta_path, "dataset.json")
     if not isinstance(meta, dict):
         raise InputError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     try:
@@ -154,59 +159,63 @@ def read_dataset(root: str | Path) -> ImedDataset:
 
 def label_shape(path: Path) -> tuple[int, ...]:
     m = _SHAPE_RE.search(Path(path).name)
-    if not m:
+    try:
+        shape = tuple(ast.literal_eval(m.group(1))) if m else ()
+    except (SyntaxError, ValueError, TypeError):
+        shape = ()
+    if len(shape) not in (3, 4) or not all(isinstance(s, int) and s >= 1 for s in shape[1:]):
         raise InputError(
             f"{path}: label file name does not carry its shape, e.g. 'x___a_1.(13, 512, 512, 1).npz'"
         )
-    return tuple(ast.literal_eval(m.group(1)))
+    return shape
 
 
-def read_label(path: str | Path) -> np.ndarray:
-    """Label file -> bool array (C, H, W)."""
-    from scipy import sparse
+def _label_matrix(path: Path, shape: tuple[int, ...]):
+    from imis.io.arrays import load_csr_npz
+
+    if not path.is_file():
+        raise InputError(f"{path}: label file not found")
+    mat = load_csr_npz(path)
+    if mat.shape[0] * mat.shape[1] != int(np.prod(shape)) or mat.shape[0] != shape[0]:
+        raise InputError(f"{path}: sparse matrix {mat.shape} does not hold the shape {shape} in its name")
+    return mat
+
+
+def read_label(path: str | Path, max_bytes: int | None = None) -> np.ndarray:
+    """Label file -> bool array (C, H, W); the dense size is checked against the reading cap first."""
+    from imis.io.limits import check_claim
 
     path = Path(path)
     shape = label_shape(path)
-    try:
-        mat = sparse.load_npz(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: label file not found") from None
-    except Exception as exc:
-        raise InputError(f"{path}: not a scipy.sparse .npz label file ({exc})") from None
-    if mat.shape[0] * mat.shape[1] != int(np.prod(shape)):
-        raise InputError(f"{path}: sparse matrix {mat.shape} does not hold the shape {shape} in its name")
-    return (
-        mat.toarray().reshape(shape)[..., 0].astype(bool)
-        if len(shape) == 4
-        else mat.toarray().reshape(shape) > 0
-    )
+    mat = _label_matrix(path, shape)
+    check_claim(str(path), int(np.prod(shape)), f"the dense label masks {shape}", max_bytes)
+    dense = np.zeros(mat.shape, dtype=bool)
+    rows = np.repeat(np.arange(mat.shape[0]), np.diff(mat.indptr))
+    dense[rows, mat.indices] = mat.data != 0
+    return dense.reshape(shape[:3])
 
 
 def label_areas(path: str | Path) -> tuple[tuple[int, ...], np.ndarray]:
     """``(shape from the name, foreground pixels per channel)`` of a label file without densifying it."""
-    from scipy import sparse
-
     path = Path(path)
     shape = label_shape(path)
-    try:
-        mat = sparse.load_npz(path).tocsr()
-    except FileNotFoundError:
-        raise InputError(f"{path}: label file not found") from None
-    except Exception as exc:
-        raise InputError(f"{path}: not a scipy.sparse .npz label file ({exc})") from None
-    if mat.shape[0] * mat.shape[1] != int(np.prod(shape)):
-        raise InputError(f"{path}: sparse matrix {mat.shape} does not hold the shape {shape} in its name")
-    mat.sum_duplicates()
+    mat = _label_matrix(path, shape)
     areas = np.diff(mat.indptr) if mat.nnz == np.count_nonzero(mat.data) else (mat != 0).getnnz(axis=1)
     return shape, np.asarray(areas, dtype=np.int64)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_bytes: int | None = None) -> np.ndarray:
+    """A dataset image as stored (RGB PNG -> (H, W, 3) uint8); its size is checked before decoding."""
+    from imis.io.limits import check_pillow_claim
+
     try:
         with Image.open(path) as im:
+            check_pillow_claim(im, Path(path), str(path), max_bytes)
             return np.asarray(im)
     except FileNotFoundError:
         raise InputError(f"{path}: image file not found") from None
+    except (InputError, MemoryError):
+        raise
     except Exception as exc:
         raise InputError(f"{path}: unreadable image ({exc})") from None
 
@@ -231,21 +240,20 @@ def read_imask(path: str | Path) -> np.ndarray:
     ``imask`` (or as its only array) is read too. When ``path`` is a missing ``.npy`` and the ``.npz``
     beside it exists (btcv-demo's re-pack), that is read.
     """
+    from imis.io.arrays import load_npy, load_npz, npz_keys
+
     p = imask_path(path)
     try:
         if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as npz:
-                keys = list(npz.keys())
-                key = "imask" if "imask" in keys else (keys[0] if len(keys) == 1 else None)
-                if key is None:
-                    raise InputError(f"{p}: .npz holds {keys} and no 'imask' array")
-                arr = npz[key]
+            keys = npz_keys(p)
+            key = "imask" if "imask" in keys else (keys[0] if len(keys) == 1 else None)
+            if key is None:
+                raise InputError(f"{p}: .npz holds {keys} and no 'imask' array")
+            arr = load_npz(p, [key])[key]
         else:
-            arr = np.load(p, allow_pickle=False)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{p}: unreadable imask ({type(exc).__name__}: {exc})") from None
+            arr = load_npy(p)
+    except InputError as exc:
+        raise InputError(f"{p}: unreadable imask ({str(exc).removeprefix(f'{p}: ')})") from None
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:

@@ -168,15 +168,22 @@ def _entry_from_list(
 
 
 def read_dataset(root: str | Path) -> MsdDataset:
+    """See :func:`_read_dataset`; a file whose content has the wrong types is an InputError naming it."""
+    from imis.io.files import content_errors
+
+    with content_errors(Path(root) / "dataset.json"):
+        return _read_dataset(root)
+
+
+def _read_dataset(root: str | Path) -> MsdDataset:
     """Parse an MSD / nnU-Net raw folder (``dataset.json`` and file listing; no volume is read)."""
     root = Path(root)
     meta_path = root / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{meta_path}: not found (not an MSD / nnU-Net raw folder)") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{meta_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: not found (not an MSD / nnU-Net raw folder)")
+    from imis.io.files import read_json
+
+    meta = read_json(meta_path, "dataset.json")
     if not isinstance(meta, dict):
         raise InputError(f"{meta_path}: expected a JSON object")
     labels, regions, style = _parse_labels(meta.get("labels"), meta_path)
@@ -203,7 +210,9 @@ def read_dataset(root: str | Path) -> MsdDataset:
             for item in listed:
                 entries.append(_entry_from_list(root, item, split, ending, len(channels), meta_path))
     if not entries:
-        raise InputError(f"{root}: no cases found in imagesTr/ or imagesTs/ (file ending {ending!r})")
+        raise InputError(
+            f"{root}: no cases found in imagesTr/ or imagesTs/ (file ending {ending!r} of dataset.json)"
+        )
     info = {k: v for k, v in meta.items() if k not in ("training", "test")}
     return MsdDataset(
         root=root,

@@ -146,12 +146,9 @@ class SAMed2DDataset:
 
 
 def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    from imis.io.files import read_json
+
+    return read_json(path)
 
 
 def _parse_class_map(data: Any, path: Path) -> dict[str, dict[int, str]]:
@@ -183,6 +180,14 @@ def _find_json(root: Path, name: str) -> Path | None:
 
 
 def read_dataset(root: str | Path, *, index_file: str | Path | None = None) -> SAMed2DDataset:
+    """See :func:`_read_dataset`; a file whose content has the wrong types is an InputError naming it."""
+    from imis.io.files import content_errors
+
+    with content_errors(Path(root)):
+        return _read_dataset(root, index_file=index_file)
+
+
+def _read_dataset(root: str | Path, *, index_file: str | Path | None = None) -> SAMed2DDataset:
     """Open an SA-Med2D-20M folder (reads the JSON index, or lists ``images/`` and ``masks/``)."""
     root = Path(root)
     if not root.is_dir():
@@ -224,14 +229,18 @@ def read_sample(dataset: SAMed2DDataset, image_rel: str, *, merge_instances: boo
     if masks_rel is None:
         raise InputError(f"{root}: {image_rel!r} is not in the dataset index")
     stem = Path(image_rel).stem
-    name = parse_image_stem(stem)
+    where = f"{root / image_rel} (listed in the dataset index {INDEX_NAME})"
+    try:
+        name = parse_image_stem(stem)
+        parsed_masks = [parse_mask_stem(Path(rel).stem) + (rel,) for rel in masks_rel]
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
     image = read_image(root / image_rel)
     h, w = image.shape[:2]
     masks: dict[str, np.ndarray] = {}
     instances: dict[str, list[int]] = {}
     parsed = []
-    for rel in masks_rel:
-        image_stem, label_id, instance = parse_mask_stem(Path(rel).stem)
+    for image_stem, label_id, instance, rel in parsed_masks:
         if image_stem != stem:
             raise InputError(f"{root / rel}: mask name does not belong to image {stem!r}")
         parsed.append((label_id, instance, rel))

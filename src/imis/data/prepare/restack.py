@@ -88,10 +88,9 @@ def _read_prediction(folder: Path, stem: str, n_channels: int, hw: tuple[int, in
             if p.suffix == ".png":
                 arr = imed.read_image(p)
             else:
-                try:
-                    arr = np.load(p, allow_pickle=False)
-                except Exception as exc:
-                    raise InputError(f"{p}: unreadable prediction ({type(exc).__name__}: {exc})") from None
+                from imis.io.arrays import load_npy
+
+                arr = load_npy(p)  # header checked before numpy allocates what it claims
             if arr.ndim == 3 and arr.shape[2] == 1:
                 arr = arr[..., 0]
             if arr.shape != (h, w) or arr.dtype.kind not in "biu":

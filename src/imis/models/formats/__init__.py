@@ -59,7 +59,7 @@ def unwrap(obj: Any) -> dict[str, torch.Tensor]:
         obj = inner
     found = type(obj).__name__
     if isinstance(obj, Mapping):
-        keys = ", ".join(list(map(str, obj))[:_SHOWN])
+        keys = ", ".join(list(map(printable, obj))[:_SHOWN])
         found = f"a dict with keys {keys}" if keys else "an empty dict"
     raise CheckpointError(
         f"checkpoint holds no state dict of tensors (found {found}; expected a flat state dict or one "
@@ -67,10 +67,16 @@ def unwrap(obj: Any) -> dict[str, torch.Tensor]:
     )
 
 
+def printable(key: object) -> str:
+    """A key from a file as it can be shown on one line (control characters escaped)."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
+
+
 def describe_keys(keys: list[str], noun: str) -> str:
     """'3 missing keys (a, b, c)': the count and up to five of the keys."""
     plural = "" if len(keys) == 1 else ("es" if noun.endswith("ch") else "s")
-    shown = ", ".join(keys[:_SHOWN])
+    shown = ", ".join(printable(k) for k in keys[:_SHOWN])
     if len(keys) > _SHOWN:
         shown += f", ... (+{len(keys) - _SHOWN} more)"
     return f"{len(keys)} {noun}{plural} ({shown})"

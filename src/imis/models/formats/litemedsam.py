@@ -63,14 +63,10 @@ def locate_weights() -> Path | None:
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a LiteMedSAM checkpoint (a state dict, or a training checkpoint with 'model'/'state_dict')."""
+    from imis.models.formats.torchfile import load_torch_file
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+    obj = load_torch_file(path)
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             inner = obj.get(key)

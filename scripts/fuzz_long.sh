@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The long fuzzing run of the readers (issue 21): IMIS_FUZZ_EXAMPLES cases per format (default 10000).
+#
+#   [JOBS=2] bash scripts/fuzz_long.sh [OUT]    (OUT defaults to runs/fuzz-long; JOBS tests at once)
+#
+# Each fuzz test runs in its own pytest process at nice 19, so that a reader that kills its process
+# (a segmentation fault in a C library) stops only its own format; OUT/status.txt has each test's exit
+# status, OUT/<test>.log its output, OUT/counts.json the cases run and seconds spent per format.
+# The default `pytest` run is the short version of the same tests (40 cases per format).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+N=${IMIS_FUZZ_EXAMPLES:-10000}
+OUT=${1:-runs/fuzz-long}
+PY=${PYTHON:-.venv/bin/python}
+mkdir -p "$OUT"
+mkdir -p "$OUT/tmp"
+: > "$OUT/status.txt"
+ids=$(PYTHONPATH=src $PY -m pytest --collect-only -q -m fuzz tests/fuzz 2>/dev/null | grep '::')
+run_one() {
+  local id=$1 name start
+  name=$(printf '%s' "${id#tests/fuzz/}" | tr -c 'A-Za-z0-9_.-' '_')
+  start=$(date +%s)
+  IMIS_FUZZ_EXAMPLES=$N IMIS_FUZZ_REPORT="$OUT/$name.json" PYTHONPATH=src \
+    nice -n 19 $PY -m pytest -q -p no:cacheprovider --basetemp="$OUT/tmp/$name" "$id" > "$OUT/$name.log" 2>&1
+  echo "$? $(( $(date +%s) - start ))s $id" | tee -a "$OUT/status.txt"
+}
+for id in $ids; do  # JOBS tests at a time (default 1)
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done
+  run_one "$id" &
+done
+wait
+$PY - "$OUT" <<'PYEOF'
+import json, sys
+from collections import Counter
+from pathlib import Path
+out = Path(sys.argv[1]); cases, secs = Counter(), Counter()
+for f in sorted(out.glob("*.json")):
+    if f.name == "counts.json":
+        continue
+    for fmt, row in json.loads(f.read_text()).items():
+        cases[fmt] += row["cases"]; secs[fmt] += row["seconds"]
+report = {fmt: {"cases": cases[fmt], "seconds": round(secs[fmt], 1)} for fmt in sorted(cases)}
+(out / "counts.json").write_text(json.dumps(report, indent=2) + "\n")
+for fmt, row in report.items():
+    print(f"{fmt:32s} {row['cases']:7d} cases {row['seconds']:8.1f} s")
+PYEOF
