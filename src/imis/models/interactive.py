@@ -22,9 +22,12 @@ MultimaskPolicy = Literal["single", "best_iou", "auto"]
 
 @dataclass
 class Embedding:
-    """The cached result of the image encoder for one image: features (1, C, h, w) and its frame."""
+    """The cached result of the image encoder for one image: features (1, C, h, w) and its frame.
 
-    features: torch.Tensor
+    SAM 2's features are a tuple: the (1, C, h, w) embedding and its two high-resolution skip maps.
+    """
+
+    features: torch.Tensor | tuple[torch.Tensor, ...]
     frame: Frame
 
 
@@ -146,10 +149,10 @@ class InteractiveModel:
         x = x.to(self.device)
         if self.dtype is not None:
             with torch.autocast(self.device.type, dtype=self.dtype):
-                feats = self.net.image_encoder(x)
-            feats = feats.float()
+                feats = self.net.encode_image(x)
+            feats = tuple(f.float() for f in feats) if isinstance(feats, tuple) else feats.float()
         else:
-            feats = self.net.image_encoder(x)
+            feats = self.net.encode_image(x)
         return Embedding(feats, frame)
 
     def text_embedding(self, text: str) -> torch.Tensor:

@@ -70,11 +70,18 @@ def _build_imis_net(**kw: Any) -> torch.nn.Module:
     return build_imis_net(**kw)
 
 
+def _build_sam2(**kw: Any) -> torch.nn.Module:
+    from imis.models.build_sam2 import build_sam2
+
+    return build_sam2(**kw)
+
+
 ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
     "litemedsam": _build_litemedsam,
     "imis-lite": _build_imis_lite,
     "sam-vit": _build_sam_vit,
     "imis-net": _build_imis_net,
+    "sam2": _build_sam2,
 }
 
 
@@ -96,16 +103,33 @@ def _convert_litemedsam(obj: Any) -> dict[str, torch.Tensor]:
     return litemedsam.to_internal(sam.unwrap(obj))
 
 
+def _convert_sam2(obj: Any) -> dict[str, torch.Tensor]:
+    from imis.models.formats import sam2
+
+    return sam2.to_internal(sam2.unwrap(obj))
+
+
+def _convert_sam_med2d(obj: Any) -> dict[str, torch.Tensor]:
+    from imis.models.formats import sam_med2d
+
+    return sam_med2d.to_internal(sam_med2d.unwrap(obj))
+
+
 LAYOUTS: dict[str, Callable[[Any], dict[str, torch.Tensor]]] = {
     "sam": _convert_sam,
     "imis-net": _convert_imis,
     "litemedsam": _convert_litemedsam,
+    "sam2": _convert_sam2,
+    "sam-med2d": _convert_sam_med2d,
 }
 
 LAYOUT_DESCRIPTIONS = {
     "sam": "official Segment Anything layout (image_encoder.*, prompt_encoder.*, mask_decoder.*)",
     "imis-net": "released IMIS-Net layout (image_encoder.sam_encoder.*, text_model.*, text_out_dim.*)",
     "litemedsam": "LiteMedSAM layout (TinyViT image_encoder.*, SAM prompt_encoder.*/mask_decoder.*)",
+    "sam2": "released SAM 2 / 2.1 layout ({'model': ...} with image_encoder.trunk.*, image_encoder.neck.*, "
+    "sam_prompt_encoder.*, sam_mask_decoder.*, no_mem_embed; video memory parts ignored)",
+    "sam-med2d": "released SAM-Med2D layout (SAM ViT-B at 256 px with image_encoder.blocks.*.Adapter.*)",
 }
 
 
@@ -131,6 +155,23 @@ def default_model_name() -> str:
 
 
 _IMAGENET_1024_SQUARE_NEAREST = Preprocess(1024, "square", "nearest", "imagenet", False)
+_SAM2_PREPROCESS = Preprocess(1024, "square", "bilinear_antialias", "imagenet", False)
+_SAM2_SIZES = {"t": "Hiera-T", "s": "Hiera-S", "b+": "Hiera-B+", "l": "Hiera-L"}
+
+
+def _sam2_spec(size: str) -> ModelSpec:
+    return ModelSpec(
+        name=f"sam2-hiera-{size}",
+        description=f"SAM 2 {_SAM2_SIZES[size]} on single images (released SAM 2 / 2.1 layout; pass --checkpoint)",
+        arch="sam2",
+        arch_kwargs={"size": size},
+        layout="sam2",
+        preprocess=_SAM2_PREPROCESS,
+        multimask="auto",  # SAM 2's predictor: three masks for a lone click, else one (stability rule)
+        prompt_types=frozenset({"box", "point", "mask"}),
+        license="Apache-2.0",
+    )
+
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
@@ -192,6 +233,32 @@ REGISTRY: dict[str, ModelSpec] = {
             multimask="best_iou",
             prompt_types=frozenset({"box", "point", "mask", "text"}),
             license="Apache-2.0 (IMIS-Bench); weights under their release terms",
+        ),
+        *(_sam2_spec(size) for size in _SAM2_SIZES),
+        ModelSpec(
+            name="sam-med2d-b",
+            description="SAM-Med2D ViT-B with adapters, 256 px (released layout; pass --checkpoint)",
+            arch="sam-vit",
+            arch_kwargs={"img_size": 256, "encoder_adapter": True},
+            layout="sam-med2d",
+            # its predictor: ImageNet mean/std on 0-255 RGB, then a square nearest resize to 256
+            preprocess=Preprocess(256, "square", "nearest", "imagenet", False),
+            multimask="best_iou",  # its predictor and test.py take the best of three by predicted IoU
+            prompt_types=frozenset({"box", "point", "mask"}),
+            license="Apache-2.0",
+        ),
+        ModelSpec(
+            name="huang2024-vit-b",
+            description="Huang et al. (MedIA 2024) SAM ViT-B fine-tuned on boxes (SAM layout; pass --checkpoint)",
+            arch="sam-vit",
+            arch_kwargs={},
+            layout="sam",
+            preprocess=Preprocess(1024, "longest_side", "bilinear", "percentile_imagenet", False),
+            # their test takes the best of three masks against the ground truth, which needs the answer;
+            # the best by predicted IoU is the nearest choice without it
+            multimask="best_iou",
+            prompt_types=frozenset({"box", "mask"}),  # trained and evaluated with boxes only
+            license="unspecified (no license in the release repository; SAM weights Apache-2.0)",
         ),
     )
 }

@@ -78,15 +78,15 @@ def to_foreign(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     """Our names -> SAM 2's (the image path only; a released file also holds the video parts)."""
     out = {}
     for key, value in state_dict.items():
-        for old, new in _RENAMED:
-            if key.startswith(new):
-                key = old + key[len(new) :]
-                break
         m = _NECK_INTERNAL.match(key)
         if m:
             key = f"image_encoder.neck.convs.{NECK_LEVELS - 1 - int(m[1])}.conv.{m[2]}"
         m = _MLP_INTERNAL.match(key)
         if m:
             key = f"{m[1]}.layers.{int(m[2]) - 1}.{m[3]}"
+        for old, new in _RENAMED:
+            if key.startswith(new):
+                key = old + key[len(new) :]
+                break
         out[key] = value
     return out
