@@ -185,6 +185,7 @@ class BenchConfig:
     limit_images: int | None = None
     device: str = "cpu"
     prompts_file: Path | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)  # model name -> weight file
     model_loader: Callable[[str], Any] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
@@ -219,8 +220,9 @@ class BenchConfig:
         return d
 
 
-def load_any_model(name: str, device: str = "cpu") -> Any:
-    """A registry model (``load_model``) or a weight-free baseline (``grabcut``, ``random-walker``)."""
+def load_any_model(name: str, device: str = "cpu", checkpoint: str | Path | None = None) -> Any:
+    """A registry model (``load_model``, with ``checkpoint`` for one without embedded weights) or a
+    weight-free baseline (``grabcut``, ``random-walker``)."""
     if name in BASELINES:
         try:
             from imis.bench.baselines import load_baseline
@@ -229,7 +231,7 @@ def load_any_model(name: str, device: str = "cpu") -> Any:
         return load_baseline(name)
     from imis.models.registry import load_model
 
-    return load_model(name, device=device)
+    return load_model(name, checkpoint=checkpoint, device=device)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -792,7 +794,9 @@ def run_bench(
             row = run.base("*", b["image"], None, "label", 0)
             row.update(status="skipped", reason=b["reason"])
             writer.write(row)
-        loader = config.model_loader or (lambda n: load_any_model(n, config.device))
+        loader = config.model_loader or (
+            lambda n: load_any_model(n, config.device, config.checkpoints.get(n))
+        )
         for name in config.models:
             model = loader(name)
             it = _progress(images, len(images), name, progress)
