@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -58,9 +59,9 @@ def main() -> None:
         model = InteractiveModel(name, net, spec.preprocess, spec.multimask, spec.prompt_types, spec.license)
         prompt, kind = (click, "click") if "point" in spec.prompt_types else (box, "box")
         emb = model.encode(image)  # warm-up
-        encode_cpu, encode_wall = timed(lambda: model.encode(image), args.reps)
+        encode_cpu, encode_wall = timed(partial(model.encode, image), args.reps)
         model.decode(emb, prompt)
-        decode_cpu, decode_wall = timed(lambda: model.decode(emb, prompt), 5 * args.reps)
+        decode_cpu, decode_wall = timed(partial(model.decode, emb, prompt), 5 * args.reps)
         row = {
             "model": name,
             "params_m": round(params / 1e6, 1),
@@ -72,7 +73,6 @@ def main() -> None:
             "threads": torch.get_num_threads(),
         }
         print(json.dumps(row), flush=True)
-        del model, net, emb
 
 
 if __name__ == "__main__":
