@@ -281,6 +281,13 @@ def read_checkpoint(path: Path) -> Any:
         # weights_only keeps a malicious pickle from running code; our own format is plain containers.
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
+        from imis.models.formats.tolerant import is_weights_only_refusal, load_tolerant
+
+        if is_weights_only_refusal(exc):  # e.g. SAM-Med2D's file also pickles its optimizer object
+            try:
+                return load_tolerant(path)
+            except Exception:
+                pass
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
 
