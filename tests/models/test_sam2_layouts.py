@@ -158,3 +158,19 @@ def test_small_sam2_runs_behind_interactive_model():
         emb, PromptSpec(box=np.array([10.0, 20.0, 120.0, 110.0]), mask_logits=click.low_res_logits)
     )
     assert again.low_res_logits.shape == (1, 1, 24, 24)
+
+
+def test_small_sam2_bfloat16_encode_gives_float32_features():
+    from imis.models.interactive import InteractiveModel
+    from imis.models.preprocess import Preprocess
+
+    from tests.models.test_sam2_parity import FIXTURE, small_model
+
+    net = small_model(torch.load(FIXTURE, weights_only=False)["config"])
+    pre = Preprocess(96, "square", "bilinear_antialias", "imagenet", False)
+    ref = InteractiveModel("s", net, pre, "auto", frozenset({"box"}), "x")
+    half = InteractiveModel("s", net, pre, "auto", frozenset({"box"}), "x", dtype=torch.bfloat16)
+    image = (np.arange(96 * 96) % 199).reshape(96, 96).astype(np.uint8)
+    a, b = ref.encode(image).features, half.encode(image).features
+    assert all(f.dtype == torch.float32 for f in b)
+    assert all(float((x - y).abs().max()) < 0.25 * float(x.abs().max()) for x, y in zip(a, b, strict=True))
