@@ -349,8 +349,47 @@ def compact(obj):
     return obj
 
 
+def hiera_plans() -> dict[str, list[dict]]:
+    """Per released size, each official Hiera block's dim, dim_out, heads, query stride and window."""
+    import sam2  # noqa: F401  (its import registers the config module with hydra)
+    from hydra import compose
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    out = {}
+    for size in ("t", "s", "b+", "l"):
+        cfg = compose(config_name=f"configs/sam2.1/sam2.1_hiera_{size}.yaml")
+        OmegaConf.resolve(cfg)
+        trunk = instantiate(cfg.model.image_encoder.trunk)
+        neck = cfg.model.image_encoder.neck
+        out[size] = {
+            "blocks": [
+                {
+                    "dim": b.dim,
+                    "dim_out": b.dim_out,
+                    "num_heads": b.attn.num_heads,
+                    "q_stride": b.q_stride[0] if b.q_stride else None,
+                    "window_size": b.window_size,
+                }
+                for b in trunk.blocks
+            ],
+            "neck": {
+                "fpn_top_down_levels": list(neck.fpn_top_down_levels),
+                "fpn_interp_model": neck.fpn_interp_model,
+                "scalp": cfg.model.image_encoder.scalp,
+            },
+        }
+    return out
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only-plans", action="store_true", help="only write released_hiera_plans.json")
+    args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "released_hiera_plans.json").write_text(json.dumps(hiera_plans(), separators=(",", ":")) + "\n")
+    if args.only_plans:
+        return
     torch.save(compact(sam2_small()), OUT / "sam2_small.pt")
     torch.save(compact(sammed_small()), OUT / "sam_med2d_small.pt")
     with gzip.open(OUT / "released_keys.json.gz", "wt") as f:

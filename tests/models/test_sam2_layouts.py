@@ -174,3 +174,27 @@ def test_small_sam2_bfloat16_encode_gives_float32_features():
     a, b = ref.encode(image).features, half.encode(image).features
     assert all(f.dtype == torch.float32 for f in b)
     assert all(float((x - y).abs().max()) < 0.25 * float(x.abs().max()) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_hiera_blocks_and_neck_match_the_official_configs(size):
+    # Keys and shapes cannot show a window size or a global block: compare each block's plan with the
+    # official trunk's (fixtures/released_hiera_plans.json, read off the instantiated official models).
+    official = json.loads((KEYS.parent / "released_hiera_plans.json").read_text())[size]
+    with torch.device("meta"):
+        net = build_sam2(size)
+    ours = [
+        {
+            "dim": b.norm1.normalized_shape[0],
+            "dim_out": b.norm2.normalized_shape[0],
+            "num_heads": b.attn.num_heads,
+            "q_stride": b.q_stride,
+            "window_size": b.window_size,
+        }
+        for b in net.image_encoder.trunk.blocks
+    ]
+    assert ours == official["blocks"]
+    neck = net.image_encoder.neck
+    assert list(neck.top_down_levels) == official["neck"]["fpn_top_down_levels"]
+    assert neck.interpolation == official["neck"]["fpn_interp_model"]
+    assert neck.scalp == official["neck"]["scalp"]
