@@ -163,7 +163,6 @@ def test_small_sam2_runs_behind_interactive_model():
 def test_small_sam2_bfloat16_encode_gives_float32_features():
     from imis.models.interactive import InteractiveModel
     from imis.models.preprocess import Preprocess
-
     from tests.models.test_sam2_parity import FIXTURE, small_model
 
     net = small_model(torch.load(FIXTURE, weights_only=False)["config"])
