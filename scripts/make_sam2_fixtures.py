@@ -16,6 +16,12 @@ Run (scratch env, CPU)::
     PYTHONPATH=/work/scratch/sam2/stubs:/work/scratch/sam2/src:/work/scratch/sam2/src/sammed \
         /work/scratch/sam2/venv/bin/python scripts/make_sam2_fixtures.py
 
+Writes ``sam2_small.pt`` and ``sam_med2d_small.pt`` (small random configurations: state dicts under the
+official key names, inputs, encoder features, prompt embeddings, masks, IoU, object scores),
+``released_keys.json.gz`` (key -> shape of every released SAM 2 / 2.1 size and of SAM-Med2D ViT-B, from
+the official configs with random weights) and ``released_hiera_plans.json`` (per size, each official
+Hiera block's width, heads, query stride and window; the neck's top-down levels).
+
 Every weight and input is rounded to float16 before the official code runs and is stored as float16,
 so the files stay small while the tests load exactly the values the official code saw; outputs are
 stored in float32.
