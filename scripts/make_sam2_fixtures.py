@@ -16,7 +16,7 @@ Run (scratch env, CPU)::
     PYTHONPATH=/work/scratch/sam2/stubs:/work/scratch/sam2/src:/work/scratch/sam2/src/sammed \
         /work/scratch/sam2/venv/bin/python scripts/make_sam2_fixtures.py
 
-Writes ``sam2_small.pt`` and ``sam_med2d_small.pt`` (small random configurations: state dicts under the
+Writes ``sam2_small.pt.gz`` and ``sam_med2d_small.pt.gz`` (gzipped torch files; small random configurations: state dicts under the
 official key names, inputs, encoder features, prompt embeddings, masks, IoU, object scores),
 ``released_keys.json.gz`` (key -> shape of every released SAM 2 / 2.1 size and of SAM-Med2D ViT-B, from
 the official configs with random weights) and ``released_hiera_plans.json`` (per size, each official
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 from functools import partial
 from pathlib import Path
@@ -396,10 +397,12 @@ def main() -> None:
     (OUT / "released_hiera_plans.json").write_text(json.dumps(hiera_plans(), separators=(",", ":")) + "\n")
     if args.only_plans:
         return
-    torch.save(compact(sam2_small()), OUT / "sam2_small.pt")
-    torch.save(compact(sammed_small()), OUT / "sam_med2d_small.pt")
-    with gzip.open(OUT / "released_keys.json.gz", "wt") as f:
-        json.dump(full_size_keys(), f, separators=(",", ":"))
+    for name, make in (("sam2_small.pt.gz", sam2_small), ("sam_med2d_small.pt.gz", sammed_small)):
+        buf = io.BytesIO()
+        torch.save(compact(make()), buf)
+        (OUT / name).write_bytes(gzip.compress(buf.getvalue(), compresslevel=9, mtime=0))
+    keys = json.dumps(full_size_keys(), separators=(",", ":")).encode()
+    (OUT / "released_keys.json.gz").write_bytes(gzip.compress(keys, compresslevel=9, mtime=0))
     for p in sorted(OUT.iterdir()):
         print(p.name, p.stat().st_size)
 

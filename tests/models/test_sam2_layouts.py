@@ -137,9 +137,9 @@ def test_registry_rows():
 def test_small_sam2_runs_behind_interactive_model():
     from imis.models.interactive import InteractiveModel, PromptSpec
     from imis.models.preprocess import Preprocess
-    from tests.models.test_sam2_parity import FIXTURE, small_model
+    from tests.models.test_sam2_parity import load_fixture, small_model
 
-    fx = torch.load(FIXTURE, weights_only=False)
+    fx = load_fixture()
     net = small_model(fx["config"])
     model = InteractiveModel(
         "sam2-small",
@@ -163,9 +163,9 @@ def test_small_sam2_runs_behind_interactive_model():
 def test_small_sam2_bfloat16_encode_gives_float32_features():
     from imis.models.interactive import InteractiveModel
     from imis.models.preprocess import Preprocess
-    from tests.models.test_sam2_parity import FIXTURE, small_model
+    from tests.models.test_sam2_parity import load_fixture, small_model
 
-    net = small_model(torch.load(FIXTURE, weights_only=False)["config"])
+    net = small_model(load_fixture()["config"])
     pre = Preprocess(96, "square", "bilinear_antialias", "imagenet", False)
     ref = InteractiveModel("s", net, pre, "auto", frozenset({"box"}), "x")
     half = InteractiveModel("s", net, pre, "auto", frozenset({"box"}), "x", dtype=torch.bfloat16)

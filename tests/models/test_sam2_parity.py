@@ -1,10 +1,12 @@
-"""Our SAM 2 image model reproduces the official ``sam2`` package (fixtures/sam2_small.pt, made by
+"""Our SAM 2 image model reproduces the official ``sam2`` package (fixtures/sam2_small.pt.gz, made by
 scripts/make_sam2_fixtures.py from SAM2ImagePredictor on a small random configuration): trunk, neck,
 no-memory embedding and high-res projections, prompt embeddings, all mask tokens, object score, and the
 predictor's outputs for click, box, click+box and click+box+mask, multimask and single (stability rule)."""
 
 from __future__ import annotations
 
+import gzip
+import io
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from imis.models.build_sam2 import build_sam2
 from imis.models.formats import load_strict, sam2
 
 TOL = 1e-4
-FIXTURE = Path(__file__).parent / "fixtures" / "sam2_small.pt"
+FIXTURE = Path(__file__).parent / "fixtures" / "sam2_small.pt.gz"
 CASES = ["click", "box", "click_box", "click_box_mask"]
 
 
@@ -40,9 +42,13 @@ def small_model(c: dict):
     ).eval()
 
 
+def load_fixture() -> dict:
+    return torch.load(io.BytesIO(gzip.decompress(FIXTURE.read_bytes())), weights_only=False)
+
+
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, weights_only=False)
+    return load_fixture()
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,11 @@
-"""Our SAM ViT with adapters reproduces SAM-Med2D's official modules (fixtures/sam_med2d_small.pt, made
+"""Our SAM ViT with adapters reproduces SAM-Med2D's official modules (fixtures/sam_med2d_small.pt.gz, made
 by scripts/make_sam2_fixtures.py on a small random configuration with adapters on): image embedding, and
 prompt embeddings, masks and IoU for click, box, click+box and click+box+mask, multimask and single."""
 
 from __future__ import annotations
 
+import gzip
+import io
 from pathlib import Path
 
 import pytest
@@ -13,13 +15,17 @@ from imis.models.build import build_sam_vit
 from imis.models.formats import load_strict, sam_med2d
 
 TOL = 1e-4
-FIXTURE = Path(__file__).parent / "fixtures" / "sam_med2d_small.pt"
+FIXTURE = Path(__file__).parent / "fixtures" / "sam_med2d_small.pt.gz"
 CASES = ["click", "box", "click_box", "click_box_mask"]
+
+
+def load_fixture() -> dict:
+    return torch.load(io.BytesIO(gzip.decompress(FIXTURE.read_bytes())), weights_only=False)
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    return torch.load(FIXTURE, weights_only=False)
+    return load_fixture()
 
 
 @pytest.fixture(scope="module")
