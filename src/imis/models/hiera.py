@@ -164,8 +164,8 @@ class Hiera(nn.Module):
     """(B, 3, H, W) -> the last block of each stage as (B, C_k, H / 4 / 2^k, W / 4 / 2^k), k = 0..3,
     highest resolution first (SAM 2: C_k = embed_dim * 2^k).
 
-    Defaults: Hiera-B+ as SAM 2 configures it, except ``embed_dim`` / ``num_heads`` / ``stages`` /
-    ``global_att_blocks`` / ``window_spec`` / ``window_pos_embed_bkg_spatial_size`` which each size sets.
+    The defaults are Hiera-B+ (SAM 2's B+ config sets only its width 112 and 2 heads); the other sizes
+    also set their stages, global blocks, windows and background grid (``build_sam2.SAM2_SIZES``).
     """
 
     def __init__(
