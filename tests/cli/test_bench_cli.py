@@ -73,3 +73,49 @@ def test_bad_prompts_files_are_refused(btcv_dir, tmp_path, capsys):
     assert _bench(btcv_dir, tmp_path / "r2", "--prompts", str(broken)) == 2
     err = _one_line_error(capsys)
     assert str(broken) in err and "not a valid prompt file" in err
+
+
+def test_checkpoints_are_given_per_model():
+    from imis.bench.commands import parse_checkpoints
+    from imis.errors import InputError
+
+    models = ("sam2-hiera-b+", "sam-med2d-b", "grabcut")
+    got = parse_checkpoints(["sam2-hiera-b+=a.pt", "sam-med2d-b=dir/b=1.pth"], models)
+    assert got == {"sam2-hiera-b+": "a.pt", "sam-med2d-b": "dir/b=1.pth"}
+    assert parse_checkpoints(["x=y.pt"], ("sam2-hiera-t", "grabcut")) == {"sam2-hiera-t": "x=y.pt"}
+    assert parse_checkpoints(None, models) == {}
+    for specs, message in [
+        (["a.pt"], "name the model it is for"),
+        (["sam2-hiera-t=a.pt"], "sam2-hiera-t is not among --models"),
+        (["grabcut=a.pt"], "grabcut is a baseline"),
+        (["sam-med2d-b=a.pth", "sam-med2d-b=b.pth"], "two files for sam-med2d-b"),
+    ]:
+        try:
+            parse_checkpoints(specs, models)
+        except InputError as exc:
+            assert message in str(exc)
+        else:
+            raise AssertionError(f"{specs} accepted")
+
+
+def test_bench_passes_each_model_its_checkpoint(btcv_dir, tmp_path, capsys, monkeypatch):
+    # litemedsam given its own weight file explicitly: the file reaches load_model for that model only.
+    from imis.bench import runner
+    from imis.models import registry
+
+    seen = {}
+    real = registry.load_model
+
+    def spy(name, checkpoint=None, device="cpu", dtype=None):
+        seen[name] = checkpoint
+        return real(name, checkpoint=checkpoint, device=device, dtype=dtype)
+
+    monkeypatch.setattr(registry, "load_model", spy)
+    weights = registry.get_spec("litemedsam").weights_path()
+    out = tmp_path / "run"
+    argv = ["bench", "--models", "litemedsam,grabcut", "--data", f"{btcv_dir}:test", "--limit-images", "1"]
+    assert main(argv + ["--no-progress", "-o", str(out), "--checkpoint", f"litemedsam={weights}"]) == 0
+    assert seen == {"litemedsam": str(weights)}
+    assert json.loads((out / "config.json").read_text())["checkpoints"] == {"litemedsam": str(weights)}
+    assert runner.load_any_model.__defaults__[-1] is None
+    capsys.readouterr()

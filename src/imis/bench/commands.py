@@ -8,7 +8,7 @@ from pathlib import Path
 from imis.bench.volume import VOLUME_PROTOCOLS
 from imis.errors import InputError
 
-__all__ = ["cmd_bench", "cmd_report", "register_bench_commands"]
+__all__ = ["cmd_bench", "cmd_report", "parse_checkpoints", "register_bench_commands"]
 
 BENCH_HELP = """\
 Benchmark interactive segmentation models on one dataset split with seeded, replayed prompts.
@@ -42,6 +42,9 @@ protocols:
 --prompts FILE replays a prompt file (e.g. another run's RUN_DIR/prompts.json); a file made for
 other data is refused.
 
+--checkpoint MODEL=FILE gives a model without embedded weights its weight file (see 'imis models':
+"pass --checkpoint"); repeat it, once per model. With a single learned model, --checkpoint FILE is enough.
+
 examples:
   imis bench --models litemedsam,grabcut --data data/btcv-demo:test --protocol single -o runs/single
   imis bench --models litemedsam --data data/btcv-demo --protocol iterative --seed 1 -o runs/iter
@@ -51,6 +54,9 @@ examples:
   imis bench --models imis-lite --data data/btcv-demo:train --cases ABD_034,ABD_035,ABD_036 \\
       --protocol iterative -o runs/val-iter     # a validation split held out of training
   imis bench --models imis-lite --data Task04_Hippocampus --protocol volume --nsd-tolerance 1 -o runs/vol
+  imis bench --models sam2-hiera-b+,sam-med2d-b,medsam-vit-b --data data/btcv-demo -o runs/paper-models \\
+      --checkpoint sam2-hiera-b+=sam2.1_hiera_base_plus.pt --checkpoint sam-med2d-b=sam-med2d_b.pth \\
+      --checkpoint medsam-vit-b=medsam_vit_b.pth
   imis report runs/single runs/iter
 """
 
@@ -69,6 +75,33 @@ def _parse_cases(spec: str | None) -> tuple[str, ...]:
     if not cases:
         raise InputError(f"--cases: no case id in {spec!r} (pass e.g. --cases ABD_034,ABD_035)")
     return cases
+
+
+def parse_checkpoints(specs: list[str] | None, models: tuple[str, ...]) -> dict[str, str]:
+    """``--checkpoint MODEL=FILE`` (repeatable) -> {model: file}; a bare FILE goes to the only learned
+    model. Refuses a file for a model that is not benchmarked or is a baseline, and two for one model."""
+    from imis.bench.runner import BASELINES
+    from imis.models.registry import REGISTRY
+
+    learned = [m for m in models if m not in BASELINES]
+    out: dict[str, str] = {}
+    for spec in specs or []:
+        name, sep, path = spec.partition("=")
+        if not (sep and name in models):
+            if sep and (name in REGISTRY or name in BASELINES):
+                raise InputError(f"--checkpoint {spec}: {name} is not among --models ({', '.join(models)})")
+            if len(learned) != 1:
+                raise InputError(
+                    f"--checkpoint {spec}: name the model it is for (MODEL=FILE) when benchmarking "
+                    f"{len(learned)} learned models"
+                )
+            name, path = learned[0], spec
+        if name in BASELINES:
+            raise InputError(f"--checkpoint {spec}: {name} is a baseline, it takes no weights")
+        if name in out:
+            raise InputError(f"--checkpoint: two files for {name} ({out[name]}, {path})")
+        out[name] = path
+    return out
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -98,6 +131,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         limit_images=args.limit_images,
         device=args.device,
         prompts_file=args.prompts,
+        checkpoints=parse_checkpoints(args.checkpoint, models),
     )
     summary = run_bench(config, args.output, progress=not args.no_progress)
     print(format_table(merge_runs([args.output])), end="")
@@ -165,6 +199,14 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FILE",
         help="replay this prompt file (made for the same data) instead of generating prompts from --seed",
+    )
+    b.add_argument(
+        "--checkpoint",
+        action="append",
+        default=None,
+        metavar="MODEL=FILE",
+        help="weight file of a model without embedded weights; repeat once per model (a bare FILE: the "
+        "only learned model)",
     )
     b.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     b.add_argument(

@@ -35,6 +35,7 @@ class BenchConfig:
     limit_images: int | None = None
     device: str = "cpu"
     prompts_file: Path | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)  # model name -> weight file (--checkpoint)
     model_loader: Callable[[str], PromptableModel] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:

@@ -66,8 +66,9 @@ __all__ = ["BASELINES", "BenchConfig", "load_any_model", "run_bench"]
 BASELINES = ("grabcut", "random-walker")
 
 
-def load_any_model(name: str, device: str = "cpu") -> PromptableModel:
-    """A registry model (``load_model``) or a weight-free baseline (``grabcut``, ``random-walker``)."""
+def load_any_model(name: str, device: str = "cpu", checkpoint: str | Path | None = None) -> PromptableModel:
+    """A registry model (``load_model``, with ``checkpoint`` for one without embedded weights) or a
+    weight-free baseline (``grabcut``, ``random-walker``)."""
     if name in BASELINES:
         try:
             from imis.bench.baselines import load_baseline
@@ -76,7 +77,7 @@ def load_any_model(name: str, device: str = "cpu") -> PromptableModel:
         return load_baseline(name)
     from imis.models.registry import load_model
 
-    return load_model(name, device=device)
+    return load_model(name, checkpoint=checkpoint, device=device)
 
 
 def _group_of(target: str) -> str:
@@ -499,7 +500,9 @@ def run_bench(
             row = run.base("*", b["image"], None, "label", 0)
             row.update(status="skipped", reason=b["reason"])
             writer.write(row)
-        loader = config.model_loader or (lambda n: load_any_model(n, config.device))
+        loader = config.model_loader or (
+            lambda n: load_any_model(n, config.device, config.checkpoints.get(n))
+        )
         for name in config.models:
             model = loader(name)
             it = _progress(images, len(images), name, progress)

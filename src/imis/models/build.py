@@ -16,7 +16,7 @@ from imis.models.prompt_encoder import PromptEncoder
 from imis.models.segmenter import PromptableSegmenter
 from imis.models.transformer import TwoWayTransformer
 
-__all__ = ["build_imis_net", "build_imis_net_b", "build_sam_vit", "build_sam_vit_b"]
+__all__ = ["build_imis_net", "build_imis_net_b", "build_sam_med2d_b", "build_sam_vit", "build_sam_vit_b"]
 
 
 def _prompt_and_decoder(
@@ -73,8 +73,12 @@ def build_sam_vit(
     iou_head_depth: int = 3,
     iou_head_hidden_dim: int = 256,
     num_multimask_outputs: int = 3,
+    encoder_adapter: bool = False,
 ) -> PromptableSegmenter:
-    """Segment Anything with a ViT encoder (defaults: ViT-B at 1024 px, 256-d prompts)."""
+    """Segment Anything with a ViT encoder (defaults: ViT-B at 1024 px, 256-d prompts).
+
+    encoder_adapter: SAM-Med2D's adapter layers in every encoder block (SAM-Med2D: 256 px, adapters on).
+    """
     grid = img_size // patch_size
     image_encoder = ImageEncoderViT(
         img_size=img_size,
@@ -88,6 +92,7 @@ def build_sam_vit(
         use_rel_pos=True,
         window_size=window_size,
         global_attn_indexes=tuple(encoder_global_attn_indexes),
+        adapter=encoder_adapter,
     )
     prompt_encoder, mask_decoder = _prompt_and_decoder(
         img_size,
@@ -107,6 +112,11 @@ def build_sam_vit(
 def build_sam_vit_b() -> PromptableSegmenter:
     """The official SAM ViT-B layout (also MedSAM's)."""
     return build_sam_vit()
+
+
+def build_sam_med2d_b() -> PromptableSegmenter:
+    """SAM-Med2D's released ViT-B: SAM ViT-B at 256 px (16x16 grid) with adapters in every block."""
+    return build_sam_vit(img_size=256, encoder_adapter=True)
 
 
 def build_imis_net(

@@ -3,8 +3,9 @@ positions, a convolutional neck).
 
 Parameter names are exactly those of the official Segment Anything ``ImageEncoderViT`` (``patch_embed.proj``,
 ``pos_embed`` stored NHWC, ``blocks.{i}.{norm1,attn.qkv,attn.proj,attn.rel_pos_h,attn.rel_pos_w,norm2,
-mlp.lin1,mlp.lin2}``, ``neck.{0..3}``), so SAM / MedSAM / SAM-Med2D checkpoints load by name, and the
-timm ``samvit`` trunk of IMIS-Net loads after renaming ``mlp.fc1/fc2`` (see ``imis.models.formats``).
+mlp.lin1,mlp.lin2}``, ``neck.{0..3}``), so SAM / MedSAM checkpoints load by name, SAM-Med2D's after
+renaming its adapters, and the timm ``samvit`` trunk of IMIS-Net after renaming ``mlp.fc1/fc2`` (see
+``imis.models.formats``).
 
 Computation is the reference one (same padding, same interpolation of position tables), arranged to be
 fast on CPU:
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imis.models.adapter import SpatialChannelAdapter
 from imis.models.common import LayerNorm2d, MLPBlock
 
 __all__ = ["ImageEncoderViT", "get_rel_pos", "resample_pos_embed"]
@@ -236,6 +238,7 @@ class Block(nn.Module):
         input_size: tuple[int, int] | None = None,
         norm_eps: float = 1e-6,
         act_layer: type[nn.Module] = nn.GELU,
+        adapter: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
@@ -250,10 +253,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLPBlock(dim, int(dim * mlp_ratio), act=act_layer)
         self.window_size = window_size
+        # SAM-Med2D: an adapter beside the MLP, on the same normalised input.
+        self.adapter = SpatialChannelAdapter(dim) if adapter else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), self.window_size)
-        return x + self.mlp(self.norm2(x))
+        if self.adapter is None:
+            return x + self.mlp(self.norm2(x))
+        normed = self.norm2(x)
+        return x + self.mlp(normed) + self.adapter(normed)
 
 
 class ImageEncoderViT(nn.Module):
@@ -262,6 +270,7 @@ class ImageEncoderViT(nn.Module):
     ``img_size`` is the training resolution: it sizes the stored absolute position grid and the
     relative position tables of the global blocks. Other input sizes (multiples of ``patch_size``) run
     with both resampled (bicubic for the absolute grid, linear for the tables), as timm's samvit does.
+    ``adapter``: SAM-Med2D's adapter in every block (``blocks.{i}.adapter.*``).
     """
 
     def __init__(
@@ -280,6 +289,7 @@ class ImageEncoderViT(nn.Module):
         window_size: int = 14,
         global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11),
         norm_eps: float = 1e-6,
+        adapter: bool = False,
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -299,6 +309,7 @@ class ImageEncoderViT(nn.Module):
                 window_size=0 if i in global_attn_indexes else window_size,
                 input_size=(grid, grid),
                 norm_eps=norm_eps,
+                adapter=adapter,
             )
             for i in range(depth)
         )

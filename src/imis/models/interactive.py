@@ -31,9 +31,12 @@ __all__ = [
 
 @dataclass
 class Embedding:
-    """The cached result of the image encoder for one image: features (1, C, h, w) and its frame."""
+    """The cached result of the image encoder for one image: features (1, C, h, w) and its frame.
 
-    features: torch.Tensor
+    SAM 2's features are a tuple: the (1, C, h, w) embedding and its two high-resolution skip maps.
+    """
+
+    features: torch.Tensor | tuple[torch.Tensor, ...]
     frame: Frame
 
 
@@ -184,15 +187,20 @@ class InteractiveModel:
         prepared = [prepare_image(im, self.preprocess, name) for im in images]
         feats = self._run_encoder(torch.cat([x for x, _ in prepared]))
         # clone: a slice of the batch would keep the whole batch alive in an embedding cache.
+        if isinstance(feats, tuple):
+            return [
+                Embedding(tuple(t[i : i + 1].clone() for t in feats), f) for i, (_, f) in enumerate(prepared)
+            ]
         return [Embedding(feats[i : i + 1].clone(), f) for i, (_, f) in enumerate(prepared)]
 
     def _run_encoder(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device)
         if self.dtype is not None:
             with torch.autocast(self.device.type, dtype=self.dtype):
-                feats = self.net.image_encoder(x)
-            return feats.float()
-        return self.net.image_encoder(x)
+                feats = self.net.encode_image(x)
+            # SAM 2's encoder returns a tuple (high-res features and the embedding)
+            return tuple(f.float() for f in feats) if isinstance(feats, tuple) else feats.float()
+        return self.net.encode_image(x)
 
     def text_embedding(self, text: str) -> torch.Tensor:
         if "text" not in self.prompt_types or self._text_fn is None:

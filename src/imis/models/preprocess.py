@@ -8,6 +8,11 @@ choice we would make ourselves:
 - Segment Anything (SAM ViT-B): uint8 RGB, longest side to 1024, ImageNet mean/std on 0-255, padding.
 - MedSAM (ViT-B): square bicubic resize to 1024, min-max to [0, 1], no mean/std.
 - IMIS-Net: square *nearest* resize to the input size, ImageNet mean/std on 0-255 RGB.
+- SAM 2: square bilinear resize to 1024 (antialiased when shrinking, as torchvision's ``Resize`` on a
+  tensor), ImageNet mean/std.
+- SAM-Med2D: ImageNet mean/std on 0-255 RGB, square *nearest* resize to 256 (its predictor).
+- Huang et al. (MedIA 2024): intensities clipped to their 0.95th-99.5th percentiles, min-max to 0-255
+  (zeros stay zero), truncated to uint8, then SAM's recipe (longest side to 1024, ImageNet, padding).
 
 A :class:`Frame` records how native pixel coordinates map to the network input so that prompts go in
 and masks come out at the image's native resolution.
@@ -34,17 +39,19 @@ class Preprocess:
 
     input_size: side of the square network input.
     resize: "longest_side" keeps the aspect ratio and pads bottom/right; "square" stretches.
-    interpolation: torch interpolation mode for the image resize.
+    interpolation: torch interpolation mode for the image resize ("bilinear_antialias": bilinear with
+        antialiasing, which only changes shrinking).
     intensity: "minmax01" scales the image to [0, 1]; "imagenet" maps it to 0-255 and applies
-        ImageNet mean/std.
+        ImageNet mean/std; "percentile_imagenet" first clips to the 0.95th-99.5th percentiles and
+        rescales to uint8 0-255 (Huang et al.), then applies ImageNet mean/std.
     minmax_before_resize: LiteMedSAM normalises the native image, then resizes (the order changes
         the values at edges).
     """
 
     input_size: int = 256
     resize: Literal["longest_side", "square"] = "longest_side"
-    interpolation: Literal["bilinear", "nearest", "bicubic"] = "bilinear"
-    intensity: Literal["minmax01", "imagenet"] = "minmax01"
+    interpolation: Literal["bilinear", "nearest", "bicubic", "bilinear_antialias"] = "bilinear"
+    intensity: Literal["minmax01", "imagenet", "percentile_imagenet"] = "minmax01"
     minmax_before_resize: bool = True
 
 
@@ -128,11 +135,15 @@ def prepare_image(image: np.ndarray, pre: Preprocess, name: str = "image") -> tu
     elif pre.intensity == "imagenet" and not _is_uint8_range(rgb):
         # The ImageNet statistics assume 0-255 RGB; other ranges (CT HU, 16-bit MR) are rescaled.
         x = _minmax(x) * 255.0
-    align = None if pre.interpolation == "nearest" else False
-    x = F.interpolate(x, size=frame.valid_hw, mode=pre.interpolation, align_corners=align)
+    elif pre.intensity == "percentile_imagenet":
+        x = torch.from_numpy(np.ascontiguousarray(percentile_uint8(rgb))).permute(2, 0, 1)[None]
+    mode = "bilinear" if pre.interpolation == "bilinear_antialias" else pre.interpolation
+    align = None if mode == "nearest" else False
+    antialias = pre.interpolation == "bilinear_antialias"
+    x = F.interpolate(x, size=frame.valid_hw, mode=mode, align_corners=align, antialias=antialias)
     if pre.intensity == "minmax01" and not pre.minmax_before_resize:
         x = _minmax(x)
-    if pre.intensity == "imagenet":
+    if pre.intensity in ("imagenet", "percentile_imagenet"):
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         x = (x - mean) / std
@@ -141,6 +152,17 @@ def prepare_image(image: np.ndarray, pre: Preprocess, name: str = "image") -> tu
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h))
     return x.contiguous(), frame
+
+
+def percentile_uint8(rgb: np.ndarray, low: float = 0.95, high: float = 99.5) -> np.ndarray:
+    """Huang et al.'s intensity recipe: clip to the ``low``-th / ``high``-th percentiles (over all
+    channels), min-max to 0-255, zero where the input is zero, truncated to integers: float32 (H, W, 3)."""
+    lo, hi = np.percentile(rgb, [low, high])
+    clipped = np.clip(rgb, lo, hi)
+    span = float(clipped.max() - clipped.min())
+    out = (clipped - clipped.min()) / (span if span > 0 else 1.0) * 255.0
+    out[rgb == 0] = 0
+    return np.floor(out).astype(np.float32)
 
 
 def _is_uint8_range(a: np.ndarray) -> bool:

@@ -73,6 +73,23 @@ def default_model_name() -> str:
 
 
 _IMAGENET_1024_SQUARE_NEAREST = Preprocess(1024, "square", "nearest", "imagenet", False)
+_SAM2_PREPROCESS = Preprocess(1024, "square", "bilinear_antialias", "imagenet", False)
+_SAM2_SIZES = {"t": "Hiera-T", "s": "Hiera-S", "b+": "Hiera-B+", "l": "Hiera-L"}
+
+
+def _sam2_spec(size: str) -> ModelSpec:
+    return ModelSpec(
+        name=f"sam2-hiera-{size}",
+        description=f"SAM 2 {_SAM2_SIZES[size]} on single images (released SAM 2 / 2.1 layout; pass --checkpoint)",
+        arch="sam2",
+        arch_kwargs={"size": size},
+        layout="sam2",
+        preprocess=_SAM2_PREPROCESS,
+        multimask="auto",  # SAM 2's predictor: three masks for a lone click, else one (stability rule)
+        prompt_types=frozenset({"box", "point", "mask"}),
+        license="Apache-2.0",
+    )
+
 
 REGISTRY: dict[str, ModelSpec] = {
     spec.name: spec
@@ -135,6 +152,32 @@ REGISTRY: dict[str, ModelSpec] = {
             prompt_types=frozenset({"box", "point", "mask", "text"}),
             license="Apache-2.0 (IMIS-Bench); weights under their release terms",
         ),
+        *(_sam2_spec(size) for size in _SAM2_SIZES),
+        ModelSpec(
+            name="sam-med2d-b",
+            description="SAM-Med2D ViT-B with adapters, 256 px (released layout; pass --checkpoint)",
+            arch="sam-med2d",
+            arch_kwargs={"img_size": 256, "encoder_adapter": True},
+            layout="sam-med2d",
+            # its predictor: ImageNet mean/std on 0-255 RGB, then a square nearest resize to 256
+            preprocess=Preprocess(256, "square", "nearest", "imagenet", False),
+            multimask="best_iou",  # its predictor and test.py take the best of three by predicted IoU
+            prompt_types=frozenset({"box", "point", "mask"}),
+            license="Apache-2.0",
+        ),
+        ModelSpec(
+            name="huang2024-vit-b",
+            description="Huang et al. (MedIA 2024) SAM ViT-B fine-tuned on boxes (SAM layout; pass --checkpoint)",
+            arch="sam-vit",
+            arch_kwargs={},
+            layout="sam",
+            preprocess=Preprocess(1024, "longest_side", "bilinear", "percentile_imagenet", False),
+            # their test takes the best of three masks against the ground truth, which needs the answer;
+            # the best by predicted IoU is the nearest choice without it
+            multimask="best_iou",
+            prompt_types=frozenset({"box", "mask"}),  # trained and evaluated with boxes only
+            license="unspecified (no license in the release repository; SAM weights Apache-2.0)",
+        ),
     )
 }
 
@@ -157,10 +200,26 @@ def spec_for_architecture(arch: str) -> ModelSpec:
     return get_spec(a.recipe)
 
 
-def read_checkpoint(path: Path) -> Any:
+def read_checkpoint(path: Path, tolerant: bool = False) -> Any:
+    """A user's weight file, loaded with weights_only=True (a malicious pickle cannot run code).
+
+    tolerant: for layouts whose releases also pickle Python objects beside the weights (SAM-Med2D
+    saves its optimizer): where weights_only refuses the file, read it again with every non-tensor
+    object replaced by an inert placeholder (formats/tolerant.py); still nothing of the pickle runs.
+    """
     from imis.models.formats.torchfile import load_torch_file
 
-    return load_torch_file(path)  # weights_only=True: a malicious pickle cannot run code
+    try:
+        return load_torch_file(path)
+    except CheckpointError as exc:
+        if not tolerant or "refused" not in str(exc):
+            raise
+        from imis.models.formats.tolerant import load_tolerant
+
+        try:
+            return load_tolerant(Path(path))
+        except Exception:
+            raise exc from None
 
 
 def is_imis_checkpoint(obj: Any) -> bool:
@@ -199,7 +258,8 @@ def load_model(
     name: a registry name; may be None when `checkpoint` is one of our own files.
     checkpoint: a weight file; required for models without embedded weights.
     """
-    obj = read_checkpoint(Path(checkpoint)) if checkpoint is not None else None
+    tolerant = name in REGISTRY and REGISTRY[name].layout == "sam-med2d"
+    obj = read_checkpoint(Path(checkpoint), tolerant=tolerant) if checkpoint is not None else None
     if obj is not None and is_imis_checkpoint(obj):
         return _load_own(obj, Path(checkpoint), name, device, dtype)
     if name is None:

@@ -88,6 +88,30 @@ def _build_imis_net(**kw: Any) -> torch.nn.Module:
     return build_imis_net(**kw)
 
 
+def _build_sam2(**kw: Any) -> torch.nn.Module:
+    from imis.models.build_sam2 import build_sam2
+
+    return build_sam2(**kw)
+
+
+# The configuration of tests/models/fixtures/sam2_small.pt.gz: 96 px, Hiera stages 1/2/2/1.
+_SMALL_SAM2 = {
+    "size": None,
+    "image_size": 96,
+    "trunk": {
+        "embed_dim": 8,
+        "num_heads": 1,
+        "stages": (1, 2, 2, 1),
+        "global_att_blocks": (4,),
+        "window_spec": (8, 4, 4, 2),
+        "window_pos_embed_bkg_spatial_size": (4, 4),
+    },
+    "d_model": 32,
+    "decoder_mlp_dim": 64,
+    "decoder_num_heads": 4,
+    "iou_head_hidden_dim": 32,
+}
+
 _SMALL_LITE = {"img_size": 64, "decoder_mlp_dim": 32, "iou_head_hidden_dim": 16}
 _SMALL_VIT = {"img_size": 64, "window_size": 2, "prompt_dim": 32, "decoder_mlp_dim": 32}
 
@@ -118,6 +142,24 @@ ARCHITECTURES: dict[str, Architecture] = {
                 "encoder_global_attn_indexes": (1,),
                 "decoder_num_heads": 2,
                 "iou_head_hidden_dim": 16,
+            },
+        ),
+        Architecture("sam2", _build_sam2, "sam2", recipe="sam2-hiera-b+", small_kwargs=_SMALL_SAM2),
+        # SAM ViT with SAM-Med2D's adapters: its own layout (the adapters are renamed)
+        Architecture(
+            "sam-med2d",
+            _build_sam_vit,
+            "sam-med2d",
+            recipe="sam-med2d-b",
+            small_kwargs={
+                **_SMALL_VIT,
+                "encoder_embed_dim": 32,
+                "encoder_depth": 2,
+                "encoder_num_heads": 2,
+                "encoder_global_attn_indexes": (1,),
+                "decoder_num_heads": 2,
+                "iou_head_hidden_dim": 16,
+                "encoder_adapter": True,
             },
         ),
         Architecture(
@@ -183,6 +225,30 @@ def _litemedsam_out(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return litemedsam.to_foreign(sd)
 
 
+def _sam2_in(obj: Any) -> dict[str, torch.Tensor]:
+    from imis.models.formats import sam2
+
+    return sam2.to_internal(sam2.unwrap(obj))
+
+
+def _sam2_out(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from imis.models.formats import sam2
+
+    return sam2.to_foreign(sd)
+
+
+def _sam_med2d_in(obj: Any) -> dict[str, torch.Tensor]:
+    from imis.models.formats import sam_med2d
+
+    return sam_med2d.to_internal(sam_med2d.unwrap(obj))
+
+
+def _sam_med2d_out(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from imis.models.formats import sam_med2d
+
+    return sam_med2d.to_foreign(sd)
+
+
 LAYOUTS: dict[str, WeightLayout] = {
     w.name: w
     for w in (
@@ -203,6 +269,19 @@ LAYOUTS: dict[str, WeightLayout] = {
             _litemedsam_in,
             _litemedsam_out,
             "LiteMedSAM layout (TinyViT image_encoder.*, SAM prompt_encoder.*/mask_decoder.*)",
+        ),
+        WeightLayout(
+            "sam2",
+            _sam2_in,
+            _sam2_out,
+            "released SAM 2 / 2.1 layout ({'model': ...} with image_encoder.trunk.*, image_encoder.neck.*, "
+            "sam_prompt_encoder.*, sam_mask_decoder.*, no_mem_embed; video memory parts ignored)",
+        ),
+        WeightLayout(
+            "sam-med2d",
+            _sam_med2d_in,
+            _sam_med2d_out,
+            "released SAM-Med2D layout (SAM ViT-B at 256 px with image_encoder.blocks.*.Adapter.*)",
         ),
     )
 }

@@ -31,6 +31,8 @@ def _plain(value: Any, depth: int = 0) -> bool:
         return True
     if isinstance(value, (list, tuple)) and depth < 2:
         return all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, Mapping) and depth < 2:  # SAM 2's trunk settings are one nested dict
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
     return False
 
 
