@@ -185,6 +185,8 @@ class BenchConfig:
     limit_images: int | None = None
     device: str = "cpu"
     prompts_file: Path | None = None
+    backend: str = "torch"
+    precision: str = "fp32"
     model_loader: Callable[[str], Any] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
@@ -219,17 +221,20 @@ class BenchConfig:
         return d
 
 
-def load_any_model(name: str, device: str = "cpu") -> Any:
-    """A registry model (``load_model``) or a weight-free baseline (``grabcut``, ``random-walker``)."""
+def load_any_model(name: str, device: str = "cpu", backend: str = "torch", precision: str = "fp32") -> Any:
+    """A registry model (``load_model`` on ``backend`` at ``precision``, see
+    ``imis.models.onnx.backend.resolve_runtime``) or a weight-free baseline (``grabcut``, ``random-walker``)."""
     if name in BASELINES:
         try:
             from imis.bench.baselines import load_baseline
         except ImportError as exc:
             raise InputError(f"baseline {name!r} is not available ({exc})") from None
         return load_baseline(name)
+    from imis.models.onnx.backend import resolve_runtime
     from imis.models.registry import load_model
 
-    return load_model(name, device=device)
+    backend, dtype = resolve_runtime(backend, precision, device, name)
+    return load_model(name, device=device, dtype=dtype, backend=backend)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -792,7 +797,9 @@ def run_bench(
             row = run.base("*", b["image"], None, "label", 0)
             row.update(status="skipped", reason=b["reason"])
             writer.write(row)
-        loader = config.model_loader or (lambda n: load_any_model(n, config.device))
+        loader = config.model_loader or (
+            lambda n: load_any_model(n, config.device, config.backend, config.precision)
+        )
         for name in config.models:
             model = loader(name)
             it = _progress(images, len(images), name, progress)
