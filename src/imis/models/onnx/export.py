@@ -36,7 +36,14 @@ QUANTIZE_CHOICES = ("int8",)
 ENCODER_FILE, DECODER_FILE, ENCODER_INT8_FILE = "encoder.onnx", "decoder.onnx", "encoder.int8.onnx"
 STANDALONE_FILE = "run_onnx.py"
 
-__all__ = ["export_onnx", "check_opset", "SUPPORTED_OPSETS", "DEFAULT_OPSET"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "SUPPORTED_OPSETS",
+    "check_opset",
+    "export_decoder",
+    "export_encoder",
+    "export_onnx",
+]
 
 
 def check_opset(opset: int) -> int:
@@ -132,15 +139,44 @@ def _decoder_inputs(net, emb_shape: tuple[int, ...], with_text: bool) -> tuple[t
     return tuple(args), dynamic
 
 
+def export_encoder(
+    encoder: torch.nn.Module, input_size: int, path: Path, opset: int = DEFAULT_OPSET
+) -> tuple:
+    """An image encoder -> ONNX graph ``image`` (1, 3, S, S) -> ``image_embeddings``; returns its shape."""
+    image = torch.zeros(1, 3, input_size, input_size)
+    with torch.no_grad():
+        shape = tuple(encoder(image).shape)
+    _export(
+        encoder,
+        (image,),
+        Path(path),
+        check_opset(opset),
+        {"inputs": ["image"], "outputs": ["image_embeddings"]},
+    )
+    return shape
+
+
+def export_decoder(net: torch.nn.Module, emb_shape: tuple, path: Path, opset: int = DEFAULT_OPSET) -> None:
+    """A PromptableSegmenter's prompt encoder + mask decoder -> the ONNX decoder graph (DecoderGraph)."""
+    with_text = has_text_path(net)
+    args, dynamic = _decoder_inputs(net, emb_shape, with_text)
+    names = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
+    names += ["text_embedding"] if with_text else []
+    io = {"inputs": names, "outputs": ["low_res_masks", "iou_predictions"]}
+    _export(DecoderGraph(net).eval(), args, Path(path), check_opset(opset), io, dynamic)
+
+
 def export_onnx(
     model,
     out_dir: str | Path,
     opset: int = DEFAULT_OPSET,
     quantize: str | None = None,
+    encoder: bool = True,
 ) -> dict:
     """Write ``model`` (an InteractiveModel on the torch backend) as an ONNX export into ``out_dir``.
 
-    Returns the manifest (also written to ``out_dir/manifest.json``).
+    encoder=False writes the decoder only (benchmarks of the click path). Returns the manifest (also
+    written to ``out_dir/manifest.json``).
     """
     opset = check_opset(opset)
     if quantize is not None and quantize not in QUANTIZE_CHOICES:
@@ -152,34 +188,35 @@ def export_onnx(
     net = copy.deepcopy(model.net).float().cpu().eval()  # tracing must not touch the live model's caches
     weights_id = weights_sha256(net.state_dict())
     s = model.preprocess.input_size
-    image = torch.zeros(1, 3, s, s)
-    with torch.no_grad():
-        emb_shape = tuple(net.image_encoder(image).shape)
-    with_text = has_text_path(net)
-    io_names = {"inputs": ["image"], "outputs": ["image_embeddings"]}
-    _export(net.image_encoder, (image,), out / ENCODER_FILE, opset, io_names)
-    args, dynamic = _decoder_inputs(net, emb_shape, with_text)
-    names = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
-    names += ["text_embedding"] if with_text else []
-    dec_names = {"inputs": names, "outputs": ["low_res_masks", "iou_predictions"]}
-    _export(DecoderGraph(net).eval(), args, out / DECODER_FILE, opset, dec_names, dynamic)
-    files = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
+    files = {}
+    if encoder:
+        emb_shape = export_encoder(net.image_encoder, s, out / ENCODER_FILE, opset)
+        files["encoder"] = ENCODER_FILE
+    else:
+        emb_shape = _embedding_shape(net, s)
+    export_decoder(net, emb_shape, out / DECODER_FILE, opset)
+    files["decoder"] = DECODER_FILE
     for role, fname in files.items():
         _set_metadata(out / fname, {META_MODEL: model.name, META_ROLE: role, META_WEIGHTS: weights_id})
     precision = "fp32"
-    if quantize == "int8":
+    if quantize == "int8" and encoder:
         quantize_encoder(out / ENCODER_FILE, out / ENCODER_INT8_FILE)
         files["encoder_int8"] = ENCODER_INT8_FILE
         precision = "fp32 (encoder_int8: int8 weights, dynamic quantization)"
     shapes = {
         "embedding": list(emb_shape),
         "mask_input": [1, 1, *net.prompt_encoder.mask_input_size],
-        "text_dim": net.text_projection.out_features if with_text else None,
+        "text_dim": net.text_projection.out_features if has_text_path(net) else None,
     }
     manifest = build_manifest(model, weights_id, files, opset, precision, shapes)
     (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.copyfile(Path(__file__).with_name("standalone.py"), out / STANDALONE_FILE)
     return manifest
+
+
+def _embedding_shape(net: torch.nn.Module, input_size: int) -> tuple:
+    pe = net.prompt_encoder
+    return (1, pe.embed_dim, *pe.image_embedding_size)
 
 
 def quantize_encoder(src: Path, dst: Path) -> None:

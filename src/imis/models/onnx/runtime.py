@@ -106,6 +106,8 @@ class OnnxInteractiveModel:
         return f"OnnxInteractiveModel({self.name!r}, {self.folder}, {self.precision})"
 
     def encode(self, image: np.ndarray, name: str = "image") -> Embedding:
+        if self.encoder is None:
+            raise CheckpointError(f"{self.folder}: this export holds the decoder only (no encoder.onnx)")
         x, frame = prepare_image(image, self.preprocess, name)
         (feats,) = self.encoder.run(None, {"image": x.numpy()})
         return Embedding(torch.from_numpy(feats), frame)
