@@ -89,13 +89,15 @@ class OnnxInteractiveModel:
         self._text_fn = text_fn
         self._text_cache: dict[str, np.ndarray] = {}
         files = manifest["files"]
-        enc_file = files.get("encoder_int8") if int8 else files["encoder"]
-        if enc_file is None:
+        enc_file = files.get("encoder_int8" if int8 else "encoder")
+        if int8 and enc_file is None:
             raise CheckpointError(
                 f"{self.folder}: this export has no int8 encoder (export with --quantize int8)"
             )
         ident = {META_MODEL: self.name, META_WEIGHTS: manifest["weights_sha256"]}
-        self.encoder = _open_session(self.folder / enc_file, {**ident, META_ROLE: "encoder"}, threads)
+        self.encoder = None  # a decoder-only export (benchmarks of the click path) has none
+        if enc_file is not None:
+            self.encoder = _open_session(self.folder / enc_file, {**ident, META_ROLE: "encoder"}, threads)
         self.decoder = _open_session(self.folder / files["decoder"], {**ident, META_ROLE: "decoder"}, threads)
         self._dec_inputs = {i.name for i in self.decoder.get_inputs()}
         self._mask_shape = tuple(manifest["mask_input_shape"])
