@@ -300,7 +300,10 @@ def load_model(
     if backend != "torch" or (checkpoint is not None and Path(checkpoint).suffix in (".onnx", ".json")):
         from imis.models.onnx.backend import load_backend_model
 
-        return load_backend_model(name, checkpoint, device, dtype, backend)
+        def weights_of(n: str) -> Path | None:
+            return get_spec(n).weights_path()
+
+        return load_backend_model(name, checkpoint, device, dtype, backend, load_model, weights_of)
     obj = read_checkpoint(Path(checkpoint)) if checkpoint is not None else None
     if obj is not None and is_imis_checkpoint(obj):
         return _load_own(obj, Path(checkpoint), name, device, dtype)

@@ -99,14 +99,13 @@ def cached_export(model, weights: Path | None) -> Path:
     return folder
 
 
-def _lazy_text_fn(name: str, weights_id: str):
+def _lazy_text_fn(name: str, weights_id: str, load_model):
     """Text prompts of an opened export: the registry model's text tower, if its weights are the export's."""
     loaded: list = []
 
     def encode(text: str) -> torch.Tensor:
         if not loaded:
             from imis.models.onnx.manifest import weights_sha256
-            from imis.models.registry import load_model
 
             torch_model = load_model(name)
             if weights_sha256(torch_model.net.state_dict()) != weights_id:
@@ -120,10 +119,12 @@ def _lazy_text_fn(name: str, weights_id: str):
     return encode
 
 
-def load_backend_model(name, checkpoint, device, dtype, backend: str):
-    """The model ``name`` on ``backend`` ('onnx' or 'auto'); see the module docstring."""
-    from imis.models.registry import load_model
+def load_backend_model(name, checkpoint, device, dtype, backend: str, load_model, weights_of):
+    """The model ``name`` on ``backend`` ('onnx' or 'auto'); see the module docstring.
 
+    load_model: the registry's torch loader; weights_of: name -> its embedded weight file or None
+    (handed in by the registry, which this module does not import).
+    """
     if resolve_backend(backend, device) == "torch":
         if is_onnx_export(checkpoint):
             raise CheckpointError(f"{checkpoint}: an ONNX export needs --backend onnx (or auto on a CPU)")
@@ -138,20 +139,16 @@ def load_backend_model(name, checkpoint, device, dtype, backend: str):
 
         manifest, _ = read_manifest(checkpoint)
         text_fn = (
-            _lazy_text_fn(manifest["model"], manifest["weights_sha256"]) if manifest.get("text_dim") else None
+            _lazy_text_fn(manifest["model"], manifest["weights_sha256"], load_model)
+            if manifest.get("text_dim")
+            else None
         )
         return load_onnx_model(checkpoint, name, text_fn=text_fn, int8=int8)
     torch_model = load_model(name, checkpoint, "cpu", None)
-    weights = Path(checkpoint) if checkpoint is not None else _registry_weights(name)
+    weights = Path(checkpoint) if checkpoint is not None else (weights_of(name) if name else None)
     folder = cached_export(torch_model, weights)
     text_fn = torch_model.text_embedding if "text" in torch_model.prompt_types else None
     return load_onnx_model(folder, torch_model.name, text_fn=text_fn, int8=int8)
-
-
-def _registry_weights(name: str | None) -> Path | None:
-    from imis.models.registry import get_spec
-
-    return get_spec(name).weights_path() if name is not None else None
 
 
 # Models whose int8-weight encoder was measured to keep the masks (btcv-demo test Dice within 0.01 of
