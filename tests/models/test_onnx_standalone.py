@@ -4,6 +4,7 @@ no imis): the export's run_onnx.py follows manifest.json and segments the btcv-d
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import venv
@@ -19,6 +20,12 @@ from imis.prompts.boxes import tight_box
 LIVER = "liver"
 
 
+def _clean_env() -> dict[str, str]:
+    """This process's environment without what would let the venv see our packages (PYTHONPATH=src)."""
+    drop = {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV"}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
 def _bare_env(path):
     venv.EnvBuilder(with_pip=True, clear=True).create(path)
     py = path / "bin" / "python"
@@ -27,11 +34,14 @@ def _bare_env(path):
         capture_output=True,
         text=True,
         timeout=900,
+        env=_clean_env(),
+        cwd=path,
     )
     if pip.returncode:
         pytest.skip(f"pip could not install onnxruntime/numpy into a fresh venv: {pip.stderr.strip()[-300:]}")
     probe = "import importlib.util as u; print([m for m in ('torch', 'imis') if u.find_spec(m)])"
-    assert subprocess.run([str(py), "-c", probe], capture_output=True, text=True).stdout.strip() == "[]"
+    found = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, env=_clean_env(), cwd=path)
+    assert found.stdout.strip() == "[]", found.stdout + found.stderr
     return py
 
 

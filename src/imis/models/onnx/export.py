@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -79,9 +80,14 @@ def _export_mode():
     saved_sdpa, saved_budget = F.scaled_dot_product_attention, dict(image_encoder._BIAS_BUDGET)
     F.scaled_dot_product_attention = _math_sdpa
     image_encoder._BIAS_BUDGET["cpu"] = 1 << 40
+    # the exporter logs one warning per torchvision op it cannot register (torchvision is not installed)
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
+    saved_level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
+        quiet.setLevel(saved_level)
         F.scaled_dot_product_attention = saved_sdpa
         image_encoder._BIAS_BUDGET.clear()
         image_encoder._BIAS_BUDGET.update(saved_budget)
