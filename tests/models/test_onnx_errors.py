@@ -93,6 +93,11 @@ def test_runtime_option_conflicts():
     with pytest.raises(InputError, match="CPU only"):
         resolve_runtime("onnx", "fp32", "cuda")
     assert resolve_runtime("auto", "fp32", "cpu") == ("onnx", None)
+    assert resolve_runtime("onnx", "auto", "cpu", "imis-lite") == (
+        "onnx",
+        torch.qint8,
+    )  # measured to keep masks
+    assert resolve_runtime("onnx", "auto", "cpu", "sam-vit-b") == ("onnx", None)  # not measured: fp32
 
 
 def test_decoder_only_export_refuses_to_encode(sam_export):

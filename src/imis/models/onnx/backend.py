@@ -152,8 +152,10 @@ def load_backend_model(name, checkpoint, device, dtype, backend: str, load_model
 
 
 # Models whose int8-weight encoder was measured to keep the masks (btcv-demo test Dice within 0.01 of
-# fp32, README "ONNX export and runtime") and to be faster: `--precision auto` uses int8 only for them.
-INT8_KEEPS_MASKS: frozenset[str] = frozenset()
+# fp32) and to be faster (benchmarks/onnx_int8.py, README "ONNX export and runtime": box/click Dice
+# differences +0.0006/-0.0032 for imis-lite, -0.0022/-0.0004 for litemedsam; encoder 0.89x/0.87x):
+# `--precision auto` on the ONNX backend uses int8 only for them.
+INT8_KEEPS_MASKS: frozenset[str] = frozenset({"imis-lite", "litemedsam"})
 
 
 def resolve_runtime(
