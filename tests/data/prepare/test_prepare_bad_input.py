@@ -86,7 +86,7 @@ def test_broken_cases_reported_others_finish(bad_source, tmp_path, capsys):
 
 
 def test_command_exit_code_when_cases_fail(bad_source, tmp_path, capsys):
-    from imis.data.prepare import register_prepare_commands
+    from imis.data.prepare.commands import register_prepare_commands
 
     parser = argparse.ArgumentParser(prog="imis")
     register_prepare_commands(parser.add_subparsers(dest="command"))

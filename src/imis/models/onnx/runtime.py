@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from imis.errors import CheckpointError, PromptError
-from imis.models.interactive import Embedding, Prediction, PromptSpec, check_prompt_support
+from imis.models.interactive import (
+    Embedding,
+    InteractiveModel,
+    MultimaskPolicy,
+    Prediction,
+    PromptSpec,
+    check_prompt_support,
+)
 from imis.models.onnx.graphs import LABEL_BOX_BR, LABEL_BOX_TL, LABEL_PAD, LABEL_TEXT
 from imis.models.onnx.manifest import META_MODEL, META_ROLE, META_WEIGHTS, read_manifest
 from imis.models.preprocess import Preprocess, logits_to_native, prepare_image
@@ -83,6 +90,7 @@ class OnnxInteractiveModel:
         self.multimask = manifest["multimask"]
         self.prompt_types = frozenset(manifest["prompt_types"])
         self.license = manifest["license"]
+        self.spec = None  # an export carries its recipe in its manifest, not a registry spec
         self.device = torch.device("cpu")
         self.dtype = None
         self.precision = "int8" if int8 else "fp32"
@@ -130,8 +138,15 @@ class OnnxInteractiveModel:
         if not wanted - {"mask"}:
             raise PromptError("no prompt given: pass at least a click, a box or a text")
 
-    def decode(self, embedding: Embedding, prompts: PromptSpec, threshold: float = 0.0) -> Prediction:
-        """Decode one object from prompts in native pixel coordinates (as InteractiveModel.decode)."""
+    def decode(
+        self,
+        embedding: Embedding,
+        prompts: PromptSpec,
+        threshold: float = 0.0,
+        multimask: MultimaskPolicy | None = None,
+    ) -> Prediction:
+        """Decode one object from prompts in native pixel coordinates (as InteractiveModel.decode;
+        ``multimask``: this call's mask choice instead of the model's policy)."""
         self.check_supported(prompts)
         coords, labels = prompt_tokens(prompts, embedding.frame)
         feeds = {
@@ -150,23 +165,16 @@ class OnnxInteractiveModel:
                 self.text_embedding(text) if text is not None else np.zeros((1, self._text_dim), np.float32)
             )
         low_res, iou = self.decoder.run(None, feeds)
-        k = self._pick(iou[0], prompts)
+        k = (
+            1 + int(np.argmax(iou[0, 1:]))
+            if InteractiveModel._use_multimask(prompts, multimask or self.multimask)
+            else 0
+        )
         low = torch.from_numpy(low_res[:, k : k + 1])
         logits = logits_to_native(low, embedding.frame)[0, 0].numpy()
         return Prediction(
             mask=logits > threshold, logits=logits, low_res_logits=low, quality=float(iou[0, k])
         )
-
-    def _pick(self, iou: np.ndarray, prompts: PromptSpec) -> int:
-        """The token whose mask is returned, by the model's multimask policy (as InteractiveModel)."""
-        multi = self.multimask == "best_iou" or (
-            self.multimask == "auto"
-            and prompts.points is not None
-            and len(prompts.points) == 1
-            and prompts.box is None
-            and prompts.mask_logits is None
-        )
-        return 1 + int(np.argmax(iou[1:])) if multi else 0
 
 
 def prompt_tokens(prompts: PromptSpec, frame) -> tuple[np.ndarray, np.ndarray]:
