@@ -57,17 +57,13 @@ def precisions(dev: torch.device) -> dict[str, torch.dtype | None]:
 
 def build(name: str, dev: torch.device, checkpoint: str | None):
     from imis.models import load_model
-    from imis.models.interactive import InteractiveModel
-    from imis.models.registry import ARCHITECTURES, get_spec
+    from imis.models.registry import get_spec, model_from_spec
 
     spec = get_spec(name)
     if checkpoint or spec.weights_path() is not None:
         return load_model(name, checkpoint=checkpoint, device=dev)
     torch.manual_seed(0)
-    net = ARCHITECTURES[spec.arch](**spec.arch_kwargs)
-    return InteractiveModel(
-        name, net, spec.preprocess, spec.multimask, spec.prompt_types, spec.license, device=dev
-    )
+    return model_from_spec(spec, spec.build(), dev, None)  # random weights: the speed is the same
 
 
 def grid_automask(model, emb, dev: torch.device, side: int, batch: int) -> None:
