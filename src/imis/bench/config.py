@@ -36,6 +36,8 @@ class BenchConfig:
     device: str = "cpu"
     prompts_file: Path | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)  # model name -> weight file (--checkpoint)
+    backend: str = "torch"  # torch | onnx | auto (imis.models.onnx.backend.resolve_runtime)
+    precision: str = "fp32"  # fp32 | bf16 | int8 | auto
     model_loader: Callable[[str], PromptableModel] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:

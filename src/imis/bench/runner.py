@@ -66,18 +66,27 @@ __all__ = ["BASELINES", "BenchConfig", "load_any_model", "run_bench"]
 BASELINES = ("grabcut", "random-walker")
 
 
-def load_any_model(name: str, device: str = "cpu", checkpoint: str | Path | None = None) -> PromptableModel:
-    """A registry model (``load_model``, with ``checkpoint`` for one without embedded weights) or a
-    weight-free baseline (``grabcut``, ``random-walker``)."""
+def load_any_model(
+    name: str,
+    device: str = "cpu",
+    checkpoint: str | Path | None = None,
+    backend: str = "torch",
+    precision: str = "fp32",
+) -> PromptableModel:
+    """A registry model (``load_model`` with ``checkpoint`` for one without embedded weights, on
+    ``backend`` at ``precision``, see ``imis.models.onnx.backend.resolve_runtime``) or a weight-free
+    baseline (``grabcut``, ``random-walker``)."""
     if name in BASELINES:
         try:
             from imis.bench.baselines import load_baseline
         except ImportError as exc:
             raise InputError(f"baseline {name!r} is not available ({exc})") from None
         return load_baseline(name)
+    from imis.models.onnx.backend import resolve_runtime
     from imis.models.registry import load_model
 
-    return load_model(name, checkpoint=checkpoint, device=device)
+    backend, dtype = resolve_runtime(backend, precision, device, name)
+    return load_model(name, checkpoint=checkpoint, device=device, dtype=dtype, backend=backend)
 
 
 def _group_of(target: str) -> str:
@@ -501,7 +510,9 @@ def run_bench(
             row.update(status="skipped", reason=b["reason"])
             writer.write(row)
         loader = config.model_loader or (
-            lambda n: load_any_model(n, config.device, config.checkpoints.get(n))
+            lambda n: load_any_model(
+                n, config.device, config.checkpoints.get(n), config.backend, config.precision
+            )
         )
         for name in config.models:
             model = loader(name)

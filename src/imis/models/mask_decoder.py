@@ -108,9 +108,13 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         text_embedding: torch.Tensor | None = None,
         tokens: slice = slice(None),
+        text_gate: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Masks of the mask tokens picked by ``tokens`` (B, M, 4h, 4w); iou (B, T) and semantic
-        (B, T, S) or None for all T = 1 + multimask tokens (they are cheap; the masks are not)."""
+        (B, T, S) or None for all T = 1 + multimask tokens (they are cheap; the masks are not).
+
+        text_gate: (B,) 0/1 factor on the text-to-mask term (the ONNX decoder graph, whose text input
+        is always present, switches the term off with it when no text token is given)."""
         b = sparse_prompt_embeddings.shape[0]
         t = self.num_mask_tokens
         out_tokens = [self.iou_token.weight, self.mask_tokens.weight]
@@ -135,9 +139,10 @@ class MaskDecoder(nn.Module):
         if self.text_output is not None and text_embedding is not None:
             # IMIS-Net adds text_output(text) @ features to every mask; that equals adding the text
             # weights to each mask token's weights before the product.
-            hyper_in = hyper_in + self.text_output(
-                text_embedding.reshape(b, -1).to(hyper_in.dtype)
-            ).unsqueeze(1)
+            text_term = self.text_output(text_embedding.reshape(b, -1).to(hyper_in.dtype))
+            if text_gate is not None:
+                text_term = text_term * text_gate.reshape(b, 1).to(text_term.dtype)
+            hyper_in = hyper_in + text_term.unsqueeze(1)
         masks = self._upscale_and_project(src_tokens, h, w, hyper_in)
 
         iou_pred = self.iou_prediction_head(iou_token_out)

@@ -252,12 +252,22 @@ def load_model(
     checkpoint: str | Path | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
+    backend: str = "torch",
 ) -> InteractiveModel:
     """Build a registry model (or one of our own checkpoints) with strictly loaded weights.
 
     name: a registry name; may be None when `checkpoint` is one of our own files.
     checkpoint: a weight file; required for models without embedded weights.
+    backend: "torch", "onnx" (ONNX Runtime; checkpoint may then be an `imis export` folder) or "auto"
+    (see `imis.models.onnx.backend` for the rule); dtype torch.qint8 picks an export's int8 encoder.
     """
+    if backend != "torch" or (checkpoint is not None and Path(checkpoint).suffix in (".onnx", ".json")):
+        from imis.models.onnx.backend import load_backend_model
+
+        def weights_of(n: str) -> Path | None:
+            return get_spec(n).weights_path()
+
+        return load_backend_model(name, checkpoint, device, dtype, backend, load_model, weights_of)
     tolerant = name in REGISTRY and REGISTRY[name].layout == "sam-med2d"
     obj = read_checkpoint(Path(checkpoint), tolerant=tolerant) if checkpoint is not None else None
     if obj is not None and is_imis_checkpoint(obj):
