@@ -31,7 +31,7 @@ def result_warnings(mask: np.ndarray, quality: float) -> list[str]:
     """Warnings about a predicted mask: empty, or of low predicted quality."""
     out = []
     if not np.asarray(mask).any():
-        out.append("the predicted mask is empty: nothing was segmented (check the prompt's position)")
+        out.append("the predicted mask is empty: nothing was segmented")
     if math.isfinite(quality) and quality < LOW_QUALITY:
         out.append(
             f"predicted quality is low (IoU estimate {quality:.3f} < {LOW_QUALITY}): the mask is likely "
