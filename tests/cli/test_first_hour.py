@@ -300,7 +300,7 @@ def test_png_mask_0_255_prompts_drawn_and_upscaled(ct_png, tmp_path, capsys):
     x0, y0, x1, y1 = (int(v) for v in LIVER_BOX.split(","))
     edge = pic[2 * y0 + 10 : 2 * y1 - 10, 2 * x0]  # the box's left side, in yellow
     assert (edge == (255, 220, 0)).all(axis=1).mean() > 0.9
-    assert (pic[2 * 280 + 1, 2 * 150 + 1] == (0, 230, 0)).all()  # the positive click, in green
+    assert (pic[2 * 280 + 4, 2 * 150 + 4] == (0, 230, 0)).all()  # the positive click, in green
     rc, _, err = _run(capsys, *argv, "--overlay-scale", 40)
     assert rc == 2 and "--overlay-scale must be from 1 to 16" in _error(err)
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from imis.errors import InputError
 
-__all__ = ["CT_WINDOWS", "PrepareConfig", "load_config"]
+__all__ = ["CT_WINDOWS", "PrepareConfig", "load_config", "unnamed_values_error"]
 
 #: CT window presets: name -> (width, level) in Hounsfield units.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -323,3 +323,25 @@ def load_config(path: str | os.PathLike | None) -> PrepareConfig:
             str(base / d) if not Path(d).is_absolute() else d for d in cfg.leakage_datasets
         )
     return replace(cfg, **changes) if changes else cfg
+
+
+def _ranges(values: list[int]) -> str:
+    """``[1, 2, 3, 5, 7, 8]`` -> ``'1-3, 5, 7-8'``."""
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(f"{start}-{v}" if v > start else str(v))
+            start = None
+    return ", ".join(out)
+
+
+def unnamed_values_error(case: str, source: str, values: list[int]) -> InputError:
+    """The error for label values no name covers, with the three ways out."""
+    return InputError(
+        f"case {case}: label map {source} holds {len(values)} value(s) {_ranges(sorted(values))} that the "
+        "source's labels do not name; name them under 'labels', set 'unnamed_labels: ignore' (they become "
+        "background), or list the labels to prepare under 'keep_labels' in the configuration"
+    )
+
