@@ -4,8 +4,8 @@ Each ``bash`` block (but the sections of :data:`readme_helpers.NOT_RUN`) is run 
 in order, through ``imis.cli.main`` in one folder beside a ``../shared`` link, as a user would paste
 them; every file or folder a command names with ``-o``/``--out``/``--overlay``/``--preview`` must exist
 afterwards. The README's own commands are run; only ``imis bench`` gets ``--limit-images 1`` and
-``--max-interactions 2`` (the same code on one image of the split, 2 interactions instead of 9: the
-README's iterative runs take minutes on 2 cores). The ``python`` blocks are executed too.
+``--max-interactions 1`` (the same code on one image of the split, one interaction instead of 9: the
+README's iterative runs take minutes on 2 cores, the random walker most). The ``python`` blocks are executed too.
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ def work(tmp_path_factory, shared_dir) -> Path:
 
 
 def _small(argv: list[str]) -> list[str]:
-    """``imis bench`` on one image of the split with 2 interactions (the README's 9 take minutes here)."""
+    """``imis bench`` on one image of the split with one interaction (the README's 9 take minutes here)."""
     if argv[0] != "bench":
         return argv
     argv = [*argv, "--limit-images", "1"] if "--limit-images" not in argv else list(argv)
     if "--max-interactions" in argv:
-        argv[argv.index("--max-interactions") + 1] = "2"
+        argv[argv.index("--max-interactions") + 1] = "1"
         return argv
-    return [*argv, "--max-interactions", "2"]
+    return [*argv, "--max-interactions", "1"]
 
 
 def test_readme_sections_found():
