@@ -59,7 +59,8 @@ class TimedModel:
 
 
 def measure(model, data: Path, protocol: str, limit: int | None, scratch: Path) -> dict:
-    from imis.bench.runner import BenchConfig, run_bench
+    from imis.bench.config import BenchConfig
+    from imis.bench.runner import run_bench
 
     timed = TimedModel(model)
     cfg = BenchConfig(

@@ -32,7 +32,7 @@ def main() -> None:
     from imis.train.config import DatasetSpec, ModelConfig, TrainConfig
     from imis.train.data import load_images
     from imis.train.interaction import MaskState, run_interaction
-    from imis.train.trainer import build_network
+    from imis.train.network import build_network
 
     btcv = args.shared / "data" / "btcv-demo"
     base = TrainConfig(

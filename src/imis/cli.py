@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from imis.console import print_table
 from imis.errors import ImisError, InputError, PromptError
 
 DEFAULT_MODEL = "imis-lite"  # falls back to litemedsam where imis-lite's weights are not installed
@@ -167,21 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_train_command(sub)
     return parser
-
-
-def print_table(rows: Sequence[dict[str, object]], columns: Sequence[str] | None = None, file=None) -> None:
-    """A plain aligned text table (the summary printed at the end of commands)."""
-    file = file or sys.stdout
-    if not rows:
-        print("(no rows)", file=file)
-        return
-    columns = list(columns or rows[0].keys())
-    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)), file=file)
-    print("  ".join("-" * w for w in widths), file=file)
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)), file=file)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

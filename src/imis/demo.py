@@ -136,7 +136,8 @@ class Task:
 def run_task(task: Task) -> dict[str, Any]:
     """Run the protocols of one task (in a worker process or in this one); the model encodes each image
     once for both protocols."""
-    from imis.bench.runner import BenchConfig, load_any_model, run_bench
+    from imis.bench.config import BenchConfig
+    from imis.bench.runner import load_any_model, run_bench
 
     if task.threads:
         import torch

@@ -20,16 +20,11 @@ import numpy as np
 import pytest
 import torch
 
-from imis.bench.runner import (
-    PAPER_KINDS,
-    BenchConfig,
-    _load_data,
-    paper_correction,
-    paper_dice_iou,
-    paper_mask,
-    read_rows,
-    run_bench,
-)
+from imis.bench.config import BenchConfig
+from imis.bench.inputs import load_data
+from imis.bench.protocols import PAPER_KINDS, paper_correction, paper_dice_iou, paper_mask
+from imis.bench.records import read_rows
+from imis.bench.runner import run_bench
 from imis.errors import ImisError
 from imis.prompts import centroid_candidates, load_prompts, tight_box
 
@@ -52,20 +47,12 @@ class Recording:
 
         net.decode = net_decode  # an instance attribute: this model object only
 
-    @property
-    def multimask(self):
-        return self.model.multimask
-
-    @multimask.setter
-    def multimask(self, value):
-        self.model.multimask = value
-
     def encode(self, image):
         return self.model.encode(image)
 
-    def decode(self, emb, spec):
-        self.calls.append({"spec": spec, "net": [], "multimask": self.model.multimask})
-        pred = self.model.decode(emb, spec)
+    def decode(self, emb, spec, threshold=0.0, multimask=None):
+        self.calls.append({"spec": spec, "net": [], "multimask": multimask})
+        pred = self.model.decode(emb, spec, threshold, multimask)
         self.calls[-1]["pred"] = pred
         return pred
 
@@ -91,7 +78,7 @@ def paper_run(tmp_path_factory, btcv_dir):
         model_loader=models.__getitem__,
     )
     summary = run_bench(cfg, out, progress=False)
-    _, images, _ = _load_data(cfg)
+    _, images, _ = load_data(cfg)
     gts = {(im.image_id, t): m for im in images for t, m in im.masks.items()}
     prompts = load_prompts(out / "prompts.json", None)
     # the decodes in run order: per image, per target (prompt-file order), per decoded mode, rounds 1..N
@@ -195,7 +182,7 @@ def test_mask_is_the_multimask_output_with_the_best_predicted_iou(paper_run):
             best = int(torch.argmax(out["iou_pred"][0]))
             torch.testing.assert_close(call["pred"].low_res_logits, out["low_res_masks"][:, best : best + 1])
             assert call["pred"].quality == pytest.approx(float(out["iou_pred"][0, best]))
-    assert paper_run["lite"].model.multimask == "single"  # the model's own policy is restored
+    assert paper_run["lite"].model.multimask == "single"  # the model's own policy is left as it was
 
 
 # --- rule 5: threshold and the reference's Dice ------------------------------------------------------------

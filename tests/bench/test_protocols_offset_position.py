@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 
 from imis.bench.commands import register_bench_commands
-from imis.bench.report import write_report
-from imis.bench.runner import (
+from imis.bench.config import BenchConfig
+from imis.bench.protocols import (
     BOX_OFFSETS,
     CLICK_BIN_EDGES,
     CLICK_BINS,
     PROTOCOLS,
-    BenchConfig,
     click_bin,
     click_distance,
-    read_rows,
-    run_bench,
 )
+from imis.bench.records import read_rows
+from imis.bench.report import write_report
+from imis.bench.runner import run_bench
 from imis.errors import ImisError
 from imis.models.interactive import Prediction
 

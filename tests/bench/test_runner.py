@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from imis.bench.commands import _parse_data, register_bench_commands
+from imis.bench.config import BenchConfig
+from imis.bench.records import read_rows
 from imis.bench.report import format_table, merge_runs, write_report
-from imis.bench.runner import BenchConfig, read_rows, run_bench
+from imis.bench.runner import run_bench
 from imis.errors import ImisError
 from imis.models.interactive import Prediction
 
@@ -286,3 +288,37 @@ def test_cases_select_a_validation_split(btcv_dir, tmp_path, capsys):
         != 0
     )
     assert "--cases: no case id" in capsys.readouterr().err
+
+
+class TextEcho:
+    """Stand-in that takes text: records the text of every decode (the mask is empty)."""
+
+    name, prompt_types = "echo", frozenset({"text"})
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def encode(self, image):
+        return image.shape[:2]
+
+    def decode(self, emb, spec):
+        self.texts.append(spec.text)
+        return Prediction(np.zeros(emb, bool), np.zeros(emb, np.float32), None, float("nan"))
+
+
+def test_text_fed_is_the_text_the_prompt_file_records(btcv_dir, tmp_path):
+    """Replay = what the model read: the runner feeds each target's recorded sentence, which is the
+    template filled with the target's display name (the sentence the model's text path builds)."""
+    from imis.prompts import load_prompts, text_prompt
+
+    echo = TextEcho()
+    cfg = _config(btcv_dir, ["echo"], {"echo": echo}.__getitem__, limit_images=1, protocol="imis-paper")
+    cfg.max_interactions = 1
+    run_bench(cfg, tmp_path / "paper", progress=False, report=False)
+    run_bench(_config(btcv_dir, ["echo"], {"echo": echo}.__getitem__, limit_images=1), tmp_path / "single")
+    recs = [r for r in load_prompts(tmp_path / "single" / "prompts.json", None)["targets"] if "text" in r]
+    recorded = [r["text"] for r in recs]
+    assert recorded and echo.texts == recorded * 2  # imis-paper's paper:text, then single's text
+    assert all(r["text"] == text_prompt(r["target"]) for r in recs)
+    # dataset keys are read by their display names ("kidney_right" -> "... a right kidney.")
+    assert any(r["text"] != f"A segmentation area of a {r['target']}." for r in recs)

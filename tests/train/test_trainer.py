@@ -16,7 +16,8 @@ from train_helpers import TINY_IMIS, tiny_config, write_config
 
 from imis.errors import ImisError, InputError
 from imis.train.config import TrainConfig, load_train_config
-from imis.train.trainer import STATE_FILE, save_state, train
+from imis.train.state import STATE_FILE, save_state
+from imis.train.trainer import train
 
 
 def _cfg(btcv, tmp_path, cache, name="run", **over) -> TrainConfig:
@@ -151,13 +152,13 @@ def test_nan_steps_are_skipped_counted_and_stop(btcv_dir, tmp_path, embedding_ca
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / STATE_FILE
     save_state(path, {"step": 1, "w": torch.ones(3)})
-    import imis.train.trainer as trainer
+    import imis.train.state as state
 
     def full_disk(obj, f):
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(trainer.torch, "save", full_disk)
+    monkeypatch.setattr(state.torch, "save", full_disk)
     with pytest.raises(ImisError, match="previous checkpoint .* is intact"):
         save_state(path, {"step": 2, "w": torch.zeros(3)})
     monkeypatch.undo()
@@ -235,22 +236,23 @@ def test_geometric_variants_train_and_are_cached(btcv_dir, tmp_path):
 
 
 def test_shipped_training_configs_are_valid():
-    """Every configs/*.yaml that trains imis-lite loads, and each stage starts from the previous one's export."""
-    root = Path(__file__).resolve().parents[2] / "configs"
-    paths = sorted(root.glob("imis-lite*.yaml"))
-    assert len(paths) >= 7
-    outs = {}
-    for p in paths:
-        cfg = load_train_config(p)
-        outs[Path(cfg.out).name] = cfg
-    for name, cfg in outs.items():
-        if name != "imis-lite":
-            assert Path(cfg.model.init).parent.name in outs, (name, cfg.model.init)
+    """Every configs/imis-lite/ stage loads and starts from the previous stage's export; the experiments
+    load too; the folder's README indexes every file."""
+    root = Path(__file__).resolve().parents[2] / "configs" / "imis-lite"
+    stages = sorted(root.glob("stage*.yaml"))
+    assert [p.stem for p in stages] == [f"stage{i:02d}" for i in range(1, 13)]
+    cfgs = [load_train_config(p) for p in stages]
+    assert cfgs[0].model.init == "litemedsam"
+    for prev, cfg in zip(cfgs, cfgs[1:], strict=False):
+        assert Path(cfg.model.init) == Path(prev.out) / "model.pt", (cfg.out, cfg.model.init)
     # experiments kept for the record (not shipped stages) load too
     experiments = sorted((root / "experiments").glob("*.yaml"))
     assert experiments
     for p in experiments:
         load_train_config(p)
+    index = (root / "README.md").read_text(encoding="utf-8")
+    for p in stages + experiments:
+        assert f"`{p.name}`" in index, p.name
 
 
 def test_trainable_image_encoder_learns_with_several_gradient_steps(btcv_dir, tmp_path):

@@ -26,7 +26,7 @@ def held_out_slice(btcv_dir):
 
 
 def _evaluate(model, image, **over) -> dict[str, float]:
-    from imis.train.trainer import evaluate
+    from imis.train.validation import evaluate
 
     cfg = replace(TrainConfig(datasets=()), click_output="single", val_max_targets=6, **over)
     return evaluate(model.net, [image], None, None, {}, model.preprocess, cfg, torch.device("cpu"))
@@ -81,11 +81,11 @@ def test_corrections_follow_the_benchmark_iterative_protocol(held_out_slice):
 
 
 def test_resumed_run_rewrites_an_older_log_under_the_new_header(tmp_path):
-    from imis.train.trainer import _Logger
+    from imis.train.logs import CsvLog
 
     path = tmp_path / "val_log.csv"
     path.write_text("epoch,step,click,box,text,targets\n1,50,0.8,0.9,0.6,111\n")
-    log = _Logger(path, ["epoch", "step", "click", "box", "text", "click@5", "targets"], True)
+    log = CsvLog(path, ["epoch", "step", "click", "box", "text", "click@5", "targets"], True)
     log.write(
         {"epoch": 2, "step": 100, "click": 0.81, "box": 0.91, "text": 0.61, "click@5": 0.88, "targets": 111}
     )
@@ -98,7 +98,7 @@ def test_resumed_run_rewrites_an_older_log_under_the_new_header(tmp_path):
 
 def test_val_interactions_is_checked_and_does_not_change_the_resume_key(tmp_path):
     from imis.errors import InputError
-    from imis.train.trainer import _config_key
+    from imis.train.state import config_key
 
     base = {"datasets": [{"path": str(tmp_path)}], "out": str(tmp_path)}
     with pytest.raises(InputError, match="val_interactions must be >= 0"):
@@ -106,4 +106,4 @@ def test_val_interactions_is_checked_and_does_not_change_the_resume_key(tmp_path
     a = TrainConfig.from_mapping({**base, "val_interactions": 0}, "cfg.yaml")
     b = TrainConfig.from_mapping(base, "cfg.yaml")
     assert b.val_interactions == 5
-    assert _config_key(a) == _config_key(b)
+    assert config_key(a) == config_key(b)

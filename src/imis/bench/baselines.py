@@ -1,10 +1,11 @@
 """Baselines that need no learned weights, behind the same interface as :class:`InteractiveModel`.
 
 They give every benchmark table real peers offline: GrabCut (OpenCV) for boxes, optionally refined by
-clicks, and the random walker (scikit-image) for clicks, optionally bounded by a box. Each adapter is
-duck-typed like ``InteractiveModel``: ``name``, ``prompt_types``, ``license``, ``encode(image, name)``
-(-> :class:`BaselineEmbedding`, the preprocessed image and its :class:`Frame`), ``check_supported(spec)``
-(raises :class:`PromptError`) and ``decode(embedding, spec, threshold=0.0)`` (-> :class:`Prediction` with
+clicks, and the random walker (scikit-image) for clicks, optionally bounded by a box. Each adapter
+implements :class:`~imis.models.interactive.PromptableModel`: ``name``, ``prompt_types``, ``license``,
+``encode(image, name)`` (-> :class:`BaselineEmbedding`, the preprocessed image and its :class:`Frame`),
+``check_supported(spec)`` (raises :class:`PromptError`) and ``decode(embedding, spec, threshold=0.0,
+multimask=None)`` (one mask per prompt set, so ``multimask`` changes nothing; -> :class:`Prediction` with
 ``low_res_logits=None`` and ``quality=nan``; ``logits`` is a float32 native map whose ``> 0`` is the mask).
 Coordinates are native pixels: clicks (x, y), boxes inclusive (x0, y0, x1, y1).
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imis.errors import InputError, ModelNotAvailableError, PromptError
-from imis.models.interactive import Prediction, PromptSpec, check_prompt_support
+from imis.models.interactive import MultimaskPolicy, Prediction, PromptSpec, check_prompt_support
 from imis.models.preprocess import Frame
 
 __all__ = [
@@ -192,7 +193,13 @@ class GrabCutBaseline(_Baseline):
         if prompts.box is None:
             raise PromptError(f"model {self.name!r} needs a box; clicks only refine a box")
 
-    def decode(self, embedding: BaselineEmbedding, prompts: PromptSpec, threshold: float = 0.0) -> Prediction:
+    def decode(
+        self,
+        embedding: BaselineEmbedding,
+        prompts: PromptSpec,
+        threshold: float = 0.0,
+        multimask: MultimaskPolicy | None = None,  # one mask per prompt set: nothing to choose
+    ) -> Prediction:
         import cv2
 
         self.check_supported(prompts)
@@ -359,7 +366,13 @@ class RandomWalkerBaseline(_Baseline):
         prob[box] = sub
         return prob
 
-    def decode(self, embedding: BaselineEmbedding, prompts: PromptSpec, threshold: float = 0.0) -> Prediction:
+    def decode(
+        self,
+        embedding: BaselineEmbedding,
+        prompts: PromptSpec,
+        threshold: float = 0.0,
+        multimask: MultimaskPolicy | None = None,  # one mask per prompt set: nothing to choose
+    ) -> Prediction:
         from scipy import ndimage
 
         self.check_supported(prompts)

@@ -101,9 +101,10 @@ def _parse_cases(spec: str | None) -> tuple[str, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from imis.bench.config import BenchConfig
     from imis.bench.model_names import check_model_names
     from imis.bench.report import format_table, merge_runs
-    from imis.bench.runner import BenchConfig, run_bench
+    from imis.bench.runner import run_bench
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     check_model_names(models)
@@ -171,7 +172,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` and ``report`` to the CLI's subparsers."""
-    from imis.bench.runner import CLICK_SIMULATORS, FIRST_CLICKS, PROTOCOLS
+    from imis.bench.protocols import CLICK_SIMULATORS, FIRST_CLICKS, PROTOCOLS
 
     fmt = argparse.RawDescriptionHelpFormatter
     b = subparsers.add_parser(

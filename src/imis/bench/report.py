@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from imis.bench.runner import CLICK_BINS, PAPER_KINDS, SINGLE_KINDS, read_rows
+from imis.bench.protocols import CLICK_BINS, PAPER_KINDS, SINGLE_KINDS
+from imis.bench.records import read_rows
 from imis.errors import InputError
 
 __all__ = ["aggregate", "format_table", "merge_runs", "write_report"]

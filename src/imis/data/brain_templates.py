@@ -61,7 +61,7 @@ import numpy as np
 from imis.errors import InputError
 
 if TYPE_CHECKING:
-    from imis.data.prepare import PrepareConfig
+    from imis.data.prepare.config import PrepareConfig
     from imis.io import ImageData
 
 __all__ = [
@@ -256,7 +256,7 @@ def write_template_sources(
 
     Derived volumes are rewritten only when their content changes, so that a rerun resumes.
     """
-    from imis.data.prepare import PrepareConfig
+    from imis.data.prepare.config import PrepareConfig
     from imis.io import read_image
 
     for arg, step in (("colin_step", colin_step), ("mni_step", mni_step)):
@@ -509,7 +509,7 @@ def build_template_datasets(
     """
     from tqdm import tqdm
 
-    from imis.data.prepare import prepare
+    from imis.data.prepare.pipeline import prepare
     from imis.io import atomic_output
 
     root = Path(out)

@@ -180,7 +180,7 @@ def build_imis_net(
     text_projection: nn.Linear | None = None
     if with_text:
         # Imported here: the text tower is optional and lives in its own module.
-        from imis.models.text_encoder import CLIPTextEncoder
+        from imis.models.text.text_encoder import CLIPTextEncoder
 
         text_encoder = CLIPTextEncoder(
             vocab_size=text_vocab_size,

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from imis.errors import PromptError
 from imis.models.preprocess import Frame, Preprocess, logits_to_native, prepare_image
+from imis.models.spec import ModelSpec, MultimaskPolicy
 
-MultimaskPolicy = Literal["single", "best_iou", "auto"]
+__all__ = [
+    "Embedding",
+    "InteractiveModel",
+    "MultimaskPolicy",
+    "Prediction",
+    "PromptSpec",
+    "PromptableModel",
+    "check_prompt_support",
+]
 
 
 @dataclass
@@ -52,6 +61,27 @@ class PromptSpec:
     box: np.ndarray | None = None  # (4,) x0, y0, x1, y1
     mask_logits: torch.Tensor | None = None  # (1, 1, h, w) previous low-res logits
     text: str | None = None
+
+
+@runtime_checkable
+class PromptableModel(Protocol):
+    """What the Session, the benchmark runner and the baselines need of a model: its name, the prompt
+    types it takes, ``encode`` once per image and ``decode`` per prompt set. ``multimask`` chooses, for
+    one call, how one mask is picked among the decoder's outputs (None: the model's own policy); a model
+    with a single output ignores it. :class:`InteractiveModel` and the baselines implement it."""
+
+    name: str
+    prompt_types: frozenset[str]
+
+    def encode(self, image: np.ndarray, name: str = "image") -> object: ...
+
+    def decode(
+        self,
+        embedding: object,
+        prompts: PromptSpec,
+        threshold: float = 0.0,
+        multimask: MultimaskPolicy | None = None,
+    ) -> Prediction: ...
 
 
 def requested_prompt_types(prompts: PromptSpec) -> set[str]:
@@ -110,7 +140,8 @@ class InteractiveModel:
     net: a `PromptableSegmenter`; preprocess: its input recipe; multimask: how one mask is chosen
     ("single": the single-mask token, as LiteMedSAM/MedSAM are used; "best_iou": the best of the
     three multimask outputs, as IMIS-Net always does; "auto": SAM's rule, multimask for a lone click);
-    text_encoder_fn: str -> (1, D) text embedding, for models that take text.
+    text_fn: str -> (1, D) text embedding, for models that take text; spec: the registry spec it was
+    loaded from (saving, training and the benchmark ask it; see :mod:`imis.models.spec`).
     """
 
     def __init__(
@@ -124,8 +155,10 @@ class InteractiveModel:
         text_fn: Callable[[str], torch.Tensor] | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        spec: ModelSpec | None = None,
     ) -> None:
         self.name = name
+        self.spec = spec
         self.net = net.eval().to(device)
         self.preprocess = preprocess
         self.multimask = multimask
@@ -168,8 +201,16 @@ class InteractiveModel:
             raise PromptError("no prompt given: pass at least a click, a box or a text")
 
     @torch.inference_mode()
-    def decode(self, embedding: Embedding, prompts: PromptSpec, threshold: float = 0.0) -> Prediction:
-        """Decode one object from prompts in native pixel coordinates."""
+    def decode(
+        self,
+        embedding: Embedding,
+        prompts: PromptSpec,
+        threshold: float = 0.0,
+        multimask: MultimaskPolicy | None = None,
+    ) -> Prediction:
+        """Decode one object from prompts in native pixel coordinates; ``multimask``: this call's mask
+        choice instead of the model's policy (the imis-paper protocol always takes the best of the
+        multimask outputs by predicted IoU)."""
         self.check_supported(prompts)
         frame = embedding.frame
         points = None
@@ -183,7 +224,7 @@ class InteractiveModel:
             boxes = torch.from_numpy(corners.reshape(1, 4)).to(self.device)
         text = self.text_embedding(prompts.text) if prompts.text is not None else None
         mask_in = prompts.mask_logits.to(self.device) if prompts.mask_logits is not None else None
-        multimask = self._use_multimask(prompts)
+        multimask = self._use_multimask(prompts, multimask or self.multimask)
         out = self.net.decode(
             embedding.features,
             points=points,
@@ -205,10 +246,11 @@ class InteractiveModel:
             quality=float(iou[0, 0]),
         )
 
-    def _use_multimask(self, prompts: PromptSpec) -> bool:
-        if self.multimask == "best_iou":
+    @staticmethod
+    def _use_multimask(prompts: PromptSpec, policy: MultimaskPolicy) -> bool:
+        if policy == "best_iou":
             return True
-        if self.multimask == "single":
+        if policy == "single":
             return False
         lone_click = (
             prompts.points is not None

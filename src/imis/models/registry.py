@@ -1,112 +1,54 @@
-"""The model registry: a name -> how to build it, where its weights are, how to load them, its recipe.
+"""The model registry: a name -> its :class:`~imis.models.spec.ModelSpec` (how to build it, where its
+weights are, how to load them, its recipe), and loading and saving models through their specs.
 
-Adding a model is adding one `ModelSpec`. Weight files in a foreign layout are converted by the
-`imis.models.formats` module of that layout; our own checkpoints (`save_checkpoint`) carry their
-architecture and recipe, so they load without a registry entry.
+Adding a model is adding one `ModelSpec` to :data:`REGISTRY`. Weight files in a foreign layout are
+converted by the spec's :class:`~imis.models.spec.WeightLayout`; our own checkpoints (`save_checkpoint`)
+carry their architecture and recipe, so they load without a registry entry (their spec is rebuilt from
+the file). A loaded model carries its spec (``model.spec``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from imis.errors import CheckpointError, ModelNotAvailableError
-from imis.models.interactive import InteractiveModel, MultimaskPolicy
+from imis.models.interactive import InteractiveModel
 from imis.models.preprocess import Preprocess
+from imis.models.spec import (
+    ARCHITECTURES,
+    LAYOUTS,
+    TEXT_TEMPLATE,
+    Architecture,
+    ModelSpec,
+    WeightLayout,
+    get_architecture,
+)
+from imis.models.text.towers import text_function
+
+__all__ = [
+    "ARCHITECTURES",
+    "LAYOUTS",
+    "REGISTRY",
+    "TEXT_TEMPLATE",
+    "Architecture",
+    "ModelSpec",
+    "WeightLayout",
+    "default_model_name",
+    "get_spec",
+    "load_model",
+    "model_from_spec",
+    "registry_rows",
+    "save_checkpoint",
+    "spec_for_architecture",
+]
 
 IMIS_FORMAT_TAG = "imis-checkpoint"
 IMIS_FORMAT_VERSION = 1
-TEXT_TEMPLATE = "A segmentation area of a {}."
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to turn a name (and maybe a user's weight file) into an InteractiveModel."""
-
-    name: str
-    description: str
-    arch: str  # key of ARCHITECTURES
-    arch_kwargs: dict[str, Any]
-    layout: str  # key of LAYOUTS: how foreign weight files are converted
-    preprocess: Preprocess
-    multimask: MultimaskPolicy
-    prompt_types: frozenset[str]
-    license: str
-    embedded_weights: Callable[[], Path | None] | None = None  # None: the user passes --checkpoint
-    text_template: str = TEXT_TEMPLATE
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def weights_path(self) -> Path | None:
-        return self.embedded_weights() if self.embedded_weights is not None else None
-
-
-def _build_litemedsam(**kw: Any) -> torch.nn.Module:
-    from imis.models.build_litemedsam import build_litemedsam
-
-    return build_litemedsam(**kw)
-
-
-def _build_imis_lite(**kw: Any) -> torch.nn.Module:
-    from imis.models.build_litemedsam import build_imis_lite
-
-    return build_imis_lite(**kw)
-
-
-def _build_sam_vit(**kw: Any) -> torch.nn.Module:
-    from imis.models.build import build_sam_vit
-
-    return build_sam_vit(**kw)
-
-
-def _build_imis_net(**kw: Any) -> torch.nn.Module:
-    from imis.models.build import build_imis_net
-
-    return build_imis_net(**kw)
-
-
-ARCHITECTURES: dict[str, Callable[..., torch.nn.Module]] = {
-    "litemedsam": _build_litemedsam,
-    "imis-lite": _build_imis_lite,
-    "sam-vit": _build_sam_vit,
-    "imis-net": _build_imis_net,
-}
-
-
-def _convert_sam(obj: Any) -> dict[str, torch.Tensor]:
-    from imis.models.formats import sam
-
-    return sam.to_internal(sam.unwrap(obj))
-
-
-def _convert_imis(obj: Any) -> dict[str, torch.Tensor]:
-    from imis.models.formats import imis
-
-    return imis.to_internal(obj)
-
-
-def _convert_litemedsam(obj: Any) -> dict[str, torch.Tensor]:
-    from imis.models.formats import litemedsam, sam
-
-    return litemedsam.to_internal(sam.unwrap(obj))
-
-
-LAYOUTS: dict[str, Callable[[Any], dict[str, torch.Tensor]]] = {
-    "sam": _convert_sam,
-    "imis-net": _convert_imis,
-    "litemedsam": _convert_litemedsam,
-}
-
-LAYOUT_DESCRIPTIONS = {
-    "sam": "official Segment Anything layout (image_encoder.*, prompt_encoder.*, mask_decoder.*)",
-    "imis-net": "released IMIS-Net layout (image_encoder.sam_encoder.*, text_model.*, text_out_dim.*)",
-    "litemedsam": "LiteMedSAM layout (TinyViT image_encoder.*, SAM prompt_encoder.*/mask_decoder.*)",
-}
 
 
 def _litemedsam_weights() -> Path | None:
@@ -209,6 +151,15 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
+def spec_for_architecture(arch: str) -> ModelSpec:
+    """The registry model whose recipe (preprocessing, text template, licence) a newly built or trained
+    network of architecture ``arch`` takes."""
+    a = get_architecture(arch)
+    if a.recipe is None:
+        raise ModelNotAvailableError(f"architecture {arch!r} names no registry model for its recipe")
+    return get_spec(a.recipe)
+
+
 def read_checkpoint(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
@@ -225,65 +176,25 @@ def is_imis_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == IMIS_FORMAT_TAG
 
 
-def _make_text_fn(
-    net: torch.nn.Module, template: str, tower: str | None = None
-) -> Callable[[str], torch.Tensor] | None:
-    """str -> (1, D) text prompt embedding: the template filled with the target name, through the
-    model's frozen text tower (its own CLIP tower, or the MiniLM sentence encoder for imis-lite) and
-    its trained projection."""
-    if getattr(net, "text_projection", None) is None:
-        return None
-    if tower == "minilm":
-        return _minilm_text_fn(net, template)
-    if getattr(net, "text_encoder", None) is None:
-        return None
-    from imis.data.vocabulary import Vocabulary
-    from imis.models.tokenizer import CLIPTokenizer
-
-    tokenizer = CLIPTokenizer()
-    vocabulary = Vocabulary.builtin()
-
-    def encode(text: str) -> torch.Tensor:
-        ids = torch.tensor([tokenizer.encode(template.format(prompt_name(text, vocabulary)))])
-        device = next(net.parameters()).device
-        return net.encode_text(ids.to(device))
-
-    return encode
-
-
-def _minilm_text_fn(net: torch.nn.Module, template: str) -> Callable[[str], torch.Tensor]:
-    from imis.data.vocabulary import Vocabulary
-    from imis.models.minilm import load_minilm
-
-    vocabulary = Vocabulary.builtin()
-    loaded: list = []  # the sentence encoder is loaded on the first text prompt only
-
-    def encode(text: str) -> torch.Tensor:
-        if not loaded:
-            loaded.append(load_minilm()[0])
-        feats = loaded[0].embed_texts([template.format(prompt_name(text, vocabulary))])
-        device = next(net.parameters()).device
-        return net.project_text(feats.to(device))
-
-    return encode
-
-
-def prompt_name(text: str, vocabulary=None) -> str:
-    """The target name as IMIS-Net's text prompts spell it.
-
-    A dataset label key or a known synonym ('kidney_right', 'Right-kidney') becomes the vocabulary's
-    display name ('right kidney'), as the released model was trained; free text is kept, only
-    lower-cased with '_'/'-' as spaces (an unknown name is embedded, never refused).
-    """
-    if not text or not text.strip():
-        from imis.errors import PromptError
-
-        raise PromptError("text prompt is empty")
-    if vocabulary is not None:
-        target = vocabulary.resolve(text)
-        if target.known:
-            text = target.display
-    return " ".join(text.replace("_", " ").replace("-", " ").lower().split())
+def model_from_spec(
+    spec: ModelSpec,
+    net: torch.nn.Module,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+) -> InteractiveModel:
+    """An InteractiveModel of ``net`` with everything else (recipe, prompts, text path) from ``spec``."""
+    return InteractiveModel(
+        name=spec.name,
+        net=net,
+        preprocess=spec.preprocess,
+        multimask=spec.multimask,
+        prompt_types=spec.prompt_types,
+        license=spec.license,
+        text_fn=text_function(spec.text_tower, net, spec.text_template),
+        device=device,
+        dtype=dtype,
+        spec=spec,
+    )
 
 
 def load_model(
@@ -307,48 +218,43 @@ def load_model(
         path = spec.weights_path()
         if path is None:
             raise ModelNotAvailableError(
-                f"model {name!r} has no embedded weights: pass --checkpoint FILE "
-                f"({LAYOUT_DESCRIPTIONS[spec.layout]})"
+                f"model {name!r} has no embedded weights: pass --checkpoint FILE ({spec.layout_description})"
             )
         obj = read_checkpoint(path)
         checkpoint = path
         if is_imis_checkpoint(obj):  # a model we trained ourselves (imis-lite) ships in our format
             return _load_own(obj, Path(path), spec.name, device, dtype)
     try:
-        internal = LAYOUTS[spec.layout](obj)
-        net = ARCHITECTURES[spec.arch](**spec.arch_kwargs)
+        internal = spec.convert(obj)
+        net = spec.build()
         from imis.models.formats import load_strict
 
-        load_strict(net, internal, f"{spec.layout}: {LAYOUT_DESCRIPTIONS[spec.layout]}")
+        load_strict(net, internal, f"{spec.layout}: {spec.layout_description}")
     except CheckpointError as exc:
         raise CheckpointError(f"{checkpoint}: {exc}") from None
-    return InteractiveModel(
-        name=spec.name,
-        net=net,
-        preprocess=spec.preprocess,
-        multimask=spec.multimask,
-        prompt_types=spec.prompt_types,
-        license=spec.license,
-        text_fn=_make_text_fn(net, spec.text_template),
-        device=device,
-        dtype=dtype,
-    )
+    return model_from_spec(spec, net, device, dtype)
 
 
 def save_checkpoint(
     path: str | Path,
     model: InteractiveModel,
-    arch: str,
-    arch_kwargs: dict[str, Any],
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
     half: bool = False,
     only: tuple[str, ...] | None = None,
 ) -> None:
     """Write our own format: architecture, recipe, metadata and the state dict in one file, atomically.
 
+    arch, arch_kwargs: the network's architecture; None: the model's spec says (``model.spec``).
     only: keep just these top-level submodules (e.g. the decoder of a model whose encoder is
     embedded elsewhere); `base` in metadata then names the model that supplies the rest.
     """
+    spec = getattr(model, "spec", None)
+    if arch is None:
+        if spec is None:
+            raise ValueError(f"save_checkpoint({path}): model {model.name!r} carries no spec; pass arch")
+        arch, arch_kwargs = spec.arch, spec.arch_kwargs if arch_kwargs is None else arch_kwargs
     sd = model.net.state_dict()
     if only is not None:
         sd = {k: v for k, v in sd.items() if k.split(".", 1)[0] in only}
@@ -359,7 +265,7 @@ def save_checkpoint(
         "version": IMIS_FORMAT_VERSION,
         "name": model.name,
         "arch": arch,
-        "arch_kwargs": arch_kwargs,
+        "arch_kwargs": arch_kwargs or {},
         "preprocess": dataclasses.asdict(model.preprocess),
         "multimask": model.multimask,
         "prompt_types": sorted(model.prompt_types),
@@ -367,10 +273,37 @@ def save_checkpoint(
         "metadata": metadata or {},
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in sd.items()},
     }
+    if spec is not None:
+        # the text path travels with the file (older files keep it in their metadata)
+        obj["text_template"] = spec.text_template
+        obj["text_encoder"] = spec.text_tower
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def spec_from_checkpoint(obj: dict[str, Any], path: Path, name: str | None = None) -> ModelSpec:
+    """The spec of one of our own checkpoints: its architecture, recipe and text path as the file says,
+    the weight layout of its architecture."""
+    arch = obj.get("arch")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
+    meta = obj.get("metadata", {})
+    return ModelSpec(
+        name=name or obj.get("name", path.stem),
+        description=f"imis checkpoint {path}",
+        arch=arch,
+        arch_kwargs=dict(obj.get("arch_kwargs", {})),
+        layout=ARCHITECTURES[arch].layout,
+        preprocess=Preprocess(**obj["preprocess"]),
+        multimask=obj.get("multimask", "single"),
+        prompt_types=frozenset(obj.get("prompt_types", ["box", "point", "mask"])),
+        license=obj.get("license", "unknown"),
+        text_template=obj.get("text_template", meta.get("text_template", TEXT_TEMPLATE)),
+        text_encoder=obj.get("text_encoder", meta.get("text_encoder")),
+        extra={"checkpoint": str(path)},
+    )
 
 
 def _load_own(
@@ -382,10 +315,8 @@ def _load_own(
 ) -> InteractiveModel:
     if obj.get("version") != IMIS_FORMAT_VERSION:
         raise CheckpointError(f"{path}: imis checkpoint version {obj.get('version')} is not supported")
-    arch = obj.get("arch")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)})")
-    net = ARCHITECTURES[arch](**obj.get("arch_kwargs", {}))
+    spec = spec_from_checkpoint(obj, path, name)
+    net = spec.build()
     sd = {k: v.float() if v.is_floating_point() else v for k, v in obj["state_dict"].items()}
     base = obj.get("metadata", {}).get("base")
     if base:
@@ -396,22 +327,8 @@ def _load_own(
         sd = full
     from imis.models.formats import load_strict
 
-    load_strict(net, sd, f"imis checkpoint (arch {arch}, file {path})")
-    return InteractiveModel(
-        name=name or obj.get("name", path.stem),
-        net=net,
-        preprocess=Preprocess(**obj["preprocess"]),
-        multimask=obj.get("multimask", "single"),
-        prompt_types=frozenset(obj.get("prompt_types", ["box", "point", "mask"])),
-        license=obj.get("license", "unknown"),
-        text_fn=_make_text_fn(
-            net,
-            obj.get("metadata", {}).get("text_template", TEXT_TEMPLATE),
-            obj.get("metadata", {}).get("text_encoder"),
-        ),
-        device=device,
-        dtype=dtype,
-    )
+    load_strict(net, sd, f"imis checkpoint (arch {spec.arch}, file {path})")
+    return model_from_spec(spec, net, device, dtype)
 
 
 def registry_rows() -> list[dict[str, str]]:

@@ -3,7 +3,7 @@
 A text prompt is never refused (free text is embedded as given), but a name the model never saw in
 training gives a mask of little meaning: :func:`text_warning` says so, with the nearest trained names.
 The list of a shipped model is a text file beside its weights (one name a line, as
-:func:`imis.models.registry.prompt_name` spells it), written by ``scripts/text_vocabulary.py``.
+:func:`imis.prompts.text.prompt_name` spells it), written by ``scripts/text_vocabulary.py``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ def text_warning(model: str, text: str) -> str | None:
     """A one-line warning when ``text`` is outside what ``model`` was trained on (with the nearest
     trained names), else None (also when the model's list is unknown)."""
     from imis.data.vocabulary import Vocabulary
-    from imis.models.registry import prompt_name
     from imis.names import closest_names
+    from imis.prompts.text import prompt_name
 
     names = text_vocabulary(model)
     if names is None:

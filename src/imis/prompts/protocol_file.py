@@ -3,15 +3,21 @@ replayed identically for every model.
 
 Layout of the object (all values JSON types; coordinates ``(x, y)`` in the mask's native frame)::
 
-    {"format": "imis-prompts", "version": 1, "protocol": ..., "seed": ..., "dataset_fingerprint": ...,
+    {"format": "imis-prompts", "version": 2, "protocol": ..., "seed": ..., "dataset_fingerprint": ...,
      "box_offsets": [0, 5, 10, 20], "text_template": "A segmentation area of a {}.",
      "targets": [
         {"image_id": ..., "target": ..., "shape": [H, W], "mask_sha256": ..., "area": ...,
          "clicks": {"uniform": [x, y], "centroid": [x, y], "center": [x, y]},
          "boxes": {"tight": [x0, y0, x1, y1], "offset_0": [...], "offset_5": [...], ...},
-         "text": "A segmentation area of a liver."},
+         "text": "A segmentation area of a right kidney."},   # target "kidney_right"
         {"image_id": ..., "target": ..., ..., "skip_reason": "empty ground-truth mask"},   # no prompts
         ...]}
+
+``text`` is exactly the sentence a model's text tower reads (:func:`imis.prompts.text.text_prompt`: the
+template filled with the vocabulary's display name of the target), and the benchmark feeds it as it is:
+a replayed file gives each model what it saw. Version 1 files recorded the template filled with the bare
+target name while the models read the display name; they are read as version 2 with ``text`` rebuilt
+from the target, which is what their runs fed.
 
 Targets are sorted by ``(image_id, target)``. Each target draws from its own generators, derived from
 ``(seed, image_id, target, prompt kind)`` through :class:`numpy.random.SeedSequence` with a SHA-256 of the
@@ -49,7 +55,9 @@ __all__ = [
 ]
 
 FORMAT = "imis-prompts"
-VERSION = 1
+VERSION = 2
+#: versions read (older ones are upgraded on reading, see the module notes)
+READABLE_VERSIONS = (1, 2)
 DEFAULT_BOX_OFFSETS = (0, 5, 10, 20)
 
 
@@ -185,12 +193,15 @@ def load_prompts(path: str | Path, dataset_fingerprint: str | None) -> dict[str,
         raise InputError(f"{path}: not a valid prompt file ({exc})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise InputError(f"{path}: not an imis prompt file (expected format '{FORMAT}')")
-    if obj.get("version") != VERSION:
+    if obj.get("version") not in READABLE_VERSIONS:
         raise InputError(
-            f"{path}: prompt file version {obj.get('version')!r} unsupported (expected {VERSION})"
+            f"{path}: prompt file version {obj.get('version')!r} unsupported (expected one of "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     if not isinstance(obj.get("targets"), list) or not isinstance(obj.get("dataset_fingerprint"), str):
         raise InputError(f"{path}: prompt file lacks 'targets' or 'dataset_fingerprint'")
+    if obj["version"] == 1:
+        obj = _upgrade_v1(path, obj)
     if dataset_fingerprint is not None and obj["dataset_fingerprint"] != dataset_fingerprint:
         raise InputError(
             f"{path}: prompt file was generated for another dataset (fingerprint "
@@ -198,3 +209,17 @@ def load_prompts(path: str | Path, dataset_fingerprint: str | None) -> dict[str,
             "regenerate it for this dataset"
         )
     return obj
+
+
+def _upgrade_v1(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 object as version 2: each target's ``text`` becomes the sentence its run fed (the
+    template filled with the target's display name)."""
+    template = obj.get("text_template", DEFAULT_TEMPLATE)
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise InputError(f"{path}: prompt file's text_template {template!r} lacks its one '{{}}' field")
+    targets = []
+    for rec in obj["targets"]:
+        if isinstance(rec, dict) and "skip_reason" not in rec and isinstance(rec.get("target"), str):
+            rec = {**rec, "text": text_prompt(rec["target"], template)}
+        targets.append(rec)
+    return {**obj, "version": VERSION, "targets": targets}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from imis.errors import InputError, PromptError
-from imis.models.interactive import Embedding, InteractiveModel, Prediction, PromptSpec
+from imis.models.interactive import Prediction, PromptableModel, PromptSpec
 
 Click = tuple[float, float, bool]
 Box = tuple[float, float, float, float]
@@ -55,19 +55,20 @@ class CacheStats:
 class Session:
     """Interactive segmentation of one image (or one slice of a volume) at a time.
 
-    model: an InteractiveModel (see `imis.models.load_model`); cache_size: how many image embeddings
-    are kept (LRU), so going back to a slice of a volume does not re-encode it.
+    model: any :class:`~imis.models.interactive.PromptableModel` (an InteractiveModel from
+    `imis.models.load_model`, a baseline); cache_size: how many image embeddings are kept (LRU), so
+    going back to a slice of a volume does not re-encode it.
     """
 
-    def __init__(self, model: InteractiveModel, cache_size: int = 8) -> None:
+    def __init__(self, model: PromptableModel, cache_size: int = 8) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be >= 1")
         self.model = model
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, Embedding] = OrderedDict()
+        self._cache: OrderedDict[str, object] = OrderedDict()  # the model's own embedding objects
         self.cache_stats = CacheStats()
         self._image: np.ndarray | None = None
-        self._embedding: Embedding | None = None
+        self._embedding: object | None = None
         self._object = ObjectState()
         self._labels: np.ndarray | None = None
         self._next_label = 1

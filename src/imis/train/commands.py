@@ -26,9 +26,9 @@ Several processes (CPU: gloo, GPUs: NCCL) share one global batch:
 See the imis.train.config module (or docs/training.md) for every configuration key.
 
 examples:
-  imis train --config configs/imis-lite.yaml
-  imis train --config configs/imis-lite.yaml -o runs/try --epochs 1 --max-steps 20
-  imis train --config configs/imis-lite-stage8.yaml --time-limit 3600   # one hour on a lent GPU
+  imis train --config configs/imis-lite/stage01.yaml
+  imis train --config configs/imis-lite/stage01.yaml -o runs/try --epochs 1 --max-steps 20
+  imis train --config configs/imis-lite/stage08.yaml --time-limit 3600   # one hour on a lent GPU
 """
 
 
@@ -56,7 +56,7 @@ def register_train_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from imis.cli import print_table
+    from imis.console import print_table
     from imis.errors import InputError
     from imis.train.config import load_train_config
     from imis.train.trainer import STATE_FILE, train

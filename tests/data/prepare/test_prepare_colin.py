@@ -129,7 +129,7 @@ def test_refuses_foreign_output_folder(colin_source, tmp_path):
 
 
 def _parser():
-    from imis.data.prepare import register_prepare_commands
+    from imis.data.prepare.commands import register_prepare_commands
 
     parser = argparse.ArgumentParser(prog="imis")
     register_prepare_commands(parser.add_subparsers(dest="command"))
@@ -184,7 +184,7 @@ def test_restack_predictions(colin_prepared, tmp_path):
 def test_write_slice_matches_imed_write_sample(tmp_path):
     """Our channel-map writer produces the IMed writer's bytes and entry."""
     from imis.data.formats import imed
-    from imis.data.prepare.pipeline import write_slice
+    from imis.data.prepare.channels import write_slice
 
     rng = np.random.default_rng(0)
     chmap = rng.integers(-1, 7, size=(23, 31)).astype(np.int16)

@@ -288,7 +288,7 @@ def _default_btcv() -> Path | None:
 def cmd_prepare_templates(args: argparse.Namespace) -> int:
     import time
 
-    from imis.cli import print_table
+    from imis.console import print_table
     from imis.data import brain_templates as bt
 
     t0 = time.perf_counter()

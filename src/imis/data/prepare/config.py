@@ -344,4 +344,3 @@ def unnamed_values_error(case: str, source: str, values: list[int]) -> InputErro
         "source's labels do not name; name them under 'labels', set 'unnamed_labels: ignore' (they become "
         "background), or list the labels to prepare under 'keep_labels' in the configuration"
     )
-

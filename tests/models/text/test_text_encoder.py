@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from imis.errors import ModelNotAvailableError
-from imis.models import tokenizer as tokmod
-from imis.models.text_encoder import CLIPTextEncoder
-from imis.models.tokenizer import END_ID, START_ID, CLIPTokenizer
+from imis.models.text import tokenizer as tokmod
+from imis.models.text.text_encoder import CLIPTextEncoder
+from imis.models.text.tokenizer import END_ID, START_ID, CLIPTokenizer
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from imis.errors import CheckpointError, ModelNotAvailableError
-from imis.models import minilm as minilm_mod
 from imis.models.formats import minilm as minilm_format
 from imis.models.formats.safetensors_io import read_safetensors, read_safetensors_header, write_safetensors
-from imis.models.minilm import MINILM_PIP, MiniLMEncoder, load_minilm, locate_minilm
-from imis.models.wordpiece import WordPieceTokenizer, basic_tokenize, normalize_text
+from imis.models.text import minilm as minilm_mod
+from imis.models.text.minilm import MINILM_PIP, MiniLMEncoder, load_minilm, locate_minilm
+from imis.models.text.wordpiece import WordPieceTokenizer, basic_tokenize, normalize_text
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "imis" / "models"
-RUNTIME_FILES = ("formats/safetensors_io.py", "formats/minilm.py", "wordpiece.py", "minilm.py")
+SRC = Path(__file__).resolve().parents[3] / "src" / "imis" / "models"
+RUNTIME_FILES = ("formats/safetensors_io.py", "formats/minilm.py", "text/wordpiece.py", "text/minilm.py")
 
 TRICKY = [
     "A segmentation area of a left kidney.",

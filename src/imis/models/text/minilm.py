@@ -31,7 +31,7 @@ from imis.models.common import FeedForward, SelfAttention
 from imis.models.formats import load_strict
 from imis.models.formats import minilm as minilm_format
 from imis.models.formats.safetensors_io import read_safetensors
-from imis.models.wordpiece import WordPieceTokenizer
+from imis.models.text.wordpiece import WordPieceTokenizer
 
 __all__ = [
     "MINILM_PACKAGE",

@@ -1,0 +1,155 @@
+"""The network a training run trains: built from the configuration's architecture with its starting
+weights, its frozen text features, the split of its image encoder, and its export as one of our
+checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imis.errors import InputError
+from imis.models.preprocess import Preprocess
+from imis.train.config import TrainConfig
+
+
+def build_network(cfg: TrainConfig) -> tuple[torch.nn.Module, Preprocess, dict[str, Any]]:
+    """The network of ``cfg.model`` with its starting weights, its preprocessing (its architecture's
+    recipe model's, at the network's input size) and a load report."""
+    from imis.models.registry import load_model, spec_for_architecture
+    from imis.models.spec import get_architecture
+
+    arch = cfg.model.arch
+    net = get_architecture(arch).build(**cfg.model.arch_kwargs)
+    recipe = spec_for_architecture(arch)
+    size = int(net.prompt_encoder.input_image_size[0])
+    pre = dataclasses.replace(recipe.preprocess, input_size=size)
+    report: dict[str, Any] = {"init": cfg.model.init, "missing": [], "unexpected": []}
+    if cfg.model.init:
+        base = (
+            load_model(checkpoint=cfg.model.init)
+            if Path(cfg.model.init).is_file()
+            else load_model(cfg.model.init)
+        )
+        own = net.state_dict()
+        sd = {k: v for k, v in base.net.state_dict().items() if k in own and own[k].shape == v.shape}
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+        report["missing"] = sorted(missing)
+        report["unexpected"] = sorted(set(base.net.state_dict()) - set(sd))
+        if not sd:
+            raise InputError(f"model.init {cfg.model.init!r}: none of its weights fit architecture {arch!r}")
+    return net, pre, report
+
+
+def trained_spec(cfg: TrainConfig, net: torch.nn.Module, pre: Preprocess):
+    """The registry spec of the model a run trains: its architecture's recipe with this run's name,
+    sizes, preprocessing, mask choice and text template."""
+    from imis.models.registry import spec_for_architecture
+
+    text = getattr(net, "text_projection", None) is not None
+    return dataclasses.replace(
+        spec_for_architecture(cfg.model.arch),
+        name=cfg.name,
+        description=f"trained by imis train ({cfg.out})",
+        arch=cfg.model.arch,
+        arch_kwargs=dict(cfg.model.arch_kwargs),
+        preprocess=pre,
+        multimask="auto" if cfg.click_output == "multimask" else "single",
+        prompt_types=frozenset({"point", "box", "mask"} | ({"text"} if text else set())),
+        license="Apache-2.0",
+        embedded_weights=None,
+        text_template=cfg.text_template,
+        text_encoder=None,
+    )
+
+
+def text_features(cfg: TrainConfig, net: torch.nn.Module, names: list[str], device) -> torch.Tensor | None:
+    """(len(names), T) frozen text-tower features of each name's text prompt (the same sentence and tower
+    as at inference: :mod:`imis.models.text.towers`), or None."""
+    from imis.models.spec import get_architecture
+    from imis.models.text.towers import tower_features
+    from imis.prompts.text import text_prompt
+
+    tower = get_architecture(cfg.model.arch).text_tower
+    if getattr(net, "text_projection", None) is None or not names or tower is None:
+        return None
+    with torch.no_grad():
+        feats = tower_features(tower, net, [text_prompt(n, cfg.text_template) for n in names])
+    return feats.float().to(device)
+
+
+def encoder_split(net: torch.nn.Module, tail: int) -> tuple[Any, Any]:
+    """(trunk, head) of ``net.image_encoder`` for ``model.train_encoder_tail`` = ``tail`` (None, None at 0)."""
+    if not tail:
+        return None, None
+    enc = net.image_encoder
+    if not hasattr(enc, "split"):
+        raise InputError(f"model.train_encoder_tail: the image encoder {type(enc).__name__} cannot be split")
+    try:
+        return enc.split(tail)
+    except ValueError as e:
+        raise InputError(f"model.train_encoder_tail: {e}") from None
+
+
+def train_mode(net: torch.nn.Module, freeze: bool, head: Any) -> None:
+    """Training mode, except the frozen encoder. A trained encoder top trains with its BatchNorm
+    statistics kept: the few images of a CPU batch would make noisy ones (its affine weights learn)."""
+    net.train()
+    if freeze:
+        net.image_encoder.eval()
+    if head is not None:
+        head.train()
+        for m in head.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def base_model_name(init: str | None) -> str | None:
+    """The registry model whose image encoder a run starts from: ``init`` itself, or the ``base`` named
+    by one of our partial checkpoints."""
+    if not init:
+        return None
+    if not Path(init).is_file():
+        return init
+    try:
+        obj = torch.load(init, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a foreign or unreadable file names no base
+        return None
+    return obj.get("metadata", {}).get("base") if isinstance(obj, dict) else None
+
+
+def export_model(
+    net: torch.nn.Module,
+    cfg: TrainConfig,
+    pre: Preprocess,
+    path: Path,
+    load_report: dict[str, Any],
+    val: dict[str, float],
+    steps: int,
+) -> Path:
+    """Write the trained model as one of our checkpoints: only the trained parts, in fp16, when the
+    image encoder was frozen (the base model named in the metadata supplies it)."""
+    from imis.models.registry import model_from_spec, save_checkpoint
+
+    # only a wholly frozen encoder can come from the base model; a trained top makes it this model's own
+    freeze = cfg.model.freeze_image_encoder and not cfg.model.train_encoder_tail
+    base = base_model_name(cfg.model.init) if freeze else None
+    partial = base is not None
+    spec = trained_spec(cfg, net, pre)
+    model = model_from_spec(spec, net.cpu().eval())
+    metadata: dict[str, Any] = {
+        "text_template": spec.text_template,
+        "text_encoder": spec.text_tower,
+        "train_config": json.loads(json.dumps(cfg.to_json(), default=str)),
+        "steps": steps,
+        "val": val,
+        "init_report": {k: (v[:20] if isinstance(v, list) else v) for k, v in load_report.items()},
+    }
+    if partial:
+        metadata["base"] = base
+    only = ("prompt_encoder", "mask_decoder", "text_projection") if partial else None
+    save_checkpoint(path, model, metadata=metadata, half=bool(partial), only=only)
+    return path

@@ -1,0 +1,121 @@
+"""Validation during training: the benchmark's Dice of a centre click, a tight box, the target's name
+as text and (optionally) click@N after RITM corrections, decoded in the low-res frame."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from imis.models.preprocess import Preprocess
+from imis.train.config import TrainConfig
+from imis.train.data import TrainImage, read_train_image
+from imis.train.interaction import MaskState
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation and export
+# ---------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(
+    net: torch.nn.Module,
+    images: list[TrainImage],
+    store: Any,
+    feats: torch.Tensor | None,
+    name_index: dict[str, int],
+    pre: Preprocess,
+    cfg: TrainConfig,
+    device: torch.device,
+    head: torch.nn.Module | None = None,
+) -> dict[str, float]:
+    """Mean Dice (the benchmark's metric, in the low-res frame) of one centre click, a tight box and the
+    target's name as text, and (``cfg.val_interactions`` = N > 0) under ``click@N`` after the centre click
+    and N-1 RITM corrections with the previous logits fed back, as the benchmark's iterative protocol
+    does; over up to ``cfg.val_max_targets`` ground-truth targets. ``head``: the trained top of the
+    encoder, applied to the store's cached trunk outputs."""
+    from imis.bench.metrics import dice
+    from imis.prompts import center_click, tight_box
+    from imis.train.interaction import Prompt
+
+    net.eval()
+    multimask = cfg.click_output == "multimask"
+    scores: dict[str, list[float]] = {"click": [], "box": [], "text": []}
+    n = 0
+    for img in images:
+        if n >= cfg.val_max_targets:
+            break
+        if store is not None:
+            emb = store.get(img.key, img.path, img.affine).to(device).float()[None]
+            if head is not None:
+                emb = head(emb).float()
+        else:
+            from imis.models.preprocess import prepare_image
+
+            x, _ = prepare_image(read_train_image(img.path, img.affine), pre, str(img.path))
+            emb = net.image_encoder(x.to(device)).float()
+        for t in img.gt[: cfg.val_max_targets - n]:
+            n += 1
+            st = MaskState(target=t, image_index=0, rng=np.random.default_rng(0))
+            prompts = {
+                "click": Prompt([center_click(t.mask)], None, None, False, multimask=multimask),
+                "box": Prompt([], tight_box(t.mask), None, False),
+            }
+            if feats is not None and t.name in name_index:
+                prompts["text"] = Prompt([], None, name_index[t.name], False)
+            scale = pre.input_size / t.mask.shape[0]
+            for kind, p in prompts.items():
+                logits = _decode_one(net, emb, st, p, feats, scale, device)
+                scores[kind].append(dice(logits[0].cpu().numpy() > 0, t.mask))
+            if cfg.val_interactions:
+                key = f"click@{cfg.val_interactions}"
+                scores.setdefault(key, []).append(_iterative_dice(net, emb, t, feats, scale, cfg, device))
+    res = {k: float(np.mean(v)) for k, v in scores.items() if v}
+    res["targets"] = float(n)
+    return res
+
+
+def _decode_one(
+    net: torch.nn.Module,
+    emb: torch.Tensor,
+    st: MaskState,
+    prompt: Any,
+    feats: torch.Tensor | None,
+    scale: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """One target's (1, L, L) logits: the single output, or the IoU head's pick of several."""
+    from imis.train.interaction import _decode_group
+
+    low, iou = _decode_group(net, emb, [st], [prompt], feats, scale, device)
+    best = int(iou[0].argmax()) if low.shape[1] > 1 else 0
+    return low[0, best : best + 1].detach().float()
+
+
+def _iterative_dice(
+    net: torch.nn.Module,
+    emb: torch.Tensor,
+    target: Any,
+    feats: torch.Tensor | None,
+    scale: float,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> float:
+    """Dice after a centre click and ``cfg.val_interactions - 1`` RITM corrections (deterministic)."""
+    from imis.bench.metrics import dice
+    from imis.prompts import center_click, ritm_click
+    from imis.train.interaction import Prompt
+
+    st = MaskState(target=target, image_index=0, rng=np.random.default_rng(0))
+    st.clicks = [center_click(target.mask)]
+    for k in range(cfg.val_interactions):
+        if k:
+            new = ritm_click(st.pred, target.mask, st.clicks)
+            if new is None:  # nothing left to correct: the prediction stands
+                break
+            st.clicks.append(new)
+        lone = k == 0 and cfg.click_output == "multimask"
+        p = Prompt(list(st.clicks), None, None, st.logits is not None, multimask=lone)
+        st.logits = _decode_one(net, emb, st, p, feats, scale, device)
+        st.pred = (st.logits[0] > 0).cpu().numpy()
+    return dice(st.pred, target.mask)
