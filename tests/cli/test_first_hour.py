@@ -160,7 +160,8 @@ def test_prepare_four_atlas_labels(colin, tmp_path, capsys):
     cases = _case_list(tmp_path, FOUR)
     rc, out, err = _run(capsys, "prepare", cases, "--out", tmp_path / "a", "--config", _config(tmp_path, ""))
     assert rc == 1
-    assert (out + err).count("holds value(s)") == 1, "the cause is printed once"
+    assert (out + err).count("that the source's labels do not name") == 1, "the cause is printed once"
+    assert "failed: colin_000 (the cause of each is printed above" in out
     assert "112 value(s) 1-37, 39-71, 74-76, 78-116" in out + err
     assert "unnamed_labels: ignore" in out + err and "keep_labels" in out + err
     # unnamed_labels: ignore -> the other 112 values are background
