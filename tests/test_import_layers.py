@@ -17,6 +17,7 @@ RANKS = {
     "errors": 0,
     "console": 0,
     "runtime_options": 0,  # --backend/--precision arguments (onnx branch)
+    "names": 0,
     "io": 1,
     "data": 2,
     "prompts": 2,

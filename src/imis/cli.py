@@ -18,20 +18,26 @@ DEFAULT_MODEL = "imis-lite"  # falls back to litemedsam where imis-lite's weight
 
 EPILOG_SEGMENT = """\
 examples:
-  imis segment ct.png --box 60,190,315,385 -o liver.png --overlay liver_overlay.png
-  imis segment ct.nii.gz --axis z --slice 40 --box 60,190,315,385 -o liver.nii.gz
+  imis segment ct.png --box 60,190,315,385 -o liver.png --overlay liver_overlay.png --overlay-scale 2
+  imis segment ch2.nii.gz --axis z --slice 80 --box 91,93,112,121 -o thalamus.nii.gz
   imis segment mr.nrrd --axis x --slice 90 --click 120,88,+ --click 140,90,- -o mask.npy
   imis segment dicom_series/ --slice 12 --box 10,10,80,90 --model sam-vit-b --checkpoint sam_vit_b.pth -o m.nii.gz
   imis segment ch2.nii.gz --axis z --slice 78 --box 67,92,90,121 --propagate -o thalamus.nii.gz
   imis segment ct.nii.gz --axis z --slice 40 --text liver --propagate --labels old.nii.gz -o all.nii.gz
   imis segment dicom_series/ --slice 2 --box 4,4,11,9 --propagate --name tumour -o seg.dcm
+  imis segment ch2.nii.gz --axis y --slice 120 --preview coronal.png   # look first: a grid of voxel indices
 
-Coordinates are native pixels of the (sliced) image: x = column, y = row, 0-based. Boxes are
-x0,y0,x1,y1 inclusive. Clicks are x,y,+ (positive, the default) or x,y,- (negative). Output formats:
-.png, .npy, .nii/.nii.gz/.nrrd/.mha (written with the input's geometry), .dcm (DICOM SEG, for a
-DICOM series input, validated on read-back).
+Inputs: PNG/JPG/TIFF, NIfTI/NRRD/MHA/MHD, DICOM series folders, .npy/.npz (the array alone or under
+'image'). Coordinates are native pixels of the (sliced) image: x = column, y = row, 0-based; for a
+volume they are the voxel indices of the slice np.take(volume, SLICE, axis) (as ITK-SNAP and 3D Slicer
+show a voxel's index). Boxes are x0,y0,x1,y1 inclusive. Clicks are x,y,+ (positive, the default) or
+x,y,- (negative). Output formats: .png (one mask: 0/255), .npy, .nii/.nii.gz/.nrrd/.mha (written with the
+input's geometry), .dcm (DICOM SEG, for a DICOM series input, validated on read-back). --overlay and
+--preview pictures show slices of volumes in the radiological convention (axial: anterior up, the
+patient's right on the left; coronal: superior up, right on the left; sagittal: superior up, anterior on
+the left) with the prompts drawn; the preview's grid is labelled with the voxel indices to prompt with.
 
-Volumes: a slice is never flipped. A z slice shows (rows = y, columns = x), a y slice (rows = z,
+Volumes: coordinates and label maps are never flipped (only pictures are). A z slice shows (rows = y, columns = x), a y slice (rows = z,
 columns = x), an x slice (rows = z, columns = y), as `np.take(volume, K, axis)`. --propagate segments
 the neighbouring slices of the same axis in both directions from the prompted one (stopping where the
 structure ends) and writes one label map of the whole volume; --labels adds the object to an existing
@@ -105,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EPILOG_SEGMENT,
     )
-    seg.add_argument("image", type=Path, help="PNG/JPG/TIFF, NIfTI/NRRD/MHA, a DICOM series folder, or .npy")
+    seg.add_argument(
+        "image", type=Path, help="PNG/JPG/TIFF, NIfTI/NRRD/MHA/MHD, a DICOM series folder, or .npy/.npz"
+    )
     seg.add_argument(
         "--axis", choices=["z", "y", "x"], default=None, help="slicing axis of a volume (default z)"
     )
@@ -124,9 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--text", default=None, help="target name or free text (models that take text)")
     seg.add_argument("--series-uid", default=None, help="DICOM series UID when a folder holds several")
     seg.add_argument(
-        "-o", "--output", type=Path, required=True, help="label map to write (.png/.npy/.nii.gz/...)"
+        "-o", "--output", type=Path, default=None, help="label map to write (.png/.npy/.nii.gz/...)"
     )
-    seg.add_argument("--overlay", type=Path, default=None, help="also write a PNG overlay of the mask")
+    seg.add_argument(
+        "--overlay", type=Path, default=None, help="also write a PNG of the mask and prompts on the image"
+    )
+    seg.add_argument(
+        "--overlay-scale",
+        type=int,
+        default=1,
+        metavar="N",
+        help="enlarge --overlay N times (1-16; default 1)",
+    )
+    seg.add_argument(
+        "--preview",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="write the image or slice with a grid of voxel indices (and the prompts); "
+        "without -o nothing is segmented",
+    )
     seg.add_argument(
         "--propagate",
         action="store_true",
@@ -167,7 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     mod = sub.add_parser(
         "models",
         help="list the model registry and whether weights are available",
-        description="List every registry model: prompts it takes, input recipe, license, weights.",
+        description="List every registry model (prompts it takes, input recipe, license, weights) and the "
+        "weight-free baselines that `imis bench` runs.",
+    )
+    mod.add_argument(
+        "--vocabulary",
+        default=None,
+        metavar="NAME",
+        help="print the target names the text prompts of model NAME were trained on",
     )
     mod.set_defaults(func=cmd_models)
 
@@ -263,30 +295,99 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    from imis.bench.model_names import baseline_rows
     from imis.models.registry import registry_rows
 
-    print_table(registry_rows(), ["name", "prompts", "input", "intensity", "license", "weights"])
+    if args.vocabulary is not None:
+        return _print_vocabulary(args.vocabulary)
+    rows = registry_rows() + baseline_rows()
+    print_table(rows, ["name", "prompts", "input", "intensity", "license", "weights"])
     return 0
 
 
-def cmd_segment(args: argparse.Namespace) -> int:
-    from imis.io import read_image, slice_volume, write_label_map, write_overlay_png
-    from imis.session import Session
+def _print_vocabulary(name: str) -> int:
+    from imis.models.registry import get_spec
+    from imis.models.text_vocabulary import text_vocabulary
 
-    if args.box is None and not args.click and args.text is None:
+    spec = get_spec(name)
+    if "text" not in spec.prompt_types:
+        raise InputError(f"--vocabulary {name}: model {name!r} takes no text prompts")
+    names = text_vocabulary(name)
+    if names is None:
+        print(f"{name}: no list of trained names is shipped; any text is embedded as given")
+        return 0
+    print(
+        f"# {len(names)} target names {name} was trained on (any other text is embedded too, with a warning)"
+    )
+    print("\n".join(names))
+    return 0
+
+
+def _check_segment_args(args: argparse.Namespace) -> None:
+    """Everything that can be refused before reading the image or loading a model."""
+    if args.output is None and args.preview is None:
+        raise InputError("pass -o OUTPUT for the mask (or --preview PNG to look at the image first)")
+    if args.output is not None and args.box is None and not args.click and args.text is None:
         raise PromptError("no prompt given: pass --box, --click and/or --text")
+    if not 1 <= args.overlay_scale <= 16:
+        raise InputError(f"--overlay-scale must be from 1 to 16, got {args.overlay_scale}")
+    if args.model is not None:
+        from imis.bench.baselines import BASELINES
+        from imis.models.registry import get_spec
+
+        if args.model in BASELINES:
+            raise InputError(
+                f"--model {args.model}: a baseline of `imis bench`; imis segment takes the "
+                "registry models of `imis models`"
+            )
+        get_spec(args.model)
+
+
+def _read_slice(args: argparse.Namespace):
+    from imis.io import read_image, slice_volume
+
     data = read_image(args.image, series_uid=args.series_uid) if args.series_uid else read_image(args.image)
-    if args.propagate or args.labels is not None:
-        return _segment_volume(args, data)
     if data.kind == "volume":
         if args.slice_index is None:
             raise InputError(
                 f"{args.image}: is a volume of shape {data.array.shape}; pass --slice N (and --axis)"
             )
-        data = slice_volume(data, args.axis or "z", args.slice_index)
-    elif args.slice_index is not None or args.axis is not None:
+        return slice_volume(data, args.axis or "z", args.slice_index)
+    if args.slice_index is not None or args.axis is not None:
         raise InputError(f"{args.image}: is a 2D image; --axis/--slice apply to volumes only")
+    return data
+
+
+def _write_preview(args: argparse.Namespace, data) -> None:
+    from imis.io.display import orientation_of, write_slice_png
+
+    h, w = data.spatial_shape
+    scale = max(1, min(8, round(768 / max(h, w))))
+    where = f" {data.slice_info.axis_name}={data.slice_info.index}" if data.slice_info else ""
+    plane = orientation_of(data).plane
+    title = f"{args.image.name}{where} ({plane}, {w}x{h}): grid = voxel x (column), y (row)"
+    write_slice_png(args.preview, data, scale=scale, box=args.box, clicks=args.click, grid=True, title=title)
+    print(f"preview: {args.preview} ({plane}; prompt with the x, y indices of its grid)")
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from imis.io import read_image, write_label_map
+    from imis.session import Session
+    from imis.session.feedback import result_warnings, text_prompt_warning
+
+    _check_segment_args(args)
+    if args.output is not None and (args.propagate or args.labels is not None):
+        data = (
+            read_image(args.image, series_uid=args.series_uid) if args.series_uid else read_image(args.image)
+        )
+        return _segment_volume(args, data)
+    data = _read_slice(args)
+    if args.preview is not None:
+        _write_preview(args, data)
+    if args.output is None:
+        return 0
     model = _load_for(args)
+    warnings = [w for w in [text_prompt_warning(model.name, args.text)] if w]
     t_load = time.perf_counter()
     session = Session(model)
     session.set_image(data.array, name=str(args.image))
@@ -297,7 +398,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     labels = session.label_map
     write_label_map(args.output, labels, reference=data)
     if args.overlay is not None:
-        write_overlay_png(args.overlay, data.array, labels)
+        from imis.io.display import write_slice_png
+
+        write_slice_png(args.overlay, data, labels, scale=args.overlay_scale, box=args.box, clicks=args.click)
     h, w = labels.shape
     print_table(
         [
@@ -314,6 +417,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
             }
         ]
     )
+    for warning in warnings + result_warnings(pred.mask, pred.quality):
+        print(f"imis: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -46,7 +46,7 @@ def test_segment_png_box_writes_mask_and_overlay(tmp_path, liver_png, liver_gt, 
     from PIL import Image
 
     mask = np.asarray(Image.open(out))
-    assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 1}
+    assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}  # one mask: 0/255
     assert abs(dice(mask > 0, liver_gt) - 0.766) < 0.005
     ov = np.asarray(Image.open(overlay))
     assert ov.shape == (512, 512, 3)

@@ -39,6 +39,8 @@ protocols:
              then 3D Dice, NSD (--nsd-tolerance mm) and HD95 with the voxel spacing
   volume-iterative  the box start, then correction clicks on the worst slice, re-propagated
 
+--data DATASET[:SPLIT] is a folder made by `imis prepare`; without a split the test split is used.
+
 --prompts FILE replays a prompt file (e.g. another run's RUN_DIR/prompts.json); a file made for
 other data is refused.
 
@@ -46,26 +48,60 @@ other data is refused.
 "pass --checkpoint"); repeat it, once per model. With a single learned model, --checkpoint FILE is enough.
 
 examples:
-  imis bench --models litemedsam,grabcut --data data/btcv-demo:test --protocol single -o runs/single
-  imis bench --models litemedsam --data data/btcv-demo --protocol iterative --seed 1 -o runs/iter
-  imis bench --models litemedsam --data data/btcv-demo --protocol box-offset -o runs/offset
-  imis bench --models litemedsam --data data/btcv-demo --protocol imis-paper -o runs/paper
-  imis bench --models grabcut --data data/btcv-demo --prompts runs/single/prompts.json -o runs/gc
-  imis bench --models imis-lite --data data/btcv-demo:train --cases ABD_034,ABD_035,ABD_036 \\
+  imis bench --models litemedsam,grabcut --data ../shared/data/btcv-demo:test --protocol single -o runs/single
+  imis bench --models litemedsam --data ../shared/data/btcv-demo --protocol iterative --seed 1 -o runs/iter
+  imis bench --models litemedsam --data ../shared/data/btcv-demo --protocol box-offset -o runs/offset
+  imis bench --models litemedsam --data ../shared/data/btcv-demo --protocol imis-paper -o runs/paper
+  imis bench --models grabcut --data ../shared/data/btcv-demo --prompts runs/single/prompts.json -o runs/gc
+  imis bench --models imis-lite --data ../shared/data/btcv-demo:train --cases ABD_034,ABD_035,ABD_036 \\
       --protocol iterative -o runs/val-iter     # a validation split held out of training
   imis bench --models imis-lite --data Task04_Hippocampus --protocol volume --nsd-tolerance 1 -o runs/vol
-  imis bench --models sam2-hiera-b+,sam-med2d-b,medsam-vit-b --data data/btcv-demo -o runs/paper-models \\
+  imis bench --models sam2-hiera-b+,sam-med2d-b,medsam-vit-b --data ../shared/data/btcv-demo -o runs/paper-models \\
       --checkpoint sam2-hiera-b+=sam2.1_hiera_base_plus.pt --checkpoint sam-med2d-b=sam-med2d_b.pth \\
       --checkpoint medsam-vit-b=medsam_vit_b.pth
-  imis report runs/single runs/iter
+  imis report runs/single runs/iter -o runs/leaderboard.md
 """
 
 
+SPLITS = ("test", "train")
+
+
 def _parse_data(spec: str) -> tuple[Path, str]:
+    """``DATASET[:SPLIT]`` -> (folder, split); the split defaults to ``test``. An unknown split of an
+    existing folder (``data:val``) is refused by name, not taken as part of the folder's path."""
     path, sep, split = spec.rpartition(":")
-    if sep and split in ("test", "train") and path:
-        return Path(path), split
+    if sep and path and not Path(spec).exists():
+        if split in SPLITS:
+            return Path(path), split
+        if Path(path).is_dir():
+            raise InputError(
+                f"--data {spec}: unknown split {split!r}; a dataset has the splits {' and '.join(SPLITS)} "
+                f"(e.g. --data {path}:test; a validation set is --data {path}:train --cases IDS)"
+            )
     return Path(spec), "test"
+
+
+def check_data(data: Path, split: str) -> None:
+    """Refuse what is not a prepared dataset with entries in ``split``, before any run folder exists."""
+    if not data.is_dir():
+        raise InputError(f"--data {data}: no such dataset folder")
+    if (data / "imagesTr").is_dir() and not (data / "image").is_dir():
+        raise InputError(
+            f"--data {data}: an MSD / nnU-Net raw folder of volumes; run `imis prepare {data} --out DATASET` "
+            "and benchmark the prepared DATASET"
+        )
+    if not (data / "dataset.json").is_file():
+        raise InputError(
+            f"--data {data}: not a dataset folder (no dataset.json); pass --data DATASET[:split]"
+        )
+    from imis.data.formats.imed import read_dataset
+
+    ds = read_dataset(data)
+    if not ds.split(split):
+        counts = {s: len(ds.split(s)) for s in SPLITS}
+        other = next((s for s in SPLITS if counts[s]), None)
+        hint = f"; use --data {data}:{other} ({counts[other]} images)" if other else ""
+        raise InputError(f"--data {data}: split {split!r} has no images{hint}")
 
 
 def _parse_cases(spec: str | None) -> tuple[str, ...]:
@@ -106,17 +142,19 @@ def parse_checkpoints(specs: list[str] | None, models: tuple[str, ...]) -> dict[
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from imis.bench.config import BenchConfig
+    from imis.bench.model_names import check_model_names
     from imis.bench.report import format_table, merge_runs
     from imis.bench.runner import run_bench
 
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    checkpoints = parse_checkpoints(args.checkpoint, models)
+    check_model_names(models, checkpoints)
     if args.protocol in VOLUME_PROTOCOLS:  # 3D: imis.bench.volume reads volume datasets itself
         from imis.bench.volume import cmd_bench_volume
 
         return cmd_bench_volume(args, models)
     data, split = _parse_data(args.data)
-    if not (data / "dataset.json").is_file():
-        raise InputError(f"{data}: not a dataset folder (no dataset.json); pass --data DATASET[:split]")
+    check_data(data, split)
     config = BenchConfig(
         models=models,
         data=data,
@@ -131,11 +169,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         limit_images=args.limit_images,
         device=args.device,
         prompts_file=args.prompts,
-        checkpoints=parse_checkpoints(args.checkpoint, models),
+        checkpoints=checkpoints,
         backend=args.backend,
         precision=args.precision,
     )
-    summary = run_bench(config, args.output, progress=not args.no_progress)
+    summary = _run_leaving_no_empty_folder(run_bench, config, Path(args.output), not args.no_progress)
     print(format_table(merge_runs([args.output])), end="")
     for model, n in summary["noc"].items():
         print(
@@ -147,12 +185,36 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_leaving_no_empty_folder(run_bench, config, out: Path, progress: bool) -> dict:
+    """``run_bench``; a run that fails before writing a prediction removes the run folder it created."""
+    existed = out.exists()
+    try:
+        return run_bench(config, out, progress=progress)
+    except BaseException:
+        pred = out / "predictions.jsonl"
+        if not existed and out.is_dir() and not (pred.is_file() and pred.stat().st_size):
+            for f in sorted(out.rglob("*"), reverse=True):
+                f.rmdir() if f.is_dir() else f.unlink()
+            out.rmdir()
+        raise
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from imis.bench.report import format_table, merge_runs, write_report
 
     for d in args.run_dirs:
+        if not (Path(d) / "predictions.jsonl").is_file():
+            raise InputError(f"{d}: not a run directory of `imis bench` (no predictions.jsonl)")
+    for d in args.run_dirs:
         write_report(d)
-    print(format_table(merge_runs(args.run_dirs)), end="")
+    table = format_table(merge_runs(args.run_dirs))
+    print(table, end="")
+    if args.output is not None:
+        from imis.io import atomic_output
+
+        with atomic_output(args.output) as tmp:
+            Path(tmp).write_text(table, encoding="utf-8")
+        print(f"table: {args.output}")
     return 0
 
 
@@ -170,7 +232,11 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         help="comma-separated registry models (see 'imis models') and baselines (grabcut, random-walker)",
     )
     b.add_argument(
-        "--data", required=True, help="an IMed-361M dataset folder, optionally ':test' or ':train'"
+        "--data",
+        required=True,
+        metavar="DATASET[:SPLIT]",
+        help="a dataset folder made by `imis prepare` (IMed-361M layout) and its split: ':test' (the default) "
+        "or ':train'",
     )
     b.add_argument(
         "--protocol",
@@ -233,5 +299,13 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="directories written by imis bench"
+    )
+    r.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the merged table to FILE (Markdown, e.g. runs/leaderboard.md)",
     )
     r.set_defaults(func=cmd_report)

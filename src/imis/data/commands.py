@@ -10,7 +10,7 @@ __all__ = ["cmd_stats", "register_stats_command"]
 EPILOG_STATS = """\
 examples:
   imis stats ../shared/data/btcv-demo -o reports/btcv
-  imis stats data/colin27 data/btcv-demo -o reports/all --vocabulary my_targets.yaml
+  imis stats data/colin4 ../shared/data/btcv-demo -o reports/all --vocabulary my_targets.yaml
 
 DATASET is a folder in the IMed-361M layout (dataset.json, image/, label/, imask/) or the SA-Med2D-20M
 layout (images/, masks/, SAMed2D_v1.json); prepare raw volumes first with `imis prepare`.

@@ -19,7 +19,15 @@ from imis.io.image import (
     slice_volume,
     validate_image,
 )
-from imis.io.labels import LABEL_EXTENSIONS, LABEL_PALETTE, label_colors, write_label_map, write_overlay_png
+from imis.io.labels import (
+    LABEL_EXTENSIONS,
+    LABEL_PALETTE,
+    binary_png_values,
+    label_colors,
+    overlay_rgb,
+    write_label_map,
+    write_overlay_png,
+)
 
 __all__ = [
     "AXES",
@@ -31,8 +39,10 @@ __all__ = [
     "ImageData",
     "SliceInfo",
     "atomic_output",
+    "binary_png_values",
     "file_extension",
     "label_colors",
+    "overlay_rgb",
     "parse_slice",
     "read_image",
     "require_2d",

@@ -12,7 +12,15 @@ from imis.io.files import atomic_output, file_extension
 from imis.io.geometry import Geometry
 from imis.io.image import ImageData
 
-__all__ = ["LABEL_EXTENSIONS", "LABEL_PALETTE", "label_colors", "write_label_map", "write_overlay_png"]
+__all__ = [
+    "LABEL_EXTENSIONS",
+    "LABEL_PALETTE",
+    "binary_png_values",
+    "label_colors",
+    "overlay_rgb",
+    "write_label_map",
+    "write_overlay_png",
+]
 
 LABEL_EXTENSIONS = (".png", ".nii", ".nii.gz", ".nrrd", ".mha", ".npy")
 _SITK_LABEL_EXTENSIONS = (".nii", ".nii.gz", ".nrrd", ".mha")
@@ -82,7 +90,8 @@ def write_label_map(
 ) -> Path:
     """Write an integer label map atomically; return its path.
 
-    Formats by extension: ``.png`` (2D only; uint8 when max < 256, else uint16), ``.nii``/``.nii.gz``/
+    Formats by extension: ``.png`` (2D only; uint8 when max < 256, else uint16; a single mask, values
+    0/1, is written 0/255 so that it shows in any viewer: :func:`binary_png_values` reads it back), ``.nii``/``.nii.gz``/
     ``.nrrd``/``.mha`` (SimpleITK, with spacing/origin/direction), ``.npy``. Labels are stored in the
     smallest unsigned dtype that holds them.
 
@@ -122,6 +131,8 @@ def write_label_map(
             raise InputError(f"{src}: label values up to {int(arr.max())} do not fit a 16-bit PNG")
         from PIL import Image
 
+        if arr.dtype == np.uint8 and arr.size and int(arr.max()) == 1:
+            arr = arr * np.uint8(255)  # a single mask: 0/255, visible in any viewer (read back as 0/1)
         with atomic_output(path) as tmp:
             Image.fromarray(np.ascontiguousarray(arr)).save(tmp, format="PNG")
     elif ext == ".npy":
@@ -174,18 +185,15 @@ def _outline(lab: np.ndarray) -> np.ndarray:
     return edge & (c > 0)
 
 
-def write_overlay_png(
-    path: str | os.PathLike, image: np.ndarray, labels: np.ndarray, alpha: float = 0.5
-) -> Path:
-    """Write a PNG of ``image`` (min-max display) with ``labels`` blended in colour and outlined.
+def overlay_rgb(
+    image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, src: str = "overlay"
+) -> np.ndarray:
+    """uint8 RGB of ``image`` (min-max display) with ``labels`` blended in colour and outlined.
 
     ``image`` is 2D ``(y, x)`` or colour ``(y, x, 3|4)`` of any numeric dtype; ``labels`` is an integer
     ``(y, x)`` map (0 = background). Each label gets a distinct colour (:data:`LABEL_PALETTE`), filled with
-    opacity ``alpha`` and drawn opaque on its one-pixel outline. Written atomically; returns the path.
+    opacity ``alpha`` and drawn opaque on its one-pixel outline.
     """
-    src = str(path)
-    if file_extension(path) != ".png":
-        raise InputError(f"{src}: overlay is written as PNG; use a .png file name")
     if not 0.0 <= float(alpha) <= 1.0:
         raise InputError(f"{src}: alpha must be in [0, 1], got {alpha}")
     rgb = _display_rgb(image, src)
@@ -202,9 +210,32 @@ def write_overlay_png(
     rgb[fg] = (1.0 - alpha) * rgb[fg] + alpha * colors[fg]
     edge = _outline(lab)
     rgb[edge] = colors[edge]
-    out = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def write_overlay_png(
+    path: str | os.PathLike, image: np.ndarray, labels: np.ndarray, alpha: float = 0.5
+) -> Path:
+    """Write :func:`overlay_rgb` of ``image`` and ``labels`` as a PNG, atomically; returns the path.
+
+    The image is written as stored (no reorientation); :func:`imis.io.display.write_slice_png` shows a
+    slice of a volume in the radiological convention, upscaled, with prompts.
+    """
+    src = str(path)
+    if file_extension(path) != ".png":
+        raise InputError(f"{src}: overlay is written as PNG; use a .png file name")
+    out = overlay_rgb(image, labels, alpha, src)
     from PIL import Image
 
     with atomic_output(path) as tmp:
         Image.fromarray(out).save(tmp, format="PNG")
     return Path(path)
+
+
+def binary_png_values(array: np.ndarray) -> np.ndarray:
+    """A mask read from a PNG as 0/1: a single-mask PNG holds 0/255 (as written here) or 0/1 (older
+    files, other tools); any other label map is returned unchanged."""
+    arr = np.asarray(array)
+    if arr.dtype == np.uint8 and arr.size and int(arr.max()) == 255 and np.isin(arr, (0, 255)).all():
+        return (arr // 255).astype(np.uint8)
+    return arr

@@ -186,8 +186,11 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]
     except KeyError:
+        from imis.names import did_you_mean
+
         raise ModelNotAvailableError(
-            f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))} (see `imis models`)"
+            f"unknown model {name!r} (known models: {', '.join(sorted(REGISTRY))}; see `imis models`)"
+            f"{did_you_mean(name, REGISTRY)}"
         ) from None
 
 

@@ -78,8 +78,9 @@ def test_broken_cases_reported_others_finish(bad_source, tmp_path, capsys):
     assert listed == {"good_a", "good_b", "float_ok"}
     summary = json.loads((out / "summary.json").read_text())
     assert {f["case"] for f in summary["failures"]} == set(EXPECTED)
-    printed = capsys.readouterr().out
-    assert printed.count("FAILED: case ") == len(EXPECTED)
+    printed = capsys.readouterr()
+    assert (printed.out + printed.err).count("FAILED: case ") == len(EXPECTED)  # each cause once
+    assert "failed: " + ", ".join(sorted(EXPECTED)) in printed.out
     # the failed cases are retried on a rerun (no done-marker); the good ones are skipped
     s2 = prepare(bad_source, out, progress=False)
     assert s2.cases_resumed == 3 and len(s2.failures) == len(EXPECTED)
@@ -146,6 +147,8 @@ def test_bad_case_list_and_labels(tmp_path):
     _write(tmp_path / "seg.nii.gz", lab)
     p.write_text("labels: {1: liver}\ncases: [{case: a, image: ct.nii.gz, label: seg.nii.gz}]\n")
     s = prepare(p, tmp_path / "ds2", progress=False)  # value 2 is not named: a per-case error
-    assert "value(s) [2]" in s.failures[0]["cause"]
+    assert (
+        "1 value(s) 2 that" in s.failures[0]["cause"] and "unnamed_labels: ignore" in s.failures[0]["cause"]
+    )
     s = prepare(p, tmp_path / "ds3", PrepareConfig(ignore_labels=("2",)), progress=False)
     assert s.ok and s.counts["slices_kept"] > 0

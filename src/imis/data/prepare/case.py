@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from imis.data.prepare.channels import ChannelPlan, slice_channels, write_slice
-from imis.data.prepare.config import PrepareConfig
+from imis.data.prepare.config import PrepareConfig, unnamed_values_error
 from imis.data.prepare.filters import aspect_ratio_ok, exact
 from imis.data.prepare.folder import CASES_DIR, json_bytes, write_atomic
 from imis.data.prepare.intensity import IntensityWindow, choose_window, to_uint8
@@ -163,10 +163,7 @@ def _checked_labels(task: CaseTask, label: ImageData, lab: np.ndarray, present: 
         {int(v) for v in present} - task.layout.values - task.named_values - _ignored_values(cfg, present)
     )
     if unknown:
-        raise InputError(
-            f"case {case}: label map {label.source} holds value(s) {unknown} that the source's labels "
-            "do not name; add them to 'labels' (or 'ignore_labels') in the configuration"
-        )
+        raise unnamed_values_error(case, label.source, unknown)
     if lab.dtype.itemsize > 4 or lab.dtype.kind == "i":
         lab = lab.astype(np.uint32 if int(present.max()) >= 65536 else np.uint16)
     return lab

@@ -57,6 +57,8 @@ prepare.yaml (every key optional; see imis.data.prepare.config):
   percentiles: [0.5, 99.5]     max_aspect_ratio: 1.5   min_mask_fraction: 0.001
   split_components: [lung nodule]  max_components: 8   connectivity: 8
   labels: {1: liver}           ignore_labels: [3]      vocabulary: my_targets.yaml
+  keep_labels: [Thalamus_L, 77]  # only these (values or names); every other value is background
+  unnamed_labels: error        # or ignore: values no name covers become background
   test_fraction: 0.1           max_test_images: 3000   seed: 0     # 0: all training, 1: all test
   slice_step: 1                # keep every Nth slice along each axis
   drop_duplicate_slices: false # leave out slices whose image and masks repeat a kept slice of the case
@@ -252,6 +254,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         progress=False if getattr(args, "no_progress", False) else None,
         log=lambda line: print(line, flush=True),
     )
+    _warn_empty_test_split(summary, config, args.out)
     if summary.failures:
         print(
             f"imis prepare: {len(summary.failures)} of {summary.cases} case(s) failed (see above and "
@@ -260,6 +263,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _warn_empty_test_split(summary, config, out) -> None:
+    """A dataset with training images but no test image (one case, a small test_fraction) cannot be
+    benchmarked on its test split: say so, with the two ways out."""
+    if summary.test_images or not summary.train_images or config.test_fraction == 0:
+        return
+    cases = summary.train_cases
+    print(
+        f"imis prepare: warning: 0 test images: {cases} case(s) at test_fraction {config.test_fraction:g} "
+        f"leave no case for the test split, so `imis bench --data {out}:test` has nothing to run; "
+        f"benchmark --data {out}:train, or set test_fraction: 1 in --config to put every case in the test split",
+        file=sys.stderr,
+    )
 
 
 def _default_btcv() -> Path | None:

@@ -23,6 +23,9 @@ IMed-361M protocol (paper §3.1, SPEC.md "prepare")::
     connectivity: 8           # 4 or 8: pixel neighbourhood of a connected component
     labels: {}                # source label value -> name, overriding the source's dataset.json
     ignore_labels: []         # source label values (or names) to leave out
+    keep_labels: []           # only these label values (or names): every other value is background,
+                              # e.g. 4 of an atlas's 116 labels without listing the other 112
+    unnamed_labels: error     # a label value that no name covers: error | ignore (background)
     vocabulary: null          # YAML file extending the built-in target vocabulary
     test_fraction: 0.1        # share of the cases in the test split (case level); 0: every case in
                               # training, 1: every case in the test split (a single case too)
@@ -45,7 +48,7 @@ from typing import Any
 
 from imis.errors import InputError
 
-__all__ = ["CT_WINDOWS", "PrepareConfig", "load_config"]
+__all__ = ["CT_WINDOWS", "PrepareConfig", "load_config", "unnamed_values_error"]
 
 #: CT window presets: name -> (width, level) in Hounsfield units.
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -78,6 +81,8 @@ class PrepareConfig:
     connectivity: int = 8
     labels: dict[int, str] = field(default_factory=dict)
     ignore_labels: tuple[str, ...] = ()
+    keep_labels: tuple[str, ...] = ()
+    unnamed_labels: str = "error"
     vocabulary: str | None = None
     test_fraction: float = 0.1
     max_test_images: int = 3000
@@ -110,12 +115,27 @@ class PrepareConfig:
         return any(_norm(n) in wanted for n in names if n)
 
     def ignores(self, value: int, *names: str) -> bool:
+        """Whether label ``value`` (known under ``names``) is in ``ignore_labels``; a value asked about
+        without a name is one no name covers: left out with ``unnamed_labels: ignore`` or ``keep_labels``
+        (which :func:`imis.data.prepare.layout.build_layout` applies to the named values)."""
         wanted = {_norm(n) for n in self.ignore_labels}
-        return str(value) in wanted or any(_norm(n) in wanted for n in names if n)
+        if str(value) in wanted or any(_norm(n) in wanted for n in names if n):
+            return True
+        return not names and (self.unnamed_labels == "ignore" or bool(self.keep_labels))
+
+    def keeps(self, value: int, *names: str) -> bool:
+        """Whether ``keep_labels`` names label ``value`` (by value or any of ``names``)."""
+        keep = {_norm(n) for n in self.keep_labels}
+        return str(value) in keep or any(_norm(n) in keep for n in names if n)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples as lists, label keys as strings), stable for fingerprints."""
+        """Plain JSON-able dict (tuples as lists, label keys as strings), stable for fingerprints; the
+        label filters at their defaults are left out (datasets prepared before they existed resume)."""
         out = asdict(self)
+        if not self.keep_labels:
+            out.pop("keep_labels")
+        if self.unnamed_labels == "error":
+            out.pop("unnamed_labels")
         out["labels"] = {str(k): v for k, v in sorted(self.labels.items())}
         return json.loads(json.dumps(out))
 
@@ -201,7 +221,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(items, list):
             raise bad("true, false or a list of label names")
         return tuple(str(v) for v in items)
-    if key == "ignore_labels":
+    if key in ("ignore_labels", "keep_labels"):
         items = [] if value is None else ([value] if isinstance(value, (str, int)) else value)
         if not isinstance(items, list):
             raise bad("a list of label values or names")
@@ -224,7 +244,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
             raise bad("a list of dataset folders")
         return tuple(items)
-    if key == "empty_labels":
+    if key in ("empty_labels", "unnamed_labels"):
         return str(value).strip().lower()
     return value  # pragma: no cover - every field is handled above
 
@@ -271,6 +291,10 @@ def _validate(c: PrepareConfig, source: str) -> None:
         raise bad("test_fraction", f"must be in [0, 1], got {c.test_fraction}")
     if c.max_test_images < 0:
         raise bad("max_test_images", f"must be >= 0, got {c.max_test_images}")
+    if c.unnamed_labels not in ("error", "ignore"):
+        raise bad("unnamed_labels", f"must be 'error' or 'ignore', got {c.unnamed_labels!r}")
+    if c.keep_labels and c.ignore_labels:
+        raise bad("keep_labels", "and 'ignore_labels' exclude each other: give one of them")
     if c.empty_labels not in ("error", "skip"):
         raise bad("empty_labels", f"must be 'error' or 'skip', got {c.empty_labels!r}")
     if any(k < 1 for k in c.labels):
@@ -299,3 +323,24 @@ def load_config(path: str | os.PathLike | None) -> PrepareConfig:
             str(base / d) if not Path(d).is_absolute() else d for d in cfg.leakage_datasets
         )
     return replace(cfg, **changes) if changes else cfg
+
+
+def _ranges(values: list[int]) -> str:
+    """``[1, 2, 3, 5, 7, 8]`` -> ``'1-3, 5, 7-8'``."""
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(f"{start}-{v}" if v > start else str(v))
+            start = None
+    return ", ".join(out)
+
+
+def unnamed_values_error(case: str, source: str, values: list[int]) -> InputError:
+    """The error for label values no name covers, with the three ways out."""
+    return InputError(
+        f"case {case}: label map {source} holds {len(values)} value(s) {_ranges(sorted(values))} that the "
+        "source's labels do not name; name them under 'labels', set 'unnamed_labels: ignore' (they become "
+        "background), or list the labels to prepare under 'keep_labels' in the configuration"
+    )

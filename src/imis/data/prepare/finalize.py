@@ -81,8 +81,9 @@ class PrepareSummary:
             out.append(f"targets not in the vocabulary (group Unknown): {', '.join(self.unknown_targets)}")
         for s in self.cases_skipped:
             out.append(f"skipped: {s['cause']}")
-        for f in self.failures:
-            out.append(f"FAILED: {f['cause']}")
+        if self.failures:  # each cause was printed as the case failed, and is in summary.json
+            cases = ", ".join(f["case"] for f in self.failures)
+            out.append(f"failed: {cases} (the cause of each is printed above and kept in summary.json)")
         out.append(f"time: {self.seconds:.1f} s ({self.kept_this_run} images written, {rate:.1f} per second)")
         return out
 

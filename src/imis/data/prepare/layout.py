@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from imis.data.prepare.config import PrepareConfig
+from imis.errors import InputError
 
 __all__ = ["Channel", "Group", "Layout", "build_layout"]
 
@@ -115,9 +116,12 @@ def build_layout(labels: dict[int, str], config: PrepareConfig, vocabulary) -> L
         key = target.key or f"label_{value}"
         if config.ignores(value, target.name, key) or _named(target, key, ignored_targets):
             continue
+        if config.keep_labels and not config.keeps(value, raw, target.name, target.display, key):
+            continue
         entry = merged.setdefault(key, {"target": target, "values": [], "raw": []})
         entry["values"].append(int(value))
         entry["raw"].append(raw)
+    _check_kept(config, labels, merged)
     channels: list[Channel] = []
     for key, entry in sorted(merged.items(), key=lambda kv: min(kv[1]["values"])):
         t = entry["target"]
@@ -135,6 +139,23 @@ def build_layout(labels: dict[int, str], config: PrepareConfig, vocabulary) -> L
         else:
             channels.append(Channel(key=key, **common))
     return Layout(tuple(channels))
+
+
+def _check_kept(config: PrepareConfig, labels: dict[int, str], merged: dict[str, dict]) -> None:
+    """Every ``keep_labels`` entry must name a label of the source (a typo would keep nothing of it)."""
+    from imis.names import did_you_mean
+
+    for want in config.keep_labels:
+        one = PrepareConfig(keep_labels=(want,))
+        if not any(
+            one.keeps(v, raw, e["target"].name, e["target"].display, k)
+            for k, e in merged.items()
+            for v, raw in zip(e["values"], e["raw"], strict=True)
+        ):
+            raise InputError(
+                f"keep_labels: {want!r} is not a label value or name of the source"
+                f"{did_you_mean(str(want), labels.values())}"
+            )
 
 
 def _resolve_names(names, vocabulary) -> set[tuple[str, str | None]]:

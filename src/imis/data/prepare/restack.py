@@ -86,7 +86,9 @@ def _read_prediction(folder: Path, stem: str, n_channels: int, hw: tuple[int, in
         p = folder / name
         if p.is_file():
             if p.suffix == ".png":
-                arr = imed.read_image(p)
+                from imis.io import binary_png_values
+
+                arr = binary_png_values(imed.read_image(p))  # a single-mask PNG may hold 0/255
             else:
                 from imis.io.arrays import load_npy
 

@@ -1,0 +1,135 @@
+"""The README's examples as data: its code blocks by section, and the inputs its commands name.
+
+The README's commands use real paths where the data is here (btcv-demo under ``../shared``, Colin27 and
+AAL under /usr/share/mricron/templates) and a few names for the user's own files (``scan.nrrd``,
+``series_folder/``, ``raw_nnunet_folder/``); :func:`make_inputs` makes those from Colin27 + AAL, the
+YAML files from the README's own ``yaml`` blocks.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+COLIN = Path("/usr/share/mricron/templates")
+
+#: README sections whose code is not run, and why
+NOT_RUN = {
+    "The two commands": "`make run` and `make test` are the main job and this test suite themselves",
+    "Training: `imis train`, and how imis-lite was made": "the training recipe: hours of CPU and GPU time",
+    "Volumes (3D): `VolumeSession`, propagation, DICOM SEG": "propagation through a whole volume takes "
+    "minutes per structure on 2 cores; tests/cli/test_segment_volume.py runs the same commands on real data",
+    "The browser tool: `imis serve`": "a server that runs until stopped; tests/app drive it in Chromium",
+    "Interactive masks: `imis automask` (paper §3.2)": "tens of CPU seconds per image with a 32 x 32 grid, "
+    "and a Ray cluster with GPUs; tests/automask run it on real btcv-demo slices",
+}
+
+
+def readme_blocks(lang: str, readme: Path = REPO / "README.md") -> list[tuple[str, str]]:
+    """``(section title, code)`` of every fenced ``lang`` block, in order."""
+    blocks, section, code = [], "", None
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        if code is None and re.match(r"#{2,4} ", line):
+            section = line.lstrip("#").strip()
+        elif code is None and line.strip() == f"```{lang}":
+            code = []
+        elif code is not None and line.strip() == "```":
+            blocks.append((section, "\n".join(code)))
+            code = None
+        elif code is not None:
+            code.append(line)
+    return blocks
+
+
+def commands(code: str) -> list[list[str]]:
+    """The argv of each shell command of a block (continuation lines joined, comments dropped)."""
+    joined = re.sub(r"\\\n\s*", " ", code)
+    out = []
+    for line in joined.splitlines():
+        argv = shlex.split(line, comments=True)
+        if argv:
+            out.append(argv)
+    return out
+
+
+def yaml_files(readme: Path = REPO / "README.md") -> dict[str, str]:
+    """The README's YAML examples by the file name their first comment line gives (``# cases.yaml``)."""
+    files = {}
+    for _, code in readme_blocks("yaml", readme):
+        m = re.match(r"#\s*([\w.-]+\.ya?ml)", code)
+        if m:
+            files[m.group(1)] = code + "\n"
+    return files
+
+
+def _colin_block(z0: int, z1: int):
+    import SimpleITK as sitk
+
+    t1 = sitk.ReadImage(str(COLIN / "ch2.nii.gz"))
+    aal = sitk.ReadImage(str(COLIN / "aal.nii.gz"))
+    return t1[:, :, z0:z1], aal[:, :, z0:z1]
+
+
+def write_dicom_series(image, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.22") -> None:
+    """A 3D SimpleITK image as one DICOM file per slice (SimpleITK's DicomSeriesFromArray example)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    image = sitk.Cast(image, sitk.sitkInt16)
+    d = image.GetDirection()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    tags = {
+        "0008|0060": "MR",
+        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.21",
+        "0020|000e": series_uid,
+        "0020|0037": "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+    }
+    for k in range(image.GetDepth()):
+        sl = image[:, :, k]
+        for tag, value in tags.items():
+            sl.SetMetaData(tag, value)
+        pos = image.TransformIndexToPhysicalPoint((0, 0, k))
+        sl.SetMetaData("0020|0032", "\\".join(f"{v:.10f}" for v in pos))
+        sl.SetMetaData("0020|0013", str(k + 1))
+        sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
+        writer.SetFileName(str(folder / f"s{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def make_inputs(work: Path, shared: Path) -> None:
+    """The files the README's commands name, in ``work`` (the commands' folder), from real data."""
+    import SimpleITK as sitk
+
+    from imis.data.formats.msd import write_nnunet_raw
+    from imis.io import read_image
+
+    (work.parent / "shared").symlink_to(shared.resolve())  # the README's ../shared
+    sitk.WriteImage(sitk.ReadImage(str(COLIN / "ch2.nii.gz")), str(work / "scan.nrrd"))
+    t1, aal = _colin_block(70, 94)  # 24 axial slices through the thalami
+    write_dicom_series(t1, work / "series_folder")
+    sitk.WriteImage(t1, str(work / "t1_block.nii.gz"))
+    labels = sitk.GetArrayFromImage(aal)
+    labels = np.where(np.isin(labels, (77, 78)), labels, 0).astype(np.uint8)
+    image = read_image(work / "t1_block.nii.gz")
+    write_nnunet_raw(
+        work / "raw_nnunet_folder",
+        [("colin_000", image, labels)],
+        {77: "Thalamus_L", 78: "Thalamus_R"},
+        "MR",
+        name="colin-thalami",
+    )
+    for name, text in yaml_files().items():
+        (work / name).write_text(text, encoding="utf-8")
+
+
+#: options whose value is a file or folder a command writes
+OUTPUT_OPTIONS = ("-o", "--output", "--out", "--overlay", "--preview")
+
+
+def outputs(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in OUTPUT_OPTIONS]
