@@ -33,6 +33,9 @@ protocols:
              newest click (uniform in the error region) plus the previous logits; best-of-3 masks
              by predicted IoU; report the image-level Dice (see docs/protocols.md)
 
+--perturb invert|gamma|noise|t2like remaps every image's intensities (seeded, deterministic) before
+the models see it; masks and prompts are those of the unperturbed data (robustness checks).
+
 --prompts FILE replays a prompt file (e.g. another run's RUN_DIR/prompts.json); a file made for
 other data is refused.
 
@@ -44,6 +47,7 @@ examples:
   imis bench --models grabcut --data data/btcv-demo --prompts runs/single/prompts.json -o runs/gc
   imis bench --models imis-lite --data data/btcv-demo:train --cases ABD_034,ABD_035,ABD_036 \\
       --protocol iterative -o runs/val-iter     # a validation split held out of training
+  imis bench --models imis-lite --data data/btcv-demo:test --perturb t2like -o runs/single-t2like
   imis report runs/single runs/iter
 """
 
@@ -87,6 +91,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         limit_images=args.limit_images,
         device=args.device,
         prompts_file=args.prompts,
+        perturb=args.perturb,
     )
     summary = run_bench(config, args.output, progress=not args.no_progress)
     print(format_table(merge_runs([args.output])), end="")
@@ -112,6 +117,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` and ``report`` to the CLI's subparsers."""
     from imis.bench.protocols import CLICK_SIMULATORS, FIRST_CLICKS, PROTOCOLS
+    from imis.data.perturb import PERTURBATIONS
 
     fmt = argparse.RawDescriptionHelpFormatter
     b = subparsers.add_parser(
@@ -154,6 +160,13 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FILE",
         help="replay this prompt file (made for the same data) instead of generating prompts from --seed",
+    )
+    b.add_argument(
+        "--perturb",
+        choices=PERTURBATIONS,
+        default=None,
+        help="remap every image's intensities before the models see it (seeded by --seed and the image; "
+        "masks and prompts unchanged): invert, gamma, noise or t2like (see docs/protocols.md)",
     )
     b.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     b.add_argument(
