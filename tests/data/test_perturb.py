@@ -109,6 +109,7 @@ def test_bench_feeds_perturbed_pixels_and_keeps_labels(btcv_dir: Path, tmp_path:
 
     from imis.bench.config import BenchConfig
     from imis.bench.records import read_rows
+    from imis.bench.report import merge_runs, write_report
     from imis.bench.runner import run_bench
 
     runs = {}
@@ -120,6 +121,10 @@ def test_bench_feeds_perturbed_pixels_and_keeps_labels(btcv_dir: Path, tmp_path:
         out = tmp_path / str(name)
         run_bench(cfg, out, progress=False, report=False)
         assert json.loads((out / "config.json").read_text())["perturb"] == name
+        write_report(out)
+        board = (out / "leaderboard.md").read_text()
+        assert ("--perturb t2like" in board) == (name == "t2like")
+        assert {r["protocol"] for r in merge_runs([out])} == {"single" if name is None else "single (t2like)"}
         runs[name] = (seer.seen[0], read_rows(out / "predictions.jsonl"))
     (plain, rows0), (pert, rows1) = runs[None], runs["t2like"]
     stem = sorted(read_dataset(btcv_dir).split("test"), key=lambda e: e.stem)[0].stem

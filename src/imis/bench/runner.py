@@ -208,7 +208,7 @@ class _Run:
             return
         t0 = time.perf_counter()
         try:
-            emb = model.encode(self.image(image))
+            emb = model.encode(self.pixels(image))
         except Exception as exc:  # noqa: BLE001 - any model failure is reported, the run goes on
             row = self.base(name, image.image_id, None, "error", 0)
             row.update(status="error", reason=f"encode failed: {type(exc).__name__}: {exc}")
@@ -225,7 +225,7 @@ class _Run:
         for rec in recs:
             protocol(_Target(name, model, emb, image, rec, image.masks[rec["target"]], enc))
 
-    def image(self, image: BenchImage) -> np.ndarray:
+    def pixels(self, image: BenchImage) -> np.ndarray:
         """The pixels the models see: the image file, remapped by ``--perturb`` when given."""
         from imis.data.formats.imed import read_image
         from imis.data.perturb import perturb_image
