@@ -3,6 +3,7 @@ is refused with a one-line error naming the file and the reason (exit 2)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -106,9 +107,9 @@ def test_bench_passes_each_model_its_checkpoint(btcv_dir, tmp_path, capsys, monk
     seen = {}
     real = registry.load_model
 
-    def spy(name, checkpoint=None, device="cpu", dtype=None):
+    def spy(name, checkpoint=None, device="cpu", dtype=None, backend="torch"):
         seen[name] = checkpoint
-        return real(name, checkpoint=checkpoint, device=device, dtype=dtype)
+        return real(name, checkpoint=checkpoint, device=device, dtype=dtype, backend=backend)
 
     monkeypatch.setattr(registry, "load_model", spy)
     weights = registry.get_spec("litemedsam").weights_path()
@@ -117,5 +118,5 @@ def test_bench_passes_each_model_its_checkpoint(btcv_dir, tmp_path, capsys, monk
     assert main(argv + ["--no-progress", "-o", str(out), "--checkpoint", f"litemedsam={weights}"]) == 0
     assert seen == {"litemedsam": str(weights)}
     assert json.loads((out / "config.json").read_text())["checkpoints"] == {"litemedsam": str(weights)}
-    assert runner.load_any_model.__defaults__[-1] is None
+    assert inspect.signature(runner.load_any_model).parameters["checkpoint"].default is None
     capsys.readouterr()

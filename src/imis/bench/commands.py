@@ -41,6 +41,9 @@ protocols:
 
 --data DATASET[:SPLIT] is a folder made by `imis prepare`; without a split the test split is used.
 
+--perturb invert|gamma|noise|t2like remaps every image's intensities (seeded, deterministic) before
+the models see it; masks and prompts are those of the unperturbed data (robustness checks).
+
 --prompts FILE replays a prompt file (e.g. another run's RUN_DIR/prompts.json); a file made for
 other data is refused.
 
@@ -59,6 +62,7 @@ examples:
   imis bench --models sam2-hiera-b+,sam-med2d-b,medsam-vit-b --data ../shared/data/btcv-demo -o runs/paper-models \\
       --checkpoint sam2-hiera-b+=sam2.1_hiera_base_plus.pt --checkpoint sam-med2d-b=sam-med2d_b.pth \\
       --checkpoint medsam-vit-b=medsam_vit_b.pth
+  imis bench --models imis-lite --data ../shared/data/btcv-demo:test --perturb t2like -o runs/single-t2like
   imis report runs/single runs/iter -o runs/leaderboard.md
 """
 
@@ -172,6 +176,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         checkpoints=checkpoints,
         backend=args.backend,
         precision=args.precision,
+        perturb=args.perturb,
     )
     summary = _run_leaving_no_empty_folder(run_bench, config, Path(args.output), not args.no_progress)
     print(format_table(merge_runs([args.output])), end="")
@@ -221,6 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``bench`` and ``report`` to the CLI's subparsers."""
     from imis.bench.protocols import CLICK_SIMULATORS, FIRST_CLICKS, PROTOCOLS
+    from imis.data.perturb import PERTURBATIONS
 
     fmt = argparse.RawDescriptionHelpFormatter
     b = subparsers.add_parser(
@@ -275,6 +281,13 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODEL=FILE",
         help="weight file of a model without embedded weights; repeat once per model (a bare FILE: the "
         "only learned model)",
+    )
+    b.add_argument(
+        "--perturb",
+        choices=PERTURBATIONS,
+        default=None,
+        help="remap every image's intensities before the models see it (seeded by --seed and the image; "
+        "masks and prompts unchanged): invert, gamma, noise or t2like (see docs/protocols.md)",
     )
     b.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
     b.add_argument(

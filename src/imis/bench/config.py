@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from imis.bench.protocols import CLICK_SIMULATORS, FIRST_CLICKS, PROTOCOLS
+from imis.data.perturb import PERTURBATIONS
 from imis.errors import InputError
 from imis.models.interactive import PromptableModel
 
@@ -19,7 +20,9 @@ class BenchConfig:
     validation split of training cases held out of a training run; ``limit_images``: only the first N
     images of the split (sorted by name), for quick runs;
     ``prompts_file``: a prompt file to replay instead of generating one (it must have been made for this
-    data: see :func:`imis.bench.inputs.run_prompts`)."""
+    data: see :func:`imis.bench.inputs.run_prompts`); ``perturb``: an intensity remap of every image before
+    the model sees it (:data:`imis.data.perturb.PERTURBATIONS`, seeded by ``seed`` and the image id; the
+    masks and prompts are those of the unperturbed data)."""
 
     models: tuple[str, ...]
     data: Path
@@ -38,6 +41,7 @@ class BenchConfig:
     checkpoints: dict[str, str] = field(default_factory=dict)  # model name -> weight file (--checkpoint)
     backend: str = "torch"  # torch | onnx | auto (imis.models.onnx.backend.resolve_runtime)
     precision: str = "fp32"  # fp32 | bf16 | int8 | auto
+    perturb: str | None = None
     model_loader: Callable[[str], PromptableModel] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
@@ -59,6 +63,8 @@ class BenchConfig:
             raise InputError("max interactions and the NoC cap must be at least 1")
         if self.limit_images is not None and self.limit_images < 1:
             raise InputError(f"--limit-images must be at least 1, got {self.limit_images}")
+        if self.perturb is not None and self.perturb not in PERTURBATIONS:
+            raise InputError(f"--perturb must be one of {', '.join(PERTURBATIONS)}, not {self.perturb!r}")
         if self.seed < 0:
             raise InputError(f"seed must be a non-negative integer, got {self.seed}")
 

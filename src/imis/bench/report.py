@@ -151,6 +151,9 @@ def _leaderboard(summary: dict[str, Any]) -> str:
         "Dice: mask-level mean / image-level mean (the paper's Image Avg Dice).",
         "",
     ]
+    perturb = summary.get("config", {}).get("perturb")
+    if perturb:
+        lines += [f"Images perturbed before the models saw them: `--perturb {perturb}`.", ""]
     lines.append("| model | " + " | ".join(kinds) + " |")
     lines.append("|---|" + "---|" * len(kinds))
     for model, per in res.items():
@@ -305,7 +308,8 @@ def merge_runs(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                     {
                         "run": run.name,
                         "dataset": ",".join(sorted(e["by_dataset"])),
-                        "protocol": cfg.get("protocol", "?"),
+                        "protocol": cfg.get("protocol", "?")
+                        + (f" ({cfg['perturb']})" if cfg.get("perturb") else ""),
                         "model": model,
                         "kind": kind,
                         "n_masks": e["n_masks"],

@@ -212,15 +212,13 @@ class _Run:
     def run_image(
         self, name: str, model: PromptableModel, image: BenchImage, recs: list[dict[str, Any]]
     ) -> None:
-        from imis.data.formats.imed import read_image
-
         if all(key in self.writer.done for key in self.expected(name, image, recs)):
             return
         if (name, image.image_id, None, "error", 0) in self.writer.done:
             return
         t0 = time.perf_counter()
         try:
-            emb = model.encode(read_image(image.image_path))
+            emb = model.encode(self.pixels(image))
         except Exception as exc:  # noqa: BLE001 - any model failure is reported, the run goes on
             row = self.base(name, image.image_id, None, "error", 0)
             row.update(status="error", reason=f"encode failed: {type(exc).__name__}: {exc}")
@@ -236,6 +234,14 @@ class _Run:
         }[self.config.protocol]
         for rec in recs:
             protocol(_Target(name, model, emb, image, rec, image.masks[rec["target"]], enc))
+
+    def pixels(self, image: BenchImage) -> np.ndarray:
+        """The pixels the models see: the image file, remapped by ``--perturb`` when given."""
+        from imis.data.formats.imed import read_image
+        from imis.data.perturb import perturb_image
+
+        pixels = read_image(image.image_path)
+        return perturb_image(pixels, self.config.perturb, self.config.seed, image.image_id)
 
     def row(self, t: _Target, kind: str, k: int) -> dict[str, Any]:
         return self.base(t.model_name, t.image.image_id, t.name, kind, k)
@@ -478,6 +484,21 @@ def _progress(iterable, total: int, desc: str, enabled: bool) -> Iterator:
     return iter(tqdm(iterable, total=total, desc=desc, unit="img", leave=False))
 
 
+def _check_perturb(path: Path, perturb: str | None, has_rows: bool) -> None:
+    """Refuse to resume a run directory whose predictions were made on differently perturbed images."""
+    if not (has_rows and path.is_file()):
+        return
+    try:
+        before = json.loads(path.read_text()).get("perturb")
+    except (OSError, ValueError, AttributeError):
+        return
+    if before != perturb:
+        raise InputError(
+            f"{path}: this run directory holds predictions made with --perturb {before}, not {perturb}: "
+            "use a new -o"
+        )
+
+
 def run_bench(
     config: BenchConfig, out_dir: str | Path, progress: bool = True, report: bool = True
 ) -> dict[str, Any]:
@@ -493,7 +514,9 @@ def run_bench(
     if not images:
         raise InputError(f"{config.data}: no readable entry in split {config.split!r}")
     pred_path = out / "predictions.jsonl"
-    prompts = run_prompts(config, images, out, bool(read_rows(pred_path)))
+    has_rows = bool(read_rows(pred_path))
+    _check_perturb(out / "config.json", config.perturb, has_rows)
+    prompts = run_prompts(config, images, out, has_rows)
     (out / "config.json").write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
     by_image: dict[str, list[dict[str, Any]]] = {}
     for rec in prompts["targets"]:

@@ -16,6 +16,8 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
                                # (ViT) and its neck train too, over cached outputs of the frozen rest
     datasets:                  # IMed-361M-format folders (btcv-demo, `imis prepare` outputs)
       - {path: ../shared/data/btcv-demo, split: train, repeat: 2, imask: true}
+      - {kind: synthetic, path: runs/synthetic, btcv: ../shared/data/btcv-demo, count: 200, seed: 0}
+                               # images generated from label maps and shapes (see DatasetSpec)
     val_datasets: []           # same form; scored every epoch with the benchmark's Dice
     epochs: 10
     steps_per_epoch: null      # null: one pass over the (repeated) training images
@@ -148,6 +150,11 @@ class DatasetSpec:
     variants: int = 0
     cases: tuple[str, ...] = ()
     exclude_cases: tuple[str, ...] = ()
+    kind: str = "imed"
+    count: int = 200
+    seed: int = 0
+    sources: tuple[str, ...] = ()
+    btcv: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> DatasetSpec:
@@ -159,6 +166,13 @@ class DatasetSpec:
         path = str(data["path"])
         if not Path(path).is_absolute():
             path = str((base / path).resolve())
+        if data.get("kind", "imed") == "synthetic":
+            return cls._synthetic(data, where, base, path)
+        if data.get("kind", "imed") != "imed":
+            raise InputError(f"{where}: kind must be imed or synthetic, not {data.get('kind')!r}")
+        extra = {"count", "seed", "sources", "btcv"} & set(data)
+        if extra:
+            raise InputError(f"{where}: {sorted(extra)} are keys of kind: synthetic only")
         split = data.get("split", "train")
         if split not in ("train", "test", "all"):
             raise InputError(f"{where}: split must be train, test or all, not {split!r}")
@@ -186,6 +200,32 @@ class DatasetSpec:
             )
         return cls(
             path, split, repeat, imask, tuple(exclude), max_images, every, variants, cases, exclude_cases
+        )
+
+    @classmethod
+    def _synthetic(cls, data: dict, where: str, base: Path, path: str) -> DatasetSpec:
+        from imis.data.synthetic import SOURCES
+
+        allowed = {"path", "kind", "count", "seed", "sources", "btcv", "repeat", "exclude_cases"}
+        if set(data) - allowed:
+            raise InputError(
+                f"{where}: kind synthetic takes {sorted(allowed)}, not {sorted(set(data) - allowed)}"
+            )
+        count = _check_type(data.get("count", 200), int, where, "count")
+        seed = _check_type(data.get("seed", 0), int, where, "seed")
+        repeat = _check_type(data.get("repeat", 1), int, where, "repeat")
+        if count < 1 or seed < 0 or repeat < 1:
+            raise InputError(f"{where}: count and repeat must be >= 1 and seed >= 0")
+        sources = _strings(data.get("sources", list(SOURCES)), where, "sources", ", ".join(SOURCES))
+        bad = [x for x in sources if x not in SOURCES]
+        if bad or not sources:
+            raise InputError(f"{where}: sources must be a non-empty list of {', '.join(SOURCES)}, not {bad}")
+        if "btcv" not in data:
+            raise InputError(f"{where}: kind synthetic needs 'btcv': the btcv-demo folder")
+        btcv = str(data["btcv"])
+        btcv = btcv if Path(btcv).is_absolute() else str((base / btcv).resolve())
+        return cls(
+            path, "train", repeat, kind="synthetic", count=count, seed=seed, sources=sources, btcv=btcv
         )
 
 

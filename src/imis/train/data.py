@@ -26,6 +26,7 @@ __all__ = [
     "TrainImage",
     "clean_imask",
     "load_images",
+    "load_synthetic",
     "read_train_image",
     "to_lowres",
     "variant_affine",
@@ -198,6 +199,8 @@ def load_images(
 
     Raises InputError when the folder is not a dataset or has no usable target at all.
     """
+    if spec.kind == "synthetic":
+        return load_synthetic(spec, preprocess, lowres)
     from imis.data.formats.imed import read_dataset, read_imask, read_label, select_cases
 
     root = Path(spec.path)
@@ -256,4 +259,43 @@ def load_images(
             f"{root}: no usable target in split {spec.split!r} (every mask is empty, excluded or "
             f"smaller than {MIN_TARGET_PIXELS} pixels at the network's resolution)"
         )
+    return images
+
+
+def load_synthetic(spec: DatasetSpec, preprocess: Preprocess, lowres: int) -> list[TrainImage]:
+    """``spec.count`` generated images (:mod:`imis.data.synthetic`), written as PNGs under ``spec.path``
+    (rewritten only when their bytes differ), with their targets in the low-res frame: label-map targets
+    as named ground truth, pasted shapes as unnamed (imask-like) targets."""
+    from PIL import Image
+
+    from imis.data.synthetic import SOURCES, LabelMaps, SynthConfig, synth_sample
+
+    cfg = SynthConfig(
+        btcv=Path(spec.btcv or ""), sources=spec.sources or SOURCES, exclude_cases=spec.exclude_cases
+    )
+    cfg.validate(f"synthetic dataset {spec.path}")
+    maps = LabelMaps(cfg.btcv, cfg.exclude_cases)
+    root = Path(spec.path)
+    root.mkdir(parents=True, exist_ok=True)
+    images: list[TrainImage] = []
+    for i in range(spec.count):
+        sample = synth_sample(maps, cfg, spec.seed, i)
+        stem = f"synth_s{spec.seed}_{i:06d}_{sample.source}"
+        path = root / f"{stem}.png"
+        tmp = root / f".{stem}.tmp.png"
+        Image.fromarray(sample.image).save(tmp)
+        if path.is_file() and path.read_bytes() == tmp.read_bytes():
+            tmp.unlink()
+        else:
+            tmp.replace(path)
+        frame = frame_for(sample.image.shape[:2], preprocess)
+        gt, shapes = [], []
+        for name, mask in sample.targets:
+            lr = to_lowres(mask, frame, lowres)
+            if lr.sum() >= MIN_TARGET_PIXELS:
+                (gt if name else shapes).append(Target(lr, name, "gt" if name else "imask"))
+        if gt or shapes:
+            images.append(TrainImage(_image_key(path), path, "synthetic", stem, frame, gt, shapes))
+    if not images:
+        raise InputError(f"{root}: the synthetic dataset produced no usable target")
     return images
