@@ -17,6 +17,7 @@ from imis.errors import CheckpointError
 from imis.models.formats import load_strict
 from imis.models.formats.torchfile import load_torch_file
 from imis.models.registry import LAYOUTS, load_model, read_checkpoint
+from tests.models.model_helpers import small_sam_kwargs
 
 pytestmark = pytest.mark.fuzz  # IMIS_FUZZ_EXAMPLES cases per format; scripts/fuzz_long.sh
 
@@ -68,25 +69,7 @@ def sam_small(parity_dir):
     from imis.models.formats import sam
 
     fx = torch.load(parity_dir / "sam_small.pt", weights_only=False)  # a shared test fixture, not user input
-    c, dec = fx["config"], fx["config"]["decoder"]
-    kwargs = dict(
-        encoder_embed_dim=c["embed_dim"],
-        encoder_depth=c["depth"],
-        encoder_num_heads=c["num_heads"],
-        encoder_global_attn_indexes=tuple(c["global_attn_indexes"]),
-        img_size=c["img_size"],
-        prompt_dim=c["prompt_dim"],
-        patch_size=c["patch_size"],
-        window_size=c["window_size"],
-        mlp_ratio=c["mlp_ratio"],
-        mask_in_chans=c["mask_in_chans"],
-        decoder_depth=dec["depth"],
-        decoder_mlp_dim=dec["mlp_dim"],
-        decoder_num_heads=dec["num_heads"],
-        iou_head_depth=dec["iou_head_depth"],
-        iou_head_hidden_dim=dec["iou_head_hidden_dim"],
-        num_multimask_outputs=dec["num_multimask_outputs"],
-    )
+    kwargs = small_sam_kwargs(fx["config"])
     official = {f"{m}{k}": v for m in sam.PREFIXES for k, v in fx[m.rstrip(".")].items()}
     return kwargs, official, build_sam_vit(**kwargs)
 

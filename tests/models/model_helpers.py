@@ -3,6 +3,29 @@
 from __future__ import annotations
 
 
+def small_sam_kwargs(c: dict) -> dict:
+    """`build_sam_vit` arguments for the config of the `sam_small.pt` parity fixture."""
+    dec = c["decoder"]
+    return dict(
+        encoder_embed_dim=c["embed_dim"],
+        encoder_depth=c["depth"],
+        encoder_num_heads=c["num_heads"],
+        encoder_global_attn_indexes=tuple(c["global_attn_indexes"]),
+        img_size=c["img_size"],
+        prompt_dim=c["prompt_dim"],
+        patch_size=c["patch_size"],
+        window_size=c["window_size"],
+        mlp_ratio=c["mlp_ratio"],
+        mask_in_chans=c["mask_in_chans"],
+        decoder_depth=dec["depth"],
+        decoder_mlp_dim=dec["mlp_dim"],
+        decoder_num_heads=dec["num_heads"],
+        iou_head_depth=dec["iou_head_depth"],
+        iou_head_hidden_dim=dec["iou_head_hidden_dim"],
+        num_multimask_outputs=dec["num_multimask_outputs"],
+    )
+
+
 def small_imis_kwargs(c: dict) -> dict:
     """`build_imis_net` arguments for the config of the `imisnet_small.pt` parity fixture.
 

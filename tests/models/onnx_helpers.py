@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from model_helpers import small_imis_kwargs
+from model_helpers import small_imis_kwargs, small_sam_kwargs
 
 from imis.models.interactive import InteractiveModel, PromptSpec
 from imis.models.preprocess import Preprocess
@@ -17,25 +17,8 @@ def small_sam_model(fixture: dict) -> InteractiveModel:
     from imis.models.build import build_sam_vit
     from imis.models.formats import load_strict, sam
 
-    c, dec = fixture["config"], fixture["config"]["decoder"]
-    net = build_sam_vit(
-        encoder_embed_dim=c["embed_dim"],
-        encoder_depth=c["depth"],
-        encoder_num_heads=c["num_heads"],
-        encoder_global_attn_indexes=tuple(c["global_attn_indexes"]),
-        img_size=c["img_size"],
-        prompt_dim=c["prompt_dim"],
-        patch_size=c["patch_size"],
-        window_size=c["window_size"],
-        mlp_ratio=c["mlp_ratio"],
-        mask_in_chans=c["mask_in_chans"],
-        decoder_depth=dec["depth"],
-        decoder_mlp_dim=dec["mlp_dim"],
-        decoder_num_heads=dec["num_heads"],
-        iou_head_depth=dec["iou_head_depth"],
-        iou_head_hidden_dim=dec["iou_head_hidden_dim"],
-        num_multimask_outputs=dec["num_multimask_outputs"],
-    )
+    c = fixture["config"]
+    net = build_sam_vit(**small_sam_kwargs(c))
     official = {f"{m}{k}": v for m in sam.PREFIXES for k, v in fixture[m.rstrip(".")].items()}
     load_strict(net, sam.to_internal(sam.unwrap(official)), "sam")
     pre = Preprocess(c["img_size"], "longest_side", "bilinear", "imagenet", False)

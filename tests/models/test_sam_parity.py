@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from model_helpers import small_sam_kwargs
 
 import imis.models.image_encoder as ie
 from imis.models.build import build_sam_vit
@@ -16,25 +17,7 @@ CASES = ["points", "box", "points_box_mask"]
 
 
 def build_from_config(c: dict):
-    dec = c["decoder"]
-    return build_sam_vit(
-        encoder_embed_dim=c["embed_dim"],
-        encoder_depth=c["depth"],
-        encoder_num_heads=c["num_heads"],
-        encoder_global_attn_indexes=tuple(c["global_attn_indexes"]),
-        img_size=c["img_size"],
-        prompt_dim=c["prompt_dim"],
-        patch_size=c["patch_size"],
-        window_size=c["window_size"],
-        mlp_ratio=c["mlp_ratio"],
-        mask_in_chans=c["mask_in_chans"],
-        decoder_depth=dec["depth"],
-        decoder_mlp_dim=dec["mlp_dim"],
-        decoder_num_heads=dec["num_heads"],
-        iou_head_depth=dec["iou_head_depth"],
-        iou_head_hidden_dim=dec["iou_head_hidden_dim"],
-        num_multimask_outputs=dec["num_multimask_outputs"],
-    ).eval()
+    return build_sam_vit(**small_sam_kwargs(c)).eval()
 
 
 @pytest.fixture(scope="module")
