@@ -182,16 +182,29 @@ def lite_rows(args) -> dict:
     enc = model.net.image_encoder
     sessions = onnx_sessions(enc, model.preprocess.input_size, args.threads)
     feeds = {"image": x.numpy()}
-    times = {k: [] for k in ("torch", *sessions)}
+    times = {k: [] for k in ("torch", "torch_bf16", *sessions)}
+
+    def enc_bf16() -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return enc(x)
+
     with torch.inference_mode():
         ref = enc(x)
         diffs = {k: float(np.abs(s.run(None, feeds)[0] - ref.numpy()).max()) for k, s in sessions.items()}
+        bf16_diff = float((enc_bf16().float() - ref).abs().max())
         for _ in range(max(args.reps, 5)):
             times["torch"] += timed(lambda: enc(x), 1)
+            times["torch_bf16"] += timed(enc_bf16, 1)
             for k, sess in sessions.items():
                 times[k] += timed(lambda sess=sess: sess.run(None, feeds), 1)
     med = {k: statistics.median(v) for k, v in times.items()}
-    out = {"lite_torch_fp32_s": round(med["torch"], 3)}
+    out = {
+        "lite_torch_fp32_s": round(med["torch"], 3),
+        "lite_torch_bf16_s": round(med["torch_bf16"], 3),
+        "lite_ratio_torch_bf16_vs_torch": round(med["torch_bf16"] / med["torch"], 3),
+        "lite_torch_bf16_max_abs_diff": bf16_diff,
+        "cpu_has_fast_bf16": cpu_has_fast_bf16(),
+    }
     for k in sessions:
         out[f"lite_onnx_{k}_s"] = round(med[k], 3)
         out[f"lite_ratio_onnx_{k}_vs_torch"] = round(med[k] / med["torch"], 3)

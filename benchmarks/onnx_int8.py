@@ -1,11 +1,12 @@
-"""int8 vs fp32 on the ONNX backend: btcv-demo test Dice from a tight box and a centre click.
+"""Reduced precision vs fp32: btcv-demo test Dice from a tight box and a centre click.
 
-For every test image the image is encoded once with the export's fp32 encoder and once with its
-int8-weight encoder; every target is decoded (same fp32 decoder) from its tight box and its centre
+Two pairs: on the ONNX backend, the export's fp32 encoder vs its int8-weight encoder; on the torch
+backend, fp32 vs bfloat16 autocast of the encoder (`--precision bf16`). For every test image the image
+is encoded once by each; every target is decoded (same fp32 decoder) from its tight box and its centre
 click (the benchmark's `center` first click) with each embedding. Prints one JSON line per run: mean
-Dice per model, precision and prompt, the int8 - fp32 differences, and median encoder seconds
-(interleaved). The rule of `--precision auto` (imis.models.onnx.backend.INT8_KEEPS_MASKS) lists the
-models whose |difference| stays within 0.01 and whose int8 encoder is faster.
+Dice per model, precision and prompt, the int8 - fp32 and bf16 - fp32 differences, and median encoder
+seconds (interleaved). The rule of `--precision auto` (imis.models.onnx.backend) uses a reduced
+precision only where its |difference| stays within 0.01 and its encoder is faster.
 Run: `PYTHONPATH=src python benchmarks/onnx_int8.py [--models imis-lite,litemedsam] [--limit N]`.
 """
 
@@ -31,9 +32,13 @@ def run_model(name: str, samples: list, threads: int | None) -> dict:
     from imis.prompts.boxes import tight_box
     from imis.prompts.clicks import center_click
 
+    import torch
+
     models = {
         "fp32": load_model(name, backend="onnx"),
         "int8": load_model(name, backend="onnx", dtype=INT8),
+        "torch_fp32": load_model(name),
+        "torch_bf16": load_model(name, dtype=torch.bfloat16),
     }
     scores = {f"{p}_{k}": [] for p in models for k in ("box", "click")}
     times = {p: [] for p in models}
@@ -55,9 +60,11 @@ def run_model(name: str, samples: list, threads: int | None) -> dict:
     out = {f"dice_{k}": round(float(np.mean(v)), 4) for k, v in scores.items()}
     for k in ("box", "click"):
         out[f"delta_{k}"] = round(out[f"dice_int8_{k}"] - out[f"dice_fp32_{k}"], 4)
-    out["encode_fp32_s"] = round(statistics.median(times["fp32"]), 3)
-    out["encode_int8_s"] = round(statistics.median(times["int8"]), 3)
+        out[f"delta_bf16_{k}"] = round(out[f"dice_torch_bf16_{k}"] - out[f"dice_torch_fp32_{k}"], 4)
+    for p in models:
+        out[f"encode_{p}_s"] = round(statistics.median(times[p]), 3)
     out["encode_ratio_int8"] = round(out["encode_int8_s"] / out["encode_fp32_s"], 3)
+    out["encode_ratio_bf16"] = round(out["encode_torch_bf16_s"] / out["encode_torch_fp32_s"], 3)
     out["n_masks"] = len(scores["fp32_box"])
     return out
 

@@ -100,6 +100,17 @@ def test_runtime_option_conflicts():
     assert resolve_runtime("onnx", "auto", "cpu", "sam-vit-b") == ("onnx", None)  # not measured: fp32
 
 
+def test_auto_backend_prefers_bf16_torch_where_bf16_is_fast(monkeypatch):
+    import imis.models.interactive as interactive
+
+    monkeypatch.setattr(interactive, "fast_bf16_available", lambda device: True)
+    assert resolve_runtime("auto", "auto", "cpu", "imis-lite") == ("torch", torch.bfloat16)
+    assert resolve_runtime("auto", "bf16", "cpu", "imis-lite") == ("torch", torch.bfloat16)
+    assert resolve_runtime("auto", "fp32", "cpu", "imis-lite") == ("onnx", None)
+    monkeypatch.setattr(interactive, "fast_bf16_available", lambda device: False)
+    assert resolve_runtime("auto", "auto", "cpu", "imis-lite") == ("onnx", torch.qint8)
+
+
 def test_decoder_only_export_refuses_to_encode(sam_export):
     model = load_model("sam-vit-b", checkpoint=sam_export, backend="onnx")
     with pytest.raises(CheckpointError, match="decoder only"):

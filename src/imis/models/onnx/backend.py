@@ -1,9 +1,13 @@
 """`load_model(..., backend="onnx"|"auto")`: pick the runtime, export once into a cache, open it.
 
-Rule of ``backend="auto"`` (measured on the 2-core CPU, README "ONNX export and runtime"): on a CPU
-device, ONNX Runtime when it is installed (the decoder runs in about half the PyTorch time and the
-encoders no slower, masks equal to IoU 1.0); on a GPU, PyTorch (this package does not drive ONNX
-Runtime's CUDA provider). ``dtype=torch.qint8`` asks for the int8-weight encoder of an export.
+Rule of ``backend="auto"`` (measured on the idle 2-core Sapphire Rapids CPU, README "ONNX export and
+runtime"): where the device has fast bfloat16 units (a CPU with AMX/AVX512-BF16, a CUDA GPU) and the
+precision is ``auto`` or ``bf16``, PyTorch with bf16 autocast of the encoder (imis-lite encoder 0.29-0.42x
+its fp32 time, ViT-B at 1024 0.14x the official fp32 code, btcv-demo Dice within 0.003; ONNX Runtime's
+int8 encoder reaches only 0.65-0.78x and its decoder is no faster than ours); otherwise, on a CPU, ONNX
+Runtime when it is installed (encoders 0.82-0.9x PyTorch fp32, int8 0.65-0.78x, masks equal to IoU 1.0);
+on a GPU, PyTorch (this package does not drive ONNX Runtime's CUDA provider). ``dtype=torch.qint8`` asks
+for the int8-weight encoder of an export.
 
 A registry name (with or without ``checkpoint`` weights) is exported on first use into
 ``$IMIS_CACHE_DIR/onnx`` (default ``~/.cache/imis/onnx``), keyed on the weight file; a ``checkpoint``
@@ -34,8 +38,8 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
-    """'torch' | 'onnx' | 'auto' -> the runtime to use on ``device`` (see the module's rule)."""
+def resolve_backend(backend: str, device: str | torch.device = "cpu", precision: str = "fp32") -> str:
+    """'torch' | 'onnx' | 'auto' -> the runtime to use on ``device`` at ``precision`` (the module's rule)."""
     if backend not in BACKENDS:
         raise InputError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     dev = torch.device(device)
@@ -48,6 +52,10 @@ def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
             raise ModelNotAvailableError("--backend onnx needs onnxruntime: pip install onnxruntime")
         return "onnx"
     if backend == "auto":
+        from imis.models.interactive import fast_bf16_available
+
+        if precision in ("auto", "bf16") and fast_bf16_available(dev):
+            return "torch"
         return "onnx" if dev.type == "cpu" and onnxruntime_available() else "torch"
     return "torch"
 
@@ -125,7 +133,8 @@ def load_backend_model(name, checkpoint, device, dtype, backend: str, load_model
     load_model: the registry's torch loader; weights_of: name -> its embedded weight file or None
     (handed in by the registry, which this module does not import).
     """
-    if resolve_backend(backend, device) == "torch":
+    precision = "bf16" if dtype == torch.bfloat16 else "fp32"
+    if resolve_backend(backend, device, precision) == "torch":
         if is_onnx_export(checkpoint):
             raise CheckpointError(f"{checkpoint}: an ONNX export needs --backend onnx (or auto on a CPU)")
         return load_model(name, checkpoint, device, dtype if dtype is not INT8 else None)
@@ -163,6 +172,7 @@ def resolve_runtime(
 ) -> tuple[str, torch.dtype | None]:
     """(--backend, --precision) -> (backend to use, dtype for load_model): the documented rule.
 
+    backend auto: torch where the device has fast bf16 units and precision is auto/bf16, else onnx on a CPU.
     onnx: fp32, or int8 (the export's int8-weight encoder); auto -> int8 only for INT8_KEEPS_MASKS.
     torch: fp32 or bf16 autocast; auto -> bf16 where the CPU/GPU has fast bf16 units.
     """
@@ -170,7 +180,7 @@ def resolve_runtime(
 
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    chosen = resolve_backend(backend, device)
+    chosen = resolve_backend(backend, device, precision)
     if chosen == "onnx":
         if precision == "bf16":
             raise InputError("--precision bf16 runs on --backend torch; the ONNX backend runs fp32 or int8")
