@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     from imis.runtime_options import add_runtime_arguments
 
     add_runtime_arguments(seg)
+    seg.add_argument(
+        "--zoom",
+        action="store_true",
+        help="zoom-in refinement: after the first mask, decode again on a crop around a small object "
+        "at the model's full input size (one more encoder run; imis.models.zoom)",
+    )
     seg.set_defaults(func=cmd_segment)
 
     exp = sub.add_parser(
@@ -434,7 +440,12 @@ def _load_for(args: argparse.Namespace):
     if args.model is None and is_onnx_export(args.checkpoint):
         name = None
     backend, dtype = resolve_runtime(args.backend, args.precision, args.device, name)
-    return load_model(name, checkpoint=args.checkpoint, device=args.device, dtype=dtype, backend=backend)
+    model = load_model(name, checkpoint=args.checkpoint, device=args.device, dtype=dtype, backend=backend)
+    if args.zoom:
+        from imis.models.zoom import ZoomModel
+
+        return ZoomModel(model)
+    return model
 
 
 def _segment_volume(args: argparse.Namespace, data) -> int:

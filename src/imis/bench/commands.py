@@ -177,6 +177,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
         perturb=args.perturb,
+        zoom=args.zoom,
     )
     summary = _run_leaving_no_empty_folder(run_bench, config, Path(args.output), not args.no_progress)
     print(format_table(merge_runs([args.output])), end="")
@@ -302,6 +303,12 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     from imis.runtime_options import add_runtime_arguments
 
     add_runtime_arguments(b, default_precision="fp32")
+    b.add_argument(
+        "--zoom",
+        action="store_true",
+        help="zoom-in refinement of the learned models: after the first mask, decode again on a crop "
+        "around a small object at the model's full input size (imis.models.zoom)",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
     r = subparsers.add_parser(

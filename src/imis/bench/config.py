@@ -42,6 +42,7 @@ class BenchConfig:
     backend: str = "torch"  # torch | onnx | auto (imis.models.onnx.backend.resolve_runtime)
     precision: str = "fp32"  # fp32 | bf16 | int8 | auto
     perturb: str | None = None
+    zoom: bool = False  # zoom-in refinement of the learned models (imis.models.zoom)
     model_loader: Callable[[str], PromptableModel] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:

@@ -72,10 +72,12 @@ def load_any_model(
     checkpoint: str | Path | None = None,
     backend: str = "torch",
     precision: str = "fp32",
+    zoom: bool = False,
 ) -> PromptableModel:
     """A registry model (``load_model`` with ``checkpoint`` for one without embedded weights, on
-    ``backend`` at ``precision``, see ``imis.models.onnx.backend.resolve_runtime``) or a weight-free
-    baseline (``grabcut``, ``random-walker``)."""
+    ``backend`` at ``precision``, see ``imis.models.onnx.backend.resolve_runtime``; with zoom-in
+    refinement if ``zoom``, see ``imis.models.zoom``) or a weight-free baseline (``grabcut``,
+    ``random-walker``; ``zoom`` does not apply to them)."""
     if name in BASELINES:
         try:
             from imis.bench.baselines import load_baseline
@@ -86,7 +88,12 @@ def load_any_model(
     from imis.models.registry import load_model
 
     backend, dtype = resolve_runtime(backend, precision, device, name)
-    return load_model(name, checkpoint=checkpoint, device=device, dtype=dtype, backend=backend)
+    model = load_model(name, checkpoint=checkpoint, device=device, dtype=dtype, backend=backend)
+    if zoom:
+        from imis.models.zoom import ZoomModel
+
+        return ZoomModel(model)
+    return model
 
 
 def _group_of(target: str) -> str:
@@ -534,7 +541,7 @@ def run_bench(
             writer.write(row)
         loader = config.model_loader or (
             lambda n: load_any_model(
-                n, config.device, config.checkpoints.get(n), config.backend, config.precision
+                n, config.device, config.checkpoints.get(n), config.backend, config.precision, config.zoom
             )
         )
         for name in config.models:

@@ -177,8 +177,11 @@ class InteractiveModel:
         return f"InteractiveModel({self.name!r}, prompts={sorted(self.prompt_types)})"
 
     @torch.inference_mode()
-    def encode(self, image: np.ndarray, name: str = "image") -> Embedding:
-        x, frame = prepare_image(image, self.preprocess, name)
+    def encode(
+        self, image: np.ndarray, name: str = "image", value_range: tuple[float, float] | None = None
+    ) -> Embedding:
+        """value_range: intensities normalised to 0/1 instead of the image's extremes (see prepare_image)."""
+        x, frame = prepare_image(image, self.preprocess, name, value_range)
         return Embedding(self._run_encoder(x), frame)
 
     @torch.inference_mode()

@@ -121,21 +121,32 @@ def to_float_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
     return a
 
 
-def _minmax(x: torch.Tensor) -> torch.Tensor:
-    lo, hi = x.min(), x.max()
+def _minmax(x: torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:
+    lo, hi = (x.min(), x.max()) if value_range is None else (torch.tensor(v) for v in value_range)
     return (x - lo) / torch.clamp(hi - lo, min=1e-8)
 
 
-def prepare_image(image: np.ndarray, pre: Preprocess, name: str = "image") -> tuple[torch.Tensor, Frame]:
-    """Native image -> (network input (1, 3, S, S) float32, frame)."""
+def prepare_image(
+    image: np.ndarray,
+    pre: Preprocess,
+    name: str = "image",
+    value_range: tuple[float, float] | None = None,
+) -> tuple[torch.Tensor, Frame]:
+    """Native image -> (network input (1, 3, S, S) float32, frame).
+
+    value_range: (low, high) intensities that min-max normalisation maps to 0 and 1 instead of the
+    image's own extremes (a crop normalised as the whole image it was cut from).
+    """
     rgb = to_float_rgb(image, name)
     frame = frame_for(rgb.shape[:2], pre)
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
     if pre.intensity == "minmax01" and pre.minmax_before_resize:
-        x = _minmax(x)
-    elif pre.intensity == "imagenet" and not _is_uint8_range(rgb):
+        x = _minmax(x, value_range)
+    elif pre.intensity == "imagenet" and not _is_uint8_range(
+        rgb if value_range is None else np.array(value_range)
+    ):
         # The ImageNet statistics assume 0-255 RGB; other ranges (CT HU, 16-bit MR) are rescaled.
-        x = _minmax(x) * 255.0
+        x = _minmax(x, value_range) * 255.0
     elif pre.intensity == "percentile_imagenet":
         x = torch.from_numpy(np.ascontiguousarray(percentile_uint8(rgb))).permute(2, 0, 1)[None]
     mode = "bilinear" if pre.interpolation == "bilinear_antialias" else pre.interpolation
@@ -143,7 +154,7 @@ def prepare_image(image: np.ndarray, pre: Preprocess, name: str = "image") -> tu
     antialias = pre.interpolation == "bilinear_antialias"
     x = F.interpolate(x, size=frame.valid_hw, mode=mode, align_corners=align, antialias=antialias)
     if pre.intensity == "minmax01" and not pre.minmax_before_resize:
-        x = _minmax(x)
+        x = _minmax(x, value_range)
     if pre.intensity in ("imagenet", "percentile_imagenet"):
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -18,6 +18,7 @@ import torch
 
 from imis.errors import InputError, PromptError
 from imis.models.interactive import Prediction, PromptableModel, PromptSpec
+from imis.models.zoom import ZoomConfig, ZoomModel
 
 Click = tuple[float, float, bool]
 Box = tuple[float, float, float, float]
@@ -57,12 +58,15 @@ class Session:
 
     model: any :class:`~imis.models.interactive.PromptableModel` (an InteractiveModel from
     `imis.models.load_model`, a baseline); cache_size: how many image embeddings are kept (LRU), so
-    going back to a slice of a volume does not re-encode it.
+    going back to a slice of a volume does not re-encode it; zoom: zoom-in refinement of small objects
+    (True, or a :class:`~imis.models.zoom.ZoomConfig`; see :mod:`imis.models.zoom`).
     """
 
-    def __init__(self, model: PromptableModel, cache_size: int = 8) -> None:
+    def __init__(self, model: PromptableModel, cache_size: int = 8, zoom: bool | ZoomConfig = False) -> None:
         if cache_size < 1:
             raise ValueError("cache_size must be >= 1")
+        if zoom is not False and not isinstance(model, ZoomModel):
+            model = ZoomModel(model, zoom if isinstance(zoom, ZoomConfig) else None)
         self.model = model
         self.cache_size = cache_size
         self._cache: OrderedDict[str, object] = OrderedDict()  # the model's own embedding objects
