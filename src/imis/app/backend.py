@@ -43,6 +43,7 @@ class ServeConfig:
     session_ttl_s: float = 4 * 3600
     cache_embeddings: int = 48
     workers: int = 2
+    runtime: str = "torch fp32"  # the backend and precision the model runs at (shown in the page)
 
 
 def pack(arr: np.ndarray) -> str:

@@ -115,6 +115,7 @@ def _routes_open(app: FastAPI, be: Backend) -> None:
         return {
             "model": m.name,
             "license": m.license,
+            "runtime": cfg.runtime,
             "prompts": sorted(m.prompt_types),
             "data_dir": cfg.data_dir is not None,
             "max_upload_mb": cfg.max_upload_mb,
@@ -303,25 +304,35 @@ def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> int:
-    """Load the model, print the address, run uvicorn until interrupted."""
-    import uvicorn
-
-    from imis.models import load_model
-    from imis.models.registry import default_model_name
-
+def check_config(config: ServeConfig) -> None:
     if config.data_dir is not None and not config.data_dir.is_dir():
         raise InputError(f"{config.data_dir}: DATA_DIR is not a folder")
+
+
+def runtime_label(backend: str, dtype) -> str:
+    """What the page shows of the runtime: "torch fp32", "torch bf16", "onnx int8"..."""
+    if dtype is None:
+        return f"{backend} fp32"
+    name = str(dtype).removeprefix("torch.")
+    return f"{backend} {'int8' if name == 'qint8' else name.replace('bfloat16', 'bf16')}"
+
+
+def serve(config: ServeConfig, host: str, port: int, model) -> int:
+    """Print the address and run uvicorn with `model` (loaded by the CLI) until interrupted."""
+    import uvicorn
+
+    check_config(config)
     if not config.token and not is_loopback(host):
         config.token = secrets.token_urlsafe(16)
         print(f"imis serve: host {host} is not loopback, so a token is required; generated one.")
-    name = config.model or ("litemedsam" if config.checkpoint else default_model_name())
-    model = load_model(name, checkpoint=config.checkpoint, device=device)
     app = create_app(config, model)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (diagnosing a stuck server)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     query = f"/?token={config.token}" if config.token else "/"
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"imis serve: model {model.name} ({model.license}); open http://{shown}:{port}{query}", flush=True)
+    print(
+        f"imis serve: model {model.name} ({model.license}, {config.runtime}); open http://{shown}:{port}{query}",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

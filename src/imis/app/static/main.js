@@ -47,7 +47,7 @@ async function init() {
     message(err.message);
     return;
   }
-  $("model").textContent = `${S.info.model} · ${S.info.license}`;
+  $("model").textContent = `${S.info.model} · ${S.info.license} · ${S.info.runtime}`;
   $("browser").hidden = !S.info.data_dir;
   if (S.info.data_dir) browse("");
   const sid = localStorage.getItem("imis.sid");
