@@ -8,7 +8,7 @@ API (JSON unless said otherwise; every /api call needs the token when one is set
   GET  /api/s/ID                          the session's state (page reload restores from it)
   GET  /api/s/ID/slice?axis=z&index=N     the plane: float32 image + uint16 labels (binary)
   GET  /api/s/ID/encoded?axis=z&index=N   whether the plane's embedding is ready
-  POST /api/s/ID/prompt {axis, index, kind: click|box|text, value}
+  POST /api/s/ID/prompt {axis, index, kind: click|box|text|scribble|lasso, value}
   POST /api/s/ID/history {op: undo|redo|reset, axis, index}
   POST /api/s/ID/objects {op: next|select|update|delete, label, name, color, visible, axis, index}
   POST /api/s/ID/propagate {axis, index, max_slices}   GET /api/s/ID/progress
