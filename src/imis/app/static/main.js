@@ -12,6 +12,7 @@ let sliceGen = 0;
 const viewer = new Viewer($("canvas"), {
   click: (x, y, positive) => promptAt("click", [x, y, positive]),
   box: (x0, y0, x1, y1) => promptAt("box", [x0, y0, x1, y1]),
+  stroke: (kind, points, positive) => promptAt(kind, { points, positive }),
   scroll: (d) => setSlice(S.index[S.axis] + d),
   window: (w, l) => setWindow(w, l, true),
 });
@@ -358,6 +359,8 @@ function onKey(e) {
     y: () => (ctrl ? historyOp("redo") : null),
     p: () => setTool("point"),
     b: () => setTool("box"),
+    s: () => setTool("scribble"),
+    l: () => setTool("lasso"),
     t: () => setPolarity(!viewer.positive),
     r: () => historyOp("reset"),
     m: () => objectOp("next"),
