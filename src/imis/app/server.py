@@ -12,7 +12,8 @@ API (JSON unless said otherwise; every /api call needs the token when one is set
   POST /api/s/ID/history {op: undo|redo|reset, axis, index}
   POST /api/s/ID/objects {op: next|select|update|delete, label, name, color, visible, axis, index}
   POST /api/s/ID/propagate {axis, index, max_slices}   GET /api/s/ID/progress
-  GET  /api/s/ID/export?fmt=nii.gz|nii|nrrd|png         POST /api/s/ID/import?name=FILE (raw body)
+  GET  /api/s/ID/export?fmt=nii.gz|nii|nrrd|png|dcm     POST /api/s/ID/import?name=FILE (raw body)
+  GET  /api/s/ID/render3d?azimuth=DEG&elevation=DEG&size=PX   the 3D view of the label map (PNG)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -36,6 +38,7 @@ from starlette.background import BackgroundTask
 
 from imis.app.backend import Backend, ServeConfig
 from imis.app.files import AppError, list_dir, open_path, resolve_in, safe_filename, save_upload, write_export
+from imis.app.render3d import png_bytes, render
 from imis.errors import ImisError, InputError
 
 STATIC = Path(str(resources.files("imis.app") / "static"))
@@ -212,6 +215,13 @@ def _routes_session(app: FastAPI, be: Backend) -> None:
             await be.run(entry.doc.history_op, str(body.get("op")))
             return be.state(entry) | {"plane": be.plane_json(entry.doc, axis, index)}
 
+    @app.get("/api/s/{sid}/render3d")
+    async def render3d(sid: str, azimuth: float = 0.0, elevation: float = 20.0, size: int = 384):
+        entry = be.store.get(sid)
+        async with entry.lock:
+            png = await be.run(render_view, entry.doc, azimuth, elevation, size)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
     @app.get("/api/s/{sid}/export")
     async def export(sid: str, fmt: str = "nii.gz"):
         entry = be.store.get(sid)
@@ -298,6 +308,18 @@ async def _propagate(be: Backend, entry, axis: str, index: int, max_slices: int 
             job["error"] = f"propagation failed: {type(exc).__name__}: {exc}"
         finally:
             job["running"] = False
+
+
+def render_view(doc, azimuth: float, elevation: float, size: int) -> bytes:
+    """The 3D view of the document's label map (visible objects in their colours) as PNG bytes."""
+    if doc.is_2d:
+        raise AppError(400, "the 3D view needs a volume; this is a 2D image")
+    if not (np.isfinite(azimuth) and np.isfinite(elevation)):
+        raise AppError(400, "azimuth/elevation: finite angles in degrees")
+    geo = doc.data.geometry
+    colors = {o.label: o.color for o in doc.objects if o.visible}
+    img = render(doc.export_labels(), geo.spacing, geo.direction_matrix, colors, azimuth, elevation, size)
+    return png_bytes(img)
 
 
 def is_loopback(host: str) -> bool:
