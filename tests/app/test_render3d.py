@@ -76,6 +76,7 @@ def test_render3d_over_http(server):
     if not COLIN.exists():
         pytest.skip("Colin27 absent")
     with httpx.Client(base_url=server, timeout=180) as c:
+        assert c.get("/api/info").json()["runtime"] == "torch fp32"  # shown in the page by the model
         sid = c.post("/api/open", json={"path": "ch2.nii.gz"}).json()["doc"]["id"]
         empty = c.get(f"/api/s/{sid}/render3d")
         assert empty.status_code == 200 and empty.headers["content-type"] == "image/png"

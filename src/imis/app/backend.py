@@ -121,6 +121,7 @@ class Backend:
             "range": list(doc.range),
             "auto_window": list(doc.auto_window),
             "modality": "CT" if doc.range[0] < -500 else ("MR" if not doc.is_2d else "image"),
+            "dicom_series": bool(doc.data.meta.get("files")),  # DICOM SEG export possible
         }
 
     def state(self, entry: Entry) -> dict:

@@ -113,6 +113,10 @@ async function openState(state, saved) {
   for (const b of $("views").children) b.disabled = state.doc.is_2d && b.dataset.axis !== "z";
   $("propagate").disabled = state.doc.is_2d;
   $("show3d").disabled = state.doc.is_2d;
+  // the formats this input can be exported to: PNG for 2D images, DICOM SEG for DICOM series
+  $("fmt").querySelector('[value="png"]').disabled = !state.doc.is_2d;
+  $("fmt").querySelector('[value="dcm"]').disabled = !state.doc.dicom_series;
+  if ($("fmt").selectedOptions[0].disabled) $("fmt").value = "nii.gz";
   if (state.doc.is_2d) toggle3d(false);
   const modality = state.doc.modality;
   $("preset").value = saved.preset || (modality === "CT" ? "400,40" : "auto");
