@@ -33,6 +33,7 @@ from imis.app.strokes import deep_points, polygon_mask, resample
 from imis.io import read_image
 from imis.models import load_model
 from imis.models.interactive import PromptSpec
+from imis.models.preprocess import frame_for
 
 REPO = Path(__file__).resolve().parents[1]
 BTCV = Path(os.environ.get("IMIS_SHARED", REPO.parent / "shared")) / "data" / "btcv-demo"
@@ -84,14 +85,17 @@ def sim_lasso(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(xy, 0, 511)
 
 
-def mask_logits(poly: np.ndarray, frame, low_hw: tuple[int, int]) -> torch.Tensor:
-    """The filled polygon in the model's low-res input frame, as +-MASK_LOGIT."""
-    native = torch.from_numpy(polygon_mask(poly, frame.orig_hw).astype(np.float32))[None, None]
+def polygon_logits(pts: np.ndarray, hw: tuple[int, int], preprocess, logit: float = MASK_LOGIT):
+    """The filled polygon as the mask input of a SAM-family decoder: resized into the network input's
+    frame (longest side, padded bottom/right), area-averaged to a quarter of its side, mapped to
+    +-`logit`; a (1, 1, S/4, S/4) tensor."""
+    frame = frame_for(hw, preprocess)
+    native = torch.from_numpy(polygon_mask(pts, hw).astype(np.float32))[None, None]
     valid = F.interpolate(native, size=frame.valid_hw, mode="bilinear", align_corners=False)
     full = torch.zeros(1, 1, frame.input_size, frame.input_size)
     full[..., : frame.valid_hw[0], : frame.valid_hw[1]] = valid
-    low = F.interpolate(full, size=low_hw, mode="area")
-    return (low * 2 - 1) * MASK_LOGIT
+    low = F.interpolate(full, size=(frame.input_size // 4,) * 2, mode="area")
+    return (low * 2 - 1) * logit
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -108,7 +112,7 @@ def spec(clicks=(), box=None, mask=None) -> PromptSpec:
     )
 
 
-def rules_for(mask, rng, frame, low_hw) -> dict[str, PromptSpec]:
+def rules_for(mask, rng, frame, preprocess) -> dict[str, PromptSpec]:
     out: dict[str, PromptSpec] = {}
     scr = sim_scribble(mask, rng)
     if scr is not None:
@@ -121,7 +125,7 @@ def rules_for(mask, rng, frame, low_hw) -> dict[str, PromptSpec]:
     for k in (1, 3):
         out[f"lasso_box_{k}"] = spec([(x, y, True) for x, y in deep_points(filled, k)], box=box)
     out["lasso_points3"] = spec([(x, y, True) for x, y in deep_points(filled, 3)])
-    logits = mask_logits(poly, frame, low_hw)
+    logits = polygon_logits(poly, frame.orig_hw, preprocess, MASK_LOGIT)
     out["lasso_box_mask"] = spec(box=box, mask=logits)
     return out
 
@@ -141,13 +145,11 @@ def main() -> None:
     for entry in picked:
         img = read_image(BTCV / entry["image"]).array
         emb = model.encode(img, entry["image"])
-        probe = model.decode(emb, spec([(256.0, 256.0, True)]))
-        low_hw = tuple(probe.low_res_logits.shape[-2:])
         for mask in labels_of(entry):
             if mask.sum() < MIN_AREA:
                 continue
             n_obj += 1
-            for name, s in rules_for(mask, rng, emb.frame, low_hw).items():
+            for name, s in rules_for(mask, rng, emb.frame, model.preprocess).items():
                 pred = model.decode(emb, s)
                 scores.setdefault(name, []).append(dice(pred.mask, mask))
     result = {

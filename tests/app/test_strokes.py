@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from imis.app.strokes import SCRIBBLE_POINTS, lasso_prompt, polygon_mask, resample, scribble_clicks
+from imis.app.strokes import (
+    SCRIBBLE_POINTS,
+    deep_points,
+    lasso_prompt,
+    polygon_mask,
+    resample,
+    scribble_clicks,
+)
 from imis.errors import PromptError
 from tests.app.conftest import AAL, COLIN
 from tests.app.helpers import BTCV_CASE, LIVER, SPLEEN, btcv_label, dice, lasso_around, stroke_inside
@@ -32,13 +39,17 @@ def test_scribble_clicks_carry_the_sign_and_stay_in_the_plane():
             scribble_clicks(bad, True, (20, 20))
 
 
-def test_lasso_gives_its_box_and_a_point_deep_inside():
-    # a U-shaped polygon: its deepest point is in one of the arms, never in the notch
+def test_lasso_gives_its_box_and_optionally_points_deep_inside():
+    # a U-shaped polygon: its deepest points lie in the arms or the bar, never in the notch
     poly = [[10, 10], [90, 10], [90, 90], [60, 90], [60, 30], [40, 30], [40, 90], [10, 90]]
-    box, clicks = lasso_prompt(poly, (100, 100))
-    assert box == (10, 10, 90, 90) and len(clicks) == 1
-    (x, y, pos), filled = clicks[0], polygon_mask(np.array(poly, float), (100, 100))
-    assert pos and filled[int(y), int(x)] and not (40 < x < 60 and y > 30)
+    assert lasso_prompt(poly, (100, 100)) == ((10, 10, 90, 90), [])  # the rule measured best: the box
+    box, clicks = lasso_prompt(poly, (100, 100), n_points=3)
+    assert box == (10, 10, 90, 90) and len(clicks) == 3
+    filled = polygon_mask(np.array(poly, float), (100, 100))
+    for x, y, pos in clicks:
+        assert pos and filled[int(y), int(x)] and not (40 < x < 60 and y > 30)
+    spread = deep_points(filled, 3)
+    assert min(np.hypot(a[0] - b[0], a[1] - b[1]) for a in spread for b in spread if a != b) > 20
     with pytest.raises(PromptError, match="encloses no area"):
         lasso_prompt([[5, 5], [50, 5], [5, 5.5]], (100, 100))
 
@@ -78,7 +89,7 @@ def test_scribble_and_lasso_on_a_btcv_slice(client, btcv_dir, tmp_path):
     assert len(st["draft"]["clicks"]) == SCRIBBLE_POINTS and st["draft"]["can_redo"]
     client.post(f"/api/s/{sid}/objects", json={"op": "next"})
     st = _prompt(client, sid, "lasso", {"points": lasso_around(spleen)})
-    assert st["draft"]["box"] and len(st["draft"]["clicks"]) == 1
+    assert st["draft"]["box"] and st["draft"]["clicks"] == []
     labels = _export(client, sid, tmp_path).reshape(512, 512)
     d_spleen = dice(labels == 2, spleen)
     print(f"scribble liver Dice {d_liver:.3f}, lasso spleen Dice {d_spleen:.3f}")

@@ -290,8 +290,8 @@ def parse_prompt(kind: str, value) -> tuple[str, tuple | str]:
 def apply_prompt(session, kind: str, value, prev: tuple, hw: tuple[int, int]):
     """Run one parsed prompt on a Session or VolumeSession (same predict/add_click API), given the plane's
     earlier prompts `prev` = (clicks, box, text): a click refines, a box or text replaces its own kind and
-    keeps the rest, a scribble adds its clicks (see imis.app.strokes), a lasso sets the box and adds a
-    positive click; the previous logits are fed back where the object already has a mask here."""
+    keeps the rest, a scribble adds its clicks, a lasso sets the box (see imis.app.strokes); a scribble
+    feeds the previous logits back where the object already has prompts here, as a click does."""
     clicks, box, text = prev
     if kind == "click":
         return session.add_click(*value)
