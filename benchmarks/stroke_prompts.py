@@ -85,16 +85,16 @@ def sim_lasso(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(xy, 0, 511)
 
 
-def polygon_logits(pts: np.ndarray, hw: tuple[int, int], preprocess, logit: float = MASK_LOGIT):
-    """The filled polygon as the mask input of a SAM-family decoder: resized into the network input's
-    frame (longest side, padded bottom/right), area-averaged to a quarter of its side, mapped to
-    +-`logit`; a (1, 1, S/4, S/4) tensor."""
+def polygon_logits(pts: np.ndarray, hw: tuple[int, int], preprocess, low_hw, logit: float = MASK_LOGIT):
+    """The filled polygon as the mask input of the decoder: resized into the network input's frame
+    (longest side, padded bottom/right), area-averaged to the decoder's low-res size `low_hw` (the size
+    of its own low-res logits), mapped to +-`logit`; a (1, 1, *low_hw) tensor."""
     frame = frame_for(hw, preprocess)
     native = torch.from_numpy(polygon_mask(pts, hw).astype(np.float32))[None, None]
     valid = F.interpolate(native, size=frame.valid_hw, mode="bilinear", align_corners=False)
     full = torch.zeros(1, 1, frame.input_size, frame.input_size)
     full[..., : frame.valid_hw[0], : frame.valid_hw[1]] = valid
-    low = F.interpolate(full, size=(frame.input_size // 4,) * 2, mode="area")
+    low = F.interpolate(full, size=low_hw, mode="area")
     return (low * 2 - 1) * logit
 
 
@@ -112,7 +112,7 @@ def spec(clicks=(), box=None, mask=None) -> PromptSpec:
     )
 
 
-def rules_for(mask, rng, frame, preprocess) -> dict[str, PromptSpec]:
+def rules_for(mask, rng, frame, preprocess, low_hw) -> dict[str, PromptSpec]:
     out: dict[str, PromptSpec] = {}
     scr = sim_scribble(mask, rng)
     if scr is not None:
@@ -125,7 +125,7 @@ def rules_for(mask, rng, frame, preprocess) -> dict[str, PromptSpec]:
     for k in (1, 3):
         out[f"lasso_box_{k}"] = spec([(x, y, True) for x, y in deep_points(filled, k)], box=box)
     out["lasso_points3"] = spec([(x, y, True) for x, y in deep_points(filled, 3)])
-    logits = polygon_logits(poly, frame.orig_hw, preprocess, MASK_LOGIT)
+    logits = polygon_logits(poly, frame.orig_hw, preprocess, low_hw)
     out["lasso_box_mask"] = spec(box=box, mask=logits)
     return out
 
@@ -145,11 +145,13 @@ def main() -> None:
     for entry in picked:
         img = read_image(BTCV / entry["image"]).array
         emb = model.encode(img, entry["image"])
+        probe = model.decode(emb, spec([(256.0, 256.0, True)]))  # the decoder's own low-res logits size
+        low_hw = tuple(probe.low_res_logits.shape[-2:])
         for mask in labels_of(entry):
             if mask.sum() < MIN_AREA:
                 continue
             n_obj += 1
-            for name, s in rules_for(mask, rng, emb.frame, model.preprocess).items():
+            for name, s in rules_for(mask, rng, emb.frame, model.preprocess, low_hw).items():
                 pred = model.decode(emb, s)
                 scores.setdefault(name, []).append(dice(pred.mask, mask))
     result = {
