@@ -6,7 +6,7 @@ Starts `imis serve` as a subprocess on a free 127.0.0.1 port (stopped at the end
   uncached_open   a Colin27 slice never encoded: pixels shown (GET slice) and first mask (encode + decode)
   neighbour       the next slice after the background encoder had time: pixels and first mask
   load            N users clicking for D seconds, each on its own session: errors, p50/p95, clicks/s,
-                  the server's peak RSS (VmHWM), and whether it still answers afterwards
+                  the server's peak RSS (VmHWM) against RSS_BOUND_MB, and whether it still answers afterwards
 
 Usage: python benchmarks/app_latency.py [--clicks 60] [--users 8] [--duration 60] [--quick]
 The CPU may be shared with other work: the JSON says how many cores there were and the load average.
@@ -37,6 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 BTCV = Path(os.environ.get("IMIS_SHARED", REPO.parent / "shared")) / "data" / "btcv-demo" / "image"
 COLIN = Path("/usr/share/mricron/templates/ch2.nii.gz")
 LIVER_POINTS = [(150, 250), (130, 280), (170, 230), (120, 300), (160, 270), (140, 240)]
+#: The server's memory bound under load (peak RSS, VmHWM): imis-lite and torch (~0.6 GB), 48 cached
+#: embeddings of ~4 MB, 16 sessions; measured 1021-1145 MB with 8 users (README). tests/app/test_load.py
+#: asserts it.
+RSS_BOUND_MB = 1536
 
 
 def pct(values, q):
@@ -208,6 +212,8 @@ def main() -> int:
             result.update(bench_volume(c))
         result["load"] = bench_load(url, load_images, args.duration)
         result["load"]["server_peak_rss_mb"] = rss_peak_mb(proc.pid)
+        result["load"]["rss_bound_mb"] = RSS_BOUND_MB
+        result["load"]["under_bound"] = result["load"]["server_peak_rss_mb"] < RSS_BOUND_MB
         result["load"]["still_answers"] = httpx.get(f"{url}/api/info", timeout=10).status_code == 200
         result["cpu"] = {"cores": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2), "shared": True}
     except BaseException:

@@ -250,8 +250,10 @@ examples:
   imis serve /data --host 0.0.0.0 --port 8080 --token s3cret   # remote: open http://HOST:8080/?token=s3cret
   IMIS_TOKEN=s3cret imis serve /data --max-upload-mb 1024 --model litemedsam
 
-The browser tool: open NIfTI/NRRD/MHA/DICOM (zip or folder)/PNG/JPG, click/box/text prompts, undo/redo,
-objects, volume views and propagation, export NIfTI/NRRD/PNG. A token is required on every API call when
+  imis serve /data --backend auto --precision auto             # fastest runtime that keeps the masks
+
+The browser tool: open NIfTI/NRRD/MHA/DICOM (zip or folder)/PNG/JPG, click/box/scribble/lasso/text prompts,
+undo/redo, objects, volume views, propagation and a 3D view, export NIfTI/NRRD/PNG/DICOM SEG. A token is required on every API call when
 given (--token or IMIS_TOKEN), and always when --host is not loopback (one is generated and printed).
 """
 
@@ -281,13 +283,16 @@ def _add_serve(sub) -> None:
         "--max-sessions", type=int, default=16, help="documents kept in memory (LRU, default 16)"
     )
     srv.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    from imis.runtime_options import add_runtime_arguments
+
+    add_runtime_arguments(srv)
     srv.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from imis.app.server import ServeConfig, serve
+    from imis.app.server import ServeConfig, check_config, runtime_label, serve
 
     config = ServeConfig(
         data_dir=args.data_dir,
@@ -297,7 +302,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         max_sessions=args.max_sessions,
     )
-    return serve(config, args.host, args.port, args.device)
+    check_config(config)  # a wrong DATA_DIR is reported before the model loads
+    # the same --model/--checkpoint/--backend/--precision rule as `imis segment`
+    backend, dtype = _runtime_of(args)
+    config.runtime = runtime_label(backend, dtype)
+    return serve(config, args.host, args.port, _load_for(args))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -429,23 +438,36 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _load_for(args: argparse.Namespace):
-    """The model `imis segment` runs: --model/--checkpoint on --backend at --precision."""
+    """The model `imis segment` (and `imis serve`) runs: --model/--checkpoint on --backend at --precision."""
     from imis.models import load_model
-    from imis.models.onnx.backend import is_onnx_export, resolve_runtime
-    from imis.models.registry import default_model_name
 
-    # A weight file without --model keeps the old meaning (a LiteMedSAM-layout file, or one of our own
-    # checkpoints, which names its architecture itself); an ONNX export names its model.
-    name = args.model or ("litemedsam" if args.checkpoint else default_model_name())
-    if args.model is None and is_onnx_export(args.checkpoint):
-        name = None
-    backend, dtype = resolve_runtime(args.backend, args.precision, args.device, name)
-    model = load_model(name, checkpoint=args.checkpoint, device=args.device, dtype=dtype, backend=backend)
-    if args.zoom:
+    backend, dtype = _runtime_of(args)
+    model = load_model(
+        _model_name(args), checkpoint=args.checkpoint, device=args.device, dtype=dtype, backend=backend
+    )
+    if getattr(args, "zoom", False):  # imis segment --zoom (zoom-in refinement, imis.models.zoom)
         from imis.models.zoom import ZoomModel
 
         return ZoomModel(model)
     return model
+
+
+def _model_name(args: argparse.Namespace) -> str | None:
+    from imis.models.onnx.backend import is_onnx_export
+    from imis.models.registry import default_model_name
+
+    # A weight file without --model keeps the old meaning (a LiteMedSAM-layout file, or one of our own
+    # checkpoints, which names its architecture itself); an ONNX export names its model.
+    if args.model is None and is_onnx_export(args.checkpoint):
+        return None
+    return args.model or ("litemedsam" if args.checkpoint else default_model_name())
+
+
+def _runtime_of(args: argparse.Namespace) -> tuple[str, object]:
+    """(backend, dtype) for --backend/--precision on --device (the documented rule of resolve_runtime)."""
+    from imis.models.onnx.backend import resolve_runtime
+
+    return resolve_runtime(args.backend, args.precision, args.device, _model_name(args))
 
 
 def _segment_volume(args: argparse.Namespace, data) -> int:

@@ -82,3 +82,45 @@ def export(page, fmt: str, dest: Path) -> Path:
     dl.save_as(out)
     wait_idle(page)
     return out
+
+
+def stroke_inside(mask: np.ndarray, step: float = 2.0) -> list[list[float]]:
+    """A scribble as a user draws one: along the mask's long axis through its deepest pixel, staying
+    inside the mask eroded by 3 px; [[x, y], ...] every `step` pixels."""
+    inner = ndimage.binary_erosion(mask, iterations=3)
+    ys, xs = np.nonzero(inner)
+    axis = np.linalg.eigh(np.cov(np.stack([xs, ys])))[1][:, -1]
+    x0, y0 = interior_point(inner)
+    ends = []
+    for sign in (-1, 1):
+        t = 0.0
+        while True:
+            x, y = x0 + sign * (t + step) * axis[0], y0 + sign * (t + step) * axis[1]
+            if not (
+                0 <= round(y) < mask.shape[0] and 0 <= round(x) < mask.shape[1] and inner[round(y), round(x)]
+            ):
+                break
+            t += step
+        ends.append(sign * t)
+    ts = np.arange(ends[0], ends[1] + step / 2, step)
+    return [[float(x0 + t * axis[0]), float(y0 + t * axis[1])] for t in ts]
+
+
+def lasso_around(mask: np.ndarray, pad: int = 5, every: int = 6) -> list[list[float]]:
+    """A lasso as a user draws one: the mask's outline grown by `pad` px, every `every`-th vertex."""
+    from skimage import measure
+
+    grown = ndimage.binary_dilation(mask, iterations=pad)
+    contour = max(measure.find_contours(grown.astype(float), 0.5), key=len)[::every]
+    return [[float(x), float(y)] for y, x in contour]
+
+
+def drag_path(page, points) -> None:
+    """Press, move through image pixels `points` ([[x, y], ...]) and release: a scribble or a lasso."""
+    first, *rest = [screen_point(page, x, y) for x, y in points]
+    page.mouse.move(*first)
+    page.mouse.down()
+    for p in rest:
+        page.mouse.move(*p)
+    page.mouse.up()
+    wait_idle(page)

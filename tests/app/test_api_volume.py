@@ -195,6 +195,16 @@ def test_dicom_zip_upload(client):
 
     ds = pydicom.dcmread(io.BytesIO(seg.content))
     assert ds.Modality == "SEG" and ds.SegmentSequence[0].SegmentLabel == "object 1"
+    assert r.json()["doc"]["dicom_series"]
+    # read back with highdicom: the frames, placed on their source slices, are the NIfTI export's labels
+    import highdicom as hd
+
+    seg_ds = hd.seg.Segmentation.from_dataset(ds)
+    uids = [f"1.2.826.0.1.3680043.2.1125.10.{i + 1}" for i in range(6)]
+    on_slices = seg_ds.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
+    labels, _ = _export(client, sid)
+    assert on_slices.shape == labels.shape and (labels == 1).sum() > 100
+    assert np.array_equal(on_slices, labels)
     sid2 = _open_colin(client)  # not a DICOM series: a clear refusal
     client.post(
         f"/api/s/{sid2}/prompt", json={"axis": "z", "index": 80, "kind": "click", "value": [90, 110, True]}

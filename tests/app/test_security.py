@@ -1,13 +1,17 @@
-"""Safety of `imis serve`: the token, the upload limit (413 before the body is read whole), paths kept
+"""Safety of `imis serve`: the token, the upload limit (413 before the body is read whole; compressed
+files by their inflated size, without inflating them all), paths kept
 inside DATA_DIR (traversal, absolute paths, symlinks out), malformed uploads -> 400 with the reason shown
 in the page, and the server still answering afterwards."""
 
 from __future__ import annotations
 
 import gzip
+import io
 import socket
+import zipfile
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.app.conftest import COLIN, live_server
@@ -119,6 +123,42 @@ def test_unknown_session_and_bad_prompts_are_4xx(server):
     assert httpx.get(f"{server}/api/s/{sid}/export", params={"fmt": "exe"}).status_code == 400
 
 
+def _nifti_gz_bomb(claim_shape, payload_mb: int, keep: int | None = None) -> bytes:
+    """A .nii.gz whose header claims `claim_shape` int16 voxels, followed by `payload_mb` MiB of zeros
+    (deflate packs them ~1000:1); `keep` truncates the compressed file to its first bytes."""
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.int16)
+    hdr.set_data_shape(claim_shape)
+    packed = gzip.compress(hdr.binaryblock + bytes(4) + bytes(payload_mb << 20), 1)
+    return packed[:keep] if keep else packed
+
+
+def _zip_bomb(mb: int) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("series/zeros.dcm", bytes(mb << 20))
+    return buf.getvalue()
+
+
+def test_compressed_uploads_refused_by_their_inflated_size(server):
+    """The limit (64 MB here) bounds the decompressed data too, found without inflating it all."""
+    # header claims 2 GB; the stream is cut after 4 kB, so inflating it all would fail another way
+    claim = _nifti_gz_bomb((1000, 1000, 1000), 1, keep=4096)
+    # header claims 2 kB, the stream holds 100 MiB of zeros (~100 kB compressed): stopped at 64 MB
+    lying = _nifti_gz_bomb((10, 10, 10), 100)
+    for name, body, reason in (
+        ("claim.nii.gz", claim, "header says it inflates to 1907 MB"),
+        ("lying.nii.gz", lying, "inflates to more than the limit of 64 MB"),
+        ("bomb.zip", _zip_bomb(80), "the zip inflates to 80 MB"),
+    ):
+        assert len(body) < 1 << 20
+        r = httpx.post(f"{server}/api/upload", params={"name": name}, content=body, timeout=60)
+        assert r.status_code == 413 and reason in r.json()["detail"], (name, r.text)
+    assert httpx.get(f"{server}/api/info").status_code == 200
+
+
 def _upload_in_page(page, path) -> str:
     page.set_input_files("#upload", str(path))
     wait_idle(page)
@@ -137,11 +177,18 @@ def test_malformed_uploads_show_the_reason(page, server, btcv_dir, tmp_path):
     renamed.write_bytes((btcv_dir / "image" / "ABD_037_71.png").read_bytes())
     empty = tmp_path / "empty.nrrd"
     empty.write_bytes(b"")
+    bomb = tmp_path / "bomb.nii.gz"
+    bomb.write_bytes(_nifti_gz_bomb((10, 10, 10), 100))
     page.goto(server)
-    for path, reason in ((truncated, "truncated"), (renamed, "not a nifti"), (empty, "empty")):
+    for path, reason, status in (
+        (truncated, "truncated", 400),
+        (renamed, "not a nifti", 400),
+        (empty, "empty", 400),
+        (bomb, "inflates to more than the limit", 413),
+    ):
         with page.expect_response(lambda r: "/api/upload" in r.url) as resp:
             text = _upload_in_page(page, path)
-        assert resp.value.status == 400
+        assert resp.value.status == status
         assert path.name in text and reason in text.lower(), text
     assert httpx.get(f"{server}/api/info").status_code == 200
 

@@ -36,3 +36,24 @@ def test_view_flips_follow_the_direction_cosines():
     lps = view_flips(np.eye(3))
     assert lps == {"z": [False, False], "y": [False, True], "x": [False, True]}
     assert view_flips(None) == {"z": [False, False]}
+
+
+def test_serve_takes_the_runtime_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--backend {torch,onnx,auto}" in out and "--precision {fp32,bf16,int8,auto}" in out
+    # the same refusal as `imis segment`: int8 is the ONNX backend's
+    assert main(["serve", "--backend", "torch", "--precision", "int8"]) == 2
+    assert "--backend onnx" in capsys.readouterr().err
+
+
+def test_runtime_label():
+    import torch
+
+    from imis.app.server import runtime_label
+    from imis.models.onnx.backend import INT8
+
+    assert runtime_label("torch", None) == "torch fp32"
+    assert runtime_label("torch", torch.bfloat16) == "torch bf16"
+    assert runtime_label("onnx", INT8) == "onnx int8"

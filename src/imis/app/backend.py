@@ -43,6 +43,7 @@ class ServeConfig:
     session_ttl_s: float = 4 * 3600
     cache_embeddings: int = 48
     workers: int = 2
+    runtime: str = "torch fp32"  # the backend and precision the model runs at (shown in the page)
 
 
 def pack(arr: np.ndarray) -> str:
@@ -120,6 +121,7 @@ class Backend:
             "range": list(doc.range),
             "auto_window": list(doc.auto_window),
             "modality": "CT" if doc.range[0] < -500 else ("MR" if not doc.is_2d else "image"),
+            "dicom_series": bool(doc.data.meta.get("files")),  # DICOM SEG export possible
         }
 
     def state(self, entry: Entry) -> dict:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from imis.app.embeddings import fingerprint
+from imis.app.strokes import lasso_prompt, parse_stroke, scribble_clicks
 from imis.errors import InputError, PromptError
 from imis.io import LABEL_PALETTE, ImageData
 from imis.session import Session
@@ -199,14 +200,9 @@ class ImageDocument(Document):
         d = self._draft(axis, index)
         s = d.session
         cur = s.history[-1] if s.history else None
-        clicks, box, text = (cur.clicks, cur.box, cur.text) if cur else ((), None, None)
+        prev = (cur.clicks, cur.box, cur.text) if cur else ((), None, None)
         kind, value = parse_prompt(kind, value)
-        if kind == "click":
-            pred = s.add_click(*value)
-        elif kind == "box":
-            pred = s.predict(clicks=clicks, box=value, text=text)
-        else:
-            pred = s.predict(clicks=clicks, box=box, text=value)
+        pred = apply_prompt(s, kind, value, prev, d.base.shape)
         d.redo_depth = 0
         self._paint(d)
         return float(pred.quality)
@@ -265,8 +261,12 @@ class ImageDocument(Document):
         self.active = self._new_object().label
 
 
+PROMPT_KINDS = ("click", "box", "text", "scribble", "lasso")
+
+
 def parse_prompt(kind: str, value) -> tuple[str, tuple | str]:
-    """A prompt from the page: click (x, y, positive), box (x0, y0, x1, y1) or text."""
+    """A prompt from the page: click (x, y, positive), box (x0, y0, x1, y1), text, scribble
+    {points: [[x, y], ...], positive} or lasso {points: [[x, y], ...]} (a closed polygon)."""
     try:
         if kind == "click":
             return kind, (float(value[0]), float(value[1]), bool(value[2]))
@@ -280,7 +280,31 @@ def parse_prompt(kind: str, value) -> tuple[str, tuple | str]:
         if not text:
             raise PromptError("the text prompt is empty")
         return kind, text[:200]
-    raise PromptError(f"unknown prompt kind {kind!r} (click, box or text)")
+    if kind in ("scribble", "lasso"):
+        if not isinstance(value, dict) or "points" not in value:
+            raise PromptError(f"a {kind} needs {{points: [[x, y], ...]}}")
+        return kind, (parse_stroke(value["points"], kind), bool(value.get("positive", True)))
+    raise PromptError(f"unknown prompt kind {kind!r} ({', '.join(PROMPT_KINDS)})")
+
+
+def apply_prompt(session, kind: str, value, prev: tuple, hw: tuple[int, int]):
+    """Run one parsed prompt on a Session or VolumeSession (same predict/add_click API), given the plane's
+    earlier prompts `prev` = (clicks, box, text): a click refines, a box or text replaces its own kind and
+    keeps the rest, a scribble adds its clicks, a lasso sets the box (see imis.app.strokes); a scribble
+    feeds the previous logits back where the object already has prompts here, as a click does."""
+    clicks, box, text = prev
+    if kind == "click":
+        return session.add_click(*value)
+    if kind == "box":
+        return session.predict(clicks=clicks, box=value, text=text)
+    if kind == "text":
+        return session.predict(clicks=clicks, box=box, text=value)
+    pts, positive = value
+    if kind == "scribble":
+        new = [c for c in scribble_clicks(pts, positive, hw) if c not in clicks]
+        return session.predict(clicks=[*clicks, *new], box=box, text=text, mask=bool(clicks or box or text))
+    lbox, inside = lasso_prompt(pts, hw)
+    return session.predict(clicks=[*clicks, *inside], box=lbox, text=text)
 
 
 def _parse_color(color) -> tuple[int, int, int]:

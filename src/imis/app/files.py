@@ -9,6 +9,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 
@@ -135,6 +136,66 @@ def check_content(path: Path) -> None:
             )
 
 
+def _nifti_claim(head: bytes) -> int | None:
+    """Bytes a NIfTI-1/2 header says the file holds (header + voxels); None when `head` is no NIfTI header."""
+    for order in ("<", ">"):
+        size = int.from_bytes(head[:4], "little" if order == "<" else "big")
+        if size == 348 and len(head) >= 348:
+            dims = np.frombuffer(head, f"{order}i2", 8, 40)
+            bitpix = int(np.frombuffer(head, f"{order}i2", 1, 72)[0])
+            offset = int(np.frombuffer(head, f"{order}f4", 1, 108)[0])
+        elif size == 540 and len(head) >= 540:
+            dims = np.frombuffer(head, f"{order}i8", 8, 16)
+            bitpix = int(np.frombuffer(head, f"{order}i2", 1, 14)[0])
+            offset = int(np.frombuffer(head, f"{order}i8", 1, 168)[0])
+        else:
+            continue
+        n = int(dims[0])
+        if not 1 <= n <= 7:
+            return None
+        voxels = 1
+        for d in dims[1 : n + 1]:
+            voxels *= max(int(d), 1)
+        return max(offset, size) + voxels * max(bitpix, 8) // 8
+    return None
+
+
+def check_inflated(path: Path, limit: int) -> None:
+    """Refuse (413) a gzip-compressed file (.nii.gz) that would inflate beyond `limit` bytes, without
+    inflating it all: first by what its NIfTI header claims (the first 540 inflated bytes), then by
+    counting while inflating in chunks, stopping as soon as the count passes the limit (a header that
+    understates the data, or data after it)."""
+    if file_extension(path) != ".nii.gz":
+        return
+    mb = limit / 2**20
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)  # gzip framing
+    size, head, checked = 0, b"", False
+    try:
+        with open(path, "rb") as f:
+            pending = f.read(1 << 16)
+            while pending and not inflater.eof:
+                data = inflater.decompress(pending, 1 << 20)  # at most 1 MiB inflated at a time
+                pending = inflater.unconsumed_tail or f.read(1 << 16)
+                size += len(data)
+                head += data[: max(0, 540 - len(head))]
+                if not checked and (len(head) >= 540 or inflater.eof or not pending):
+                    checked = True
+                    claim = _nifti_claim(head)
+                    if claim is not None and claim > limit:
+                        raise AppError(
+                            413,
+                            f"{path.name}: its header says it inflates to {claim / 2**20:.0f} MB, above "
+                            f"the limit of {mb:.0f} MB for decompressed data (--max-upload-mb)",
+                        )
+                if size > limit:
+                    raise AppError(
+                        413,
+                        f"{path.name}: it inflates to more than the limit of {mb:.0f} MB (--max-upload-mb)",
+                    )
+    except zlib.error as exc:
+        raise AppError(400, f"{path.name}: not a readable gzip file ({exc})") from None
+
+
 def open_path(path: Path, limit: int, workdir: Path, made: list[Path] | None = None):
     """Read an image, volume, DICOM folder or zip (DICOM series or one image inside) as ImageData.
 
@@ -148,6 +209,8 @@ def open_path(path: Path, limit: int, workdir: Path, made: list[Path] | None = N
                 made.append(path if path.is_dir() else path.parent)
             if path.is_file():
                 check_content(path)
+        if path.is_file():
+            check_inflated(path, limit)
     return read_image(path)
 
 
@@ -161,8 +224,15 @@ def _extract_zip(path: Path, limit: int, workdir: Path) -> Path:
         members = [m for m in zf.infolist() if not m.is_dir()]
         if not members:
             raise AppError(400, f"{path.name}: the zip file is empty")
-        if len(members) > 5000 or sum(m.file_size for m in members) > limit:
-            raise AppError(413, f"{path.name}: the zip holds too many or too large files")
+        # the sizes the zip declares bound what extraction writes (zipfile stops each member there and
+        # refuses it when its data says otherwise), so nothing is inflated before this check
+        inflated = sum(m.file_size for m in members)
+        if len(members) > 5000 or inflated > limit:
+            raise AppError(
+                413,
+                f"{path.name}: the zip inflates to {inflated / 2**20:.0f} MB in {len(members)} files, above "
+                f"the limit of {limit / 2**20:.0f} MB (--max-upload-mb) or 5000 files",
+            )
         for i, m in enumerate(members):
             name = PurePosixPath(m.filename).name
             if not name or name.startswith("."):

@@ -8,11 +8,12 @@ API (JSON unless said otherwise; every /api call needs the token when one is set
   GET  /api/s/ID                          the session's state (page reload restores from it)
   GET  /api/s/ID/slice?axis=z&index=N     the plane: float32 image + uint16 labels (binary)
   GET  /api/s/ID/encoded?axis=z&index=N   whether the plane's embedding is ready
-  POST /api/s/ID/prompt {axis, index, kind: click|box|text, value}
+  POST /api/s/ID/prompt {axis, index, kind: click|box|text|scribble|lasso, value}
   POST /api/s/ID/history {op: undo|redo|reset, axis, index}
   POST /api/s/ID/objects {op: next|select|update|delete, label, name, color, visible, axis, index}
   POST /api/s/ID/propagate {axis, index, max_slices}   GET /api/s/ID/progress
-  GET  /api/s/ID/export?fmt=nii.gz|nii|nrrd|png         POST /api/s/ID/import?name=FILE (raw body)
+  GET  /api/s/ID/export?fmt=nii.gz|nii|nrrd|png|dcm     POST /api/s/ID/import?name=FILE (raw body)
+  GET  /api/s/ID/render3d?azimuth=DEG&elevation=DEG&size=PX   the 3D view of the label map (PNG)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -36,6 +38,7 @@ from starlette.background import BackgroundTask
 
 from imis.app.backend import Backend, ServeConfig
 from imis.app.files import AppError, list_dir, open_path, resolve_in, safe_filename, save_upload, write_export
+from imis.app.render3d import png_bytes, render
 from imis.errors import ImisError, InputError
 
 STATIC = Path(str(resources.files("imis.app") / "static"))
@@ -115,6 +118,7 @@ def _routes_open(app: FastAPI, be: Backend) -> None:
         return {
             "model": m.name,
             "license": m.license,
+            "runtime": cfg.runtime,
             "prompts": sorted(m.prompt_types),
             "data_dir": cfg.data_dir is not None,
             "max_upload_mb": cfg.max_upload_mb,
@@ -211,6 +215,13 @@ def _routes_session(app: FastAPI, be: Backend) -> None:
             await be.run(entry.doc.history_op, str(body.get("op")))
             return be.state(entry) | {"plane": be.plane_json(entry.doc, axis, index)}
 
+    @app.get("/api/s/{sid}/render3d")
+    async def render3d(sid: str, azimuth: float = 0.0, elevation: float = 20.0, size: int = 384):
+        entry = be.store.get(sid)
+        async with entry.lock:
+            png = await be.run(render_view, entry.doc, azimuth, elevation, size)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
     @app.get("/api/s/{sid}/export")
     async def export(sid: str, fmt: str = "nii.gz"):
         entry = be.store.get(sid)
@@ -299,29 +310,51 @@ async def _propagate(be: Backend, entry, axis: str, index: int, max_slices: int 
             job["running"] = False
 
 
+def render_view(doc, azimuth: float, elevation: float, size: int) -> bytes:
+    """The 3D view of the document's label map (visible objects in their colours) as PNG bytes."""
+    if doc.is_2d:
+        raise AppError(400, "the 3D view needs a volume; this is a 2D image")
+    if not (np.isfinite(azimuth) and np.isfinite(elevation)):
+        raise AppError(400, "azimuth/elevation: finite angles in degrees")
+    geo = doc.data.geometry
+    colors = {o.label: o.color for o in doc.objects if o.visible}
+    img = render(doc.export_labels(), geo.spacing, geo.direction_matrix, colors, azimuth, elevation, size)
+    return png_bytes(img)
+
+
 def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu") -> int:
-    """Load the model, print the address, run uvicorn until interrupted."""
-    import uvicorn
-
-    from imis.models import load_model
-    from imis.models.registry import default_model_name
-
+def check_config(config: ServeConfig) -> None:
     if config.data_dir is not None and not config.data_dir.is_dir():
         raise InputError(f"{config.data_dir}: DATA_DIR is not a folder")
+
+
+def runtime_label(backend: str, dtype) -> str:
+    """What the page shows of the runtime: "torch fp32", "torch bf16", "onnx int8"..."""
+    if dtype is None:
+        return f"{backend} fp32"
+    name = str(dtype).removeprefix("torch.")
+    return f"{backend} {'int8' if name == 'qint8' else name.replace('bfloat16', 'bf16')}"
+
+
+def serve(config: ServeConfig, host: str, port: int, model) -> int:
+    """Print the address and run uvicorn with `model` (loaded by the CLI) until interrupted."""
+    import uvicorn
+
+    check_config(config)
     if not config.token and not is_loopback(host):
         config.token = secrets.token_urlsafe(16)
         print(f"imis serve: host {host} is not loopback, so a token is required; generated one.")
-    name = config.model or ("litemedsam" if config.checkpoint else default_model_name())
-    model = load_model(name, checkpoint=config.checkpoint, device=device)
     app = create_app(config, model)
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` prints every thread's stack (diagnosing a stuck server)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     query = f"/?token={config.token}" if config.token else "/"
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"imis serve: model {model.name} ({model.license}); open http://{shown}:{port}{query}", flush=True)
+    print(
+        f"imis serve: model {model.name} ({model.license}, {config.runtime}); open http://{shown}:{port}{query}",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

@@ -13,7 +13,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from imis.app.document import AXES, Document, ObjectInfo, palette_color, parse_prompt
+from imis.app.document import (
+    AXES,
+    PLANE_AXES,
+    Document,
+    ObjectInfo,
+    apply_prompt,
+    palette_color,
+    parse_prompt,
+)
 from imis.errors import InputError, PromptError
 from imis.io import ImageData
 from imis.session import PropagationRules, VolumeSession
@@ -58,13 +66,8 @@ class VolumeDocument(Document):
         axis, index = self.check_plane(axis, index)
         kind, value = parse_prompt(kind, value)
         self.vs.set_slice(axis, index)
-        clicks, box, text = self._slice_prompts(axis, index)
-        if kind == "click":
-            pred = self.vs.add_click(*value)
-        elif kind == "box":
-            pred = self.vs.predict(clicks=clicks, box=value, text=text)
-        else:
-            pred = self.vs.predict(clicks=clicks, box=box, text=value)
+        hw = tuple(self.display.shape[a] for a in PLANE_AXES[axis])
+        pred = apply_prompt(self.vs, kind, value, self._slice_prompts(axis, index), hw)
         self.redo_depth = 0
         self.last_prompt = (axis, index)
         return float(pred.quality)

@@ -12,6 +12,7 @@ let sliceGen = 0;
 const viewer = new Viewer($("canvas"), {
   click: (x, y, positive) => promptAt("click", [x, y, positive]),
   box: (x0, y0, x1, y1) => promptAt("box", [x0, y0, x1, y1]),
+  stroke: (kind, points, positive) => promptAt(kind, { points, positive }),
   scroll: (d) => setSlice(S.index[S.axis] + d),
   window: (w, l) => setWindow(w, l, true),
 });
@@ -47,7 +48,7 @@ async function init() {
     message(err.message);
     return;
   }
-  $("model").textContent = `${S.info.model} · ${S.info.license}`;
+  $("model").textContent = `${S.info.model} · ${S.info.license} · ${S.info.runtime}`;
   $("browser").hidden = !S.info.data_dir;
   if (S.info.data_dir) browse("");
   const sid = localStorage.getItem("imis.sid");
@@ -111,6 +112,12 @@ async function openState(state, saved) {
   $("empty").hidden = true;
   for (const b of $("views").children) b.disabled = state.doc.is_2d && b.dataset.axis !== "z";
   $("propagate").disabled = state.doc.is_2d;
+  $("show3d").disabled = state.doc.is_2d;
+  // the formats this input can be exported to: PNG for 2D images, DICOM SEG for DICOM series
+  $("fmt").querySelector('[value="png"]').disabled = !state.doc.is_2d;
+  $("fmt").querySelector('[value="dcm"]').disabled = !state.doc.dicom_series;
+  if ($("fmt").selectedOptions[0].disabled) $("fmt").value = "nii.gz";
+  if (state.doc.is_2d) toggle3d(false);
   const modality = state.doc.modality;
   $("preset").value = saved.preset || (modality === "CT" ? "400,40" : "auto");
   applyPreset(false);
@@ -213,6 +220,7 @@ async function applyState(state) {
   }
   updateMarks();
   if (state.job) showJob(state.job);
+  refresh3d();
 }
 
 function updateMarks() {
@@ -303,6 +311,66 @@ function showJob(job) {
   if (job.running) $("status").textContent = `propagating ${job.done}/${job.total || "?"}`;
 }
 
+// ---- 3D view: rendered by the server (GET render3d), re-requested as the angles or the labels change --
+const V3 = { open: false, busy: false, again: false, url: null, count: 0 };
+
+function toggle3d(open = !V3.open) {
+  V3.open = open && !!S.doc && !S.doc.is_2d;
+  $("view3d").hidden = !V3.open;
+  $("show3d").textContent = V3.open ? "Hide 3D view" : "Show 3D view";
+  refresh3d();
+}
+
+// One render at a time; changes while one is on the way are folded into a single next one.
+async function refresh3d() {
+  if (!V3.open || !S.sid) return;
+  if (V3.busy) {
+    V3.again = true;
+    return;
+  }
+  V3.busy = true;
+  const az = $("az3d").value,
+    el = $("el3d").value;
+  try {
+    const { buffer } = await getBinary(`/api/s/${S.sid}/render3d?azimuth=${az}&elevation=${el}&size=384`);
+    if (V3.url) URL.revokeObjectURL(V3.url);
+    V3.url = URL.createObjectURL(new Blob([buffer], { type: "image/png" }));
+    const img = $("img3d");
+    img.src = V3.url;
+    img.dataset.angles = `${az},${el}`;
+    img.dataset.count = String(++V3.count);
+  } catch (err) {
+    message(err.message);
+  } finally {
+    V3.busy = false;
+    if (V3.again) {
+      V3.again = false;
+      refresh3d();
+    }
+  }
+}
+
+function wire3d() {
+  $("show3d").onclick = () => toggle3d();
+  $("az3d").oninput = refresh3d;
+  $("el3d").oninput = refresh3d;
+  const img = $("img3d");
+  let drag = null;
+  img.onpointerdown = (e) => {
+    img.setPointerCapture(e.pointerId);
+    drag = { x: e.clientX, y: e.clientY, az: Number($("az3d").value), el: Number($("el3d").value) };
+  };
+  img.onpointermove = (e) => {
+    if (!drag) return;
+    let az = drag.az - (e.clientX - drag.x) * 0.8;
+    az = ((((az + 180) % 360) + 360) % 360) - 180;
+    $("az3d").value = String(Math.round(az));
+    $("el3d").value = String(Math.max(-85, Math.min(85, Math.round(drag.el + (e.clientY - drag.y) * 0.8))));
+    refresh3d();
+  };
+  img.onpointerup = () => (drag = null);
+}
+
 // ---- controls ------------------------------------------------------------------------------------
 function setTool(tool) {
   viewer.tool = tool;
@@ -346,6 +414,7 @@ function wire() {
   $("next").onclick = () => objectOp("next");
   $("export").onclick = exportLabels;
   $("propagate").onclick = propagate;
+  wire3d();
   document.addEventListener("keydown", onKey);
 }
 
@@ -358,6 +427,8 @@ function onKey(e) {
     y: () => (ctrl ? historyOp("redo") : null),
     p: () => setTool("point"),
     b: () => setTool("box"),
+    s: () => setTool("scribble"),
+    l: () => setTool("lasso"),
     t: () => setPolarity(!viewer.positive),
     r: () => historyOp("reset"),
     m: () => objectOp("next"),
@@ -365,6 +436,7 @@ function onKey(e) {
     h: () => objectActions.update(S.active, { visible: !viewer.objects.get(S.active)?.visible }),
     f: () => viewer.fit(),
     e: exportLabels,
+    v: () => toggle3d(),
     1: () => setAxis("z"),
     2: () => setAxis("y"),
     3: () => setAxis("x"),

@@ -5,7 +5,8 @@ export class Viewer {
   constructor(canvas, handlers) {
     this.canvas = canvas;
     this.ctx = canvas.getContext("2d");
-    this.h = handlers; // {click(x, y, positive), box(x0, y0, x1, y1), scroll(delta), window(w, l)}
+    // {click(x, y, positive), box(x0, y0, x1, y1), stroke(kind, points, positive), scroll(delta), window(w, l)}
+    this.h = handlers;
     this.img = null;
     this.labels = null;
     this.w = 0;
@@ -19,7 +20,7 @@ export class Viewer {
     this.outline = true;
     this.objects = new Map(); // label -> {color, visible}
     this.active = 1;
-    this.tool = "point";
+    this.tool = "point"; // point, box, scribble or lasso
     this.positive = true;
     this.marks = { clicks: [], box: null };
     this.drag = null;
@@ -167,6 +168,7 @@ export class Viewer {
 
   drawMarks() {
     const ctx = this.ctx;
+    if (this.drag && this.drag.path) this.drawPath(this.drag.kind, this.drag.path);
     const box = this.drag && this.drag.kind === "box" ? this.drag.box : this.marks.box;
     if (box) {
       const [a, b] = [this.toScreen(box[0] + 0.5, box[1] + 0.5), this.toScreen(box[2] + 0.5, box[3] + 0.5)];
@@ -191,6 +193,24 @@ export class Viewer {
     }
   }
 
+  // the stroke being drawn: a scribble as a line of its sign's colour, a lasso as a dashed closed outline
+  drawPath(kind, path) {
+    if (path.length < 2) return;
+    const ctx = this.ctx;
+    ctx.beginPath();
+    path.forEach(([x, y], i) => {
+      const [px, py] = this.toScreen(x + 0.5, y + 0.5);
+      if (i) ctx.lineTo(px, py);
+      else ctx.moveTo(px, py);
+    });
+    if (kind === "lasso") ctx.closePath();
+    ctx.lineWidth = 2;
+    ctx.strokeStyle = kind === "lasso" ? "#4fc3f7" : this.positive ? "#2ecc40" : "#ff4136";
+    ctx.setLineDash(kind === "lasso" ? [6, 4] : []);
+    ctx.stroke();
+    ctx.setLineDash([]);
+  }
+
   // ---- mouse --------------------------------------------------------------------------------------
   _bind() {
     const c = this.canvas;
@@ -212,9 +232,11 @@ export class Viewer {
     const [sx, sy] = this._pos(e);
     const [u, v] = this.toImage(sx, sy);
     const pan = e.button === 1 || (e.button === 0 && e.shiftKey);
-    let kind = pan ? "pan" : e.button === 2 ? "right" : this.tool === "box" ? "box" : "left";
+    const drawn = ["box", "scribble", "lasso"].includes(this.tool) ? this.tool : "left";
+    let kind = pan ? "pan" : e.button === 2 ? "right" : drawn;
     this.drag = { kind, start: [sx, sy], last: [sx, sy], u, v, moved: false, win: [...this.window] };
     if (kind === "box") this.drag.box = null;
+    if (kind === "scribble" || kind === "lasso") this.drag.path = [[u - 0.5, v - 0.5]];
   }
 
   _move(e) {
@@ -233,6 +255,14 @@ export class Viewer {
       const ww = Math.max(1, d.win[0] + (sx - d.start[0]) * (d.win[0] / 200));
       const wl = d.win[1] + (sy - d.start[1]) * (d.win[0] / 400);
       this.h.window(ww, wl);
+    } else if (d.path) {
+      // image pixel coordinates, one every 2 screen pixels (the server clamps them into the plane)
+      const [u, v] = this.toImage(sx, sy);
+      const [pu, pv] = d.path[d.path.length - 1];
+      if (Math.hypot(u - 0.5 - pu, v - 0.5 - pv) * this.scale >= 2 && d.path.length < 5000) {
+        d.path.push([u - 0.5, v - 0.5]);
+        this.draw();
+      }
     } else if (d.kind === "box") {
       const [u, v] = this.toImage(sx, sy);
       const [x0, y0] = this.pixel(Math.min(d.u, u), Math.min(d.v, v));
@@ -246,11 +276,15 @@ export class Viewer {
     const d = this.drag;
     this.drag = null;
     if (!d) return;
-    if (!d.moved && (d.kind === "left" || d.kind === "right") && this.inside(d.u, d.v)) {
+    const clickLike = d.kind === "left" || d.kind === "right" || d.kind === "scribble";
+    if (!d.moved && clickLike && this.inside(d.u, d.v)) {
       const [x, y] = this.pixel(d.u, d.v).map(Math.round);
       this.h.click(x, y, d.kind === "left" ? this.positive : false);
     } else if (d.kind === "box" && d.box && d.moved) {
       this.h.box(...d.box);
+    } else if (d.path && d.moved && d.path.length >= 2) {
+      const pts = d.path.map(([x, y]) => [Math.round(x * 10) / 10, Math.round(y * 10) / 10]);
+      this.h.stroke(d.kind, pts, d.kind === "lasso" ? true : this.positive);
     }
     this.draw();
   }
