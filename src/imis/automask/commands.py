@@ -47,6 +47,7 @@ examples:
   imis automask ../shared/data/btcv-copy --no-gt --points-per-side 16 --overwrite
   imis automask datasets/ct --no-gt --min-area 0.0005   # segment everything: the 0.5% rule drops small organs
   imis automask datasets/liver --model sam-vit-b --checkpoint sam_vit_b_01ec64.pth --outputs multimask
+  imis automask datasets/ct --backend onnx --precision int8   # ONNX Runtime encoder, PyTorch grid decoder
   RAY_ADDRESS=auto imis automask /shared/datasets/lung --executor ray --workers 64 --device cuda --gpus 0.25
 """
 
@@ -125,12 +126,18 @@ def register_automask_command(sub) -> None:
         "--gpus", type=float, default=0.0, help="GPUs per Ray actor (e.g. 0.25: four actors per GPU)"
     )
     r.add_argument("--threads", type=_pos_int, default=None, help="torch threads per worker")
+    from imis.runtime_options import add_runtime_arguments
+
+    # precision auto: bf16 autocast of the encoder where the CPU/GPU has bf16 units (the grid decoder
+    # is the PyTorch one on either backend; see imis.automask.loading)
+    add_runtime_arguments(r, default_backend="torch", default_precision="auto")
     r.add_argument("--overwrite", action="store_true", help="regenerate finished and released imasks")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_automask)
 
 
 def cmd_automask(args: argparse.Namespace) -> int:
+    from imis.automask.loading import runtime_tag
     from imis.automask.run import run_automask
     from imis.automask.settings import AutomaskSettings
     from imis.console import print_table
@@ -151,6 +158,7 @@ def cmd_automask(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     model = args.model or ("litemedsam" if args.checkpoint else default_model_name())
+    runtime_tag(model, args.backend, args.precision, args.device)  # bad combinations fail here, once
     summary = run_automask(
         args.dataset,
         settings,
@@ -164,6 +172,8 @@ def cmd_automask(args: argparse.Namespace) -> int:
         threads=args.threads,
         gpus=args.gpus,
         progress=False if args.no_progress else None,
+        backend=args.backend,
+        precision=args.precision,
     )
     print()
     print_table([{"model": model, **summary.row()}])

@@ -12,6 +12,7 @@ only the masks that survive NMS are brought to the native resolution (`logits_to
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,17 +97,43 @@ def low_res_valid(embedding: Embedding, low_hw: tuple[int, int]) -> tuple[int, i
     )
 
 
+@dataclass
+class DecoderNet:
+    """The prompt encoder (kept in float32: its random Fourier features lose positions in bf16) and the
+    mask decoder in the dtype the grid is decoded in."""
+
+    prompt_encoder: torch.nn.Module
+    mask_decoder: torch.nn.Module
+    dtype: torch.dtype
+
+
+def grid_net(model: InteractiveModel) -> DecoderNet:
+    """The decoder the grid runs through: in bfloat16 when the model runs its encoder in bfloat16
+    (--precision bf16 / auto on a CPU with bf16 units: the grid decode is memory-bound, and bf16
+    halves its traffic), else the model's own. The bf16 copy is made once per model."""
+    net = model.net
+    if getattr(model, "dtype", None) != torch.bfloat16:
+        return DecoderNet(net.prompt_encoder, net.mask_decoder, torch.float32)
+    cached = getattr(model, "_automask_bf16", None)
+    if cached is None:
+        cached = DecoderNet(
+            net.prompt_encoder, copy.deepcopy(net.mask_decoder).to(torch.bfloat16), torch.bfloat16
+        )
+        model._automask_bf16 = cached
+    return cached
+
+
 @torch.inference_mode()
 def generate_candidates(
     model: InteractiveModel, embedding: Embedding, settings: AutomaskSettings
 ) -> Candidates:
     """Decode the click grid against ``embedding`` and keep the confident, stable masks."""
-    net = model.net
+    net = grid_net(model)
     h, w = embedding.frame.orig_hw
     points = point_grid(settings.points_per_side, h, w)
     coords = torch.from_numpy(embedding.frame.to_input(points))[:, None].to(model.device)
     labels = torch.ones(len(points), 1, dtype=torch.int64, device=model.device)
-    shared = shared_image(net, embedding.features.float())
+    shared = shared_image(net, embedding.features.to(net.dtype))
     tokens = output_tokens(model, settings.outputs, net.mask_decoder.num_mask_tokens)
     tok = torch.tensor(tokens, dtype=torch.long)
     kept: dict[str, list] = {k: [] for k in ("logits", "masks", "iou", "stab", "row", "out")}
@@ -114,7 +141,7 @@ def generate_candidates(
     for start in range(0, len(points), settings.batch_size):
         sl = slice(start, start + settings.batch_size)
         sparse, _ = net.prompt_encoder((coords[sl], labels[sl]), None, None, None)
-        state = decode_clicks(net, shared, sparse)
+        state = decode_clicks(net, shared, sparse.to(net.dtype))
         iou = state.iou[:, tok].float().cpu()
         rows, cols = torch.nonzero(iou >= settings.iou_thresh, as_tuple=True)
         if not len(rows):

@@ -63,9 +63,12 @@ class AutomaskSettings:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def fingerprint(self, model: str, weights: str) -> str:
-        """What decides the output: every setting except the batch size, and the model and its weights."""
+    def fingerprint(self, model: str, weights: str, runtime: str = "torch:fp32") -> str:
+        """What decides the output: every setting except the batch size, the model, its weights and the
+        runtime (backend:precision, which changes the embedding by float rounding)."""
         d = self.to_json()
         d.pop("batch_size")
         d.update(model=model, weights=weights)
+        if runtime != "torch:fp32":  # fp32 runs keep the fingerprint they had before runtimes existed
+            d["runtime"] = runtime
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
