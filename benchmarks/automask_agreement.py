@@ -29,13 +29,15 @@ from imis.automask.pipeline import native_regions, select_masks
 from imis.automask.qc import apply_gt_qc, clean_regions, paint_id_map
 from imis.automask.settings import AutomaskSettings
 from imis.data.formats import imed
-from imis.models import load_model
 
 VARIANTS = {
     "qc": {"iou": 0.85, "stability": 0.95, "gt": True},
     "no-gt": {"iou": 0.85, "stability": 0.95, "gt": False},
     "paper-no-gt": {"iou": 0.85, "stability": 0.0, "gt": False},
 }
+
+
+FLOOR = 0.3  # candidates decoded down to this predicted IoU: one cached pool serves every variant
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -79,24 +81,42 @@ def variant_id_map(cand, emb, gt, names, settings: AutomaskSettings, v: dict):
     return paint_id_map(regions, int(np.ceil(settings.min_area * hw[0] * hw[1])), hw)[0]
 
 
-def evaluate(model_name: str, ds, entries, settings: AutomaskSettings, variants: dict) -> dict:
-    model = load_model(model_name)
+def candidate_pool(model, model_name: str, e, settings: AutomaskSettings, floor: float, cache: Path | None):
+    """(embedding, candidates at predicted IoU >= floor, no stability filter, CPU s): one decode of the
+    click grid per image, cached in ``cache`` (the variants are then evaluated from the cache)."""
+    path = (
+        None if cache is None else cache / f"{model_name}_{e.stem}_pps{settings.points_per_side}_f{floor}.pt"
+    )
+    if path is not None and path.exists():
+        return torch.load(path, weights_only=False)
+    t0 = time.process_time()
+    emb = model.encode(imed.read_image(e.image), str(e.image))
+    cand = generate_candidates(
+        model, emb, dataclasses.replace(settings, iou_thresh=floor, stability_thresh=0.0, batch_size=64)
+    )
+    out = (emb, cand, time.process_time() - t0)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(out, path)
+    return out
+
+
+def evaluate(model_name: str, ds, entries, settings: AutomaskSettings, variants: dict, cache=None) -> dict:
+    from imis.automask.loading import load_automask_model
+
+    model = load_automask_model(model_name, None, "cpu", "torch", "auto")
     stats = {k: {"masks": [], "coverage": [], "best_iou": [], "gt_iou": []} for k in variants}
     released = {"masks": [], "coverage": []}
     t_gen = []
+    floor = min([v["iou"] for v in variants.values()] + [FLOOR])
     for e in entries:
-        image, gt = imed.read_image(e.image), imed.read_label(e.label)
+        gt = imed.read_label(e.label)
         names = ds.label_names(gt.shape[0])
         rel = imed.read_imask(e.imask)
         released["masks"].append(int(len(np.unique(rel[rel > 0]))))
         released["coverage"].append(float((rel > 0).mean()))
-        t0 = time.process_time()
-        emb = model.encode(image, str(e.image))
-        floor = min(v["iou"] for v in variants.values())
-        cand = generate_candidates(
-            model, emb, dataclasses.replace(settings, iou_thresh=floor, stability_thresh=0.0)
-        )
-        t_gen.append(time.process_time() - t0)
+        emb, cand, cpu = candidate_pool(model, model_name, e, settings, floor, cache)
+        t_gen.append(cpu)
         for k, v in variants.items():
             ids = variant_id_map(cand, emb, gt, names, settings, v)
             s = stats[k]
@@ -139,10 +159,14 @@ def main() -> None:
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--cache", type=Path, default=None, help="folder caching each image's candidate pool")
+    ap.add_argument("--shard", default="0/1", help="I/N: only every Nth image from the Ith (fill a cache)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = imed.read_dataset(args.shared / "data" / "btcv-demo")
     entries = ds.split(args.split)[:: args.every][: args.limit]
+    i, n = (int(v) for v in args.shard.split("/"))
+    entries = entries[i::n]
     variants = dict(parse_variant(v) for v in args.variant) if args.variant else VARIANTS
     settings = AutomaskSettings(points_per_side=args.points_per_side)
     result = {
@@ -155,7 +179,7 @@ def main() -> None:
         "torch_threads": args.threads,
     }
     for m in args.models:
-        result[m] = evaluate(m, ds, entries, settings, variants)
+        result[m] = evaluate(m, ds, entries, settings, variants, args.cache)
     line = json.dumps(result)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

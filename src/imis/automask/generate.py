@@ -22,7 +22,15 @@ from imis.automask.settings import AutomaskSettings
 from imis.models.grid_decode import decode_clicks, masks_for, shared_image
 from imis.models.interactive import Embedding, InteractiveModel
 
-__all__ = ["Candidates", "generate_candidates", "output_tokens", "point_grid", "stability_score"]
+__all__ = [
+    "Candidates",
+    "click_cells",
+    "generate_candidates",
+    "grid_net",
+    "output_tokens",
+    "point_grid",
+    "stability_score",
+]
 
 
 @dataclass
@@ -40,6 +48,7 @@ class Candidates:
     point: np.ndarray
     output: np.ndarray
     decoded: int  # prompts decoded
+    cell: np.ndarray | None = None  # (K, 2) int: the click's (row, col) in the low-res frame
 
     def select(self, idx: np.ndarray) -> Candidates:
         t = torch.as_tensor(idx, dtype=torch.long)
@@ -51,6 +60,7 @@ class Candidates:
             self.point[idx],
             self.output[idx],
             self.decoded,
+            None if self.cell is None else self.cell[idx],
         )
 
     def __len__(self) -> int:
@@ -85,6 +95,15 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     inter = (logits > threshold + offset).flatten(1).sum(1, dtype=torch.int64)
     union = (logits > threshold - offset).flatten(1).sum(1, dtype=torch.int64)
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float64))
+
+
+def click_cells(points: np.ndarray, embedding: Embedding, low_hw: tuple[int, int]) -> np.ndarray:
+    """(K, 2) native (x, y) clicks -> (K, 2) int (row, col) of the low-res mask cell holding them."""
+    xy = embedding.frame.to_input(np.asarray(points, dtype=np.float64).reshape(-1, 2))
+    s = embedding.frame.input_size
+    rows = np.floor(xy[:, 1] * low_hw[0] / s).astype(np.int64)
+    cols = np.floor(xy[:, 0] * low_hw[1] / s).astype(np.int64)
+    return np.stack([rows, cols], axis=-1)
 
 
 def low_res_valid(embedding: Embedding, low_hw: tuple[int, int]) -> tuple[int, int]:
@@ -158,7 +177,10 @@ def generate_candidates(
         kept["stab"].append(stab[ok])
         kept["row"].append(rows[ok] + start)
         kept["out"].append(tok[cols[ok]])
-    return _gather(kept, points)
+    cand = _gather(kept, points)
+    if len(cand):
+        cand.cell = click_cells(cand.point, embedding, tuple(cand.logits.shape[-2:]))
+    return cand
 
 
 def _gather(kept: dict[str, list], points: np.ndarray) -> Candidates:
@@ -172,6 +194,7 @@ def _gather(kept: dict[str, list], points: np.ndarray) -> Candidates:
             np.zeros((0, 2)),
             np.zeros(0, np.int64),
             len(points),
+            np.zeros((0, 2), np.int64),
         )
     rows = torch.cat(kept["row"]).numpy()
     return Candidates(
