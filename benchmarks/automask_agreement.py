@@ -1,11 +1,15 @@
 """Automask on btcv-demo's test split against the released imasks and the ground truth.
 
-For each model, each of the 14 test slices is encoded once and its click grid decoded once; the
-candidates (predicted IoU >= --iou-thresh, stability not yet applied) then go through these variants:
+For each model (at `--precision auto`, as `imis automask` runs it), each of the 14 test slices is
+encoded once and its click grid decoded once (predicted IoU >= 0.3, no stability filter; --cache keeps
+these pools); the candidates then go through these variants (`variants_for`):
 
-  qc            SAM's stability >= 0.95, NMS, areas, GT quality control (the `imis automask` default)
-  no-gt         the same without GT quality control (`--no-gt`)
-  paper-no-gt   the paper's filters only (no stability filter), without GT quality control
+  qc                      the paper's thresholds (IoU 0.85, stability 0.95, 0.5% min area) + GT QC
+                          (the `imis automask` default)
+  no-gt                   `imis automask --no-gt`: the segment-everything defaults chosen on train
+                          (IoU 0.5, stability 0.6, click consensus 0.5, NMS on it, 0.05% min area)
+  paper-no-gt             the paper's thresholds without GT QC (`--no-gt` before the consensus rule)
+  paper-no-gt-stability0  the same without the stability filter
 
 Reported per variant: masks per image and image coverage (ours and released), the mean best-IoU of
 each released imask region against our regions, and the recall of the GT organ masks (a GT mask is
@@ -24,27 +28,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imis.automask.generate import generate_candidates
+from imis.automask.generate import click_cells, generate_candidates
 from imis.automask.pipeline import native_regions, select_masks
 from imis.automask.qc import apply_gt_qc, clean_regions, paint_id_map
 from imis.automask.settings import AutomaskSettings
 from imis.data.formats import imed
 
-VARIANTS = {
-    "qc": {"iou": 0.85, "stability": 0.95, "gt": True},
-    "no-gt": {"iou": 0.85, "stability": 0.95, "gt": False},
-    "paper-no-gt": {"iou": 0.85, "stability": 0.0, "gt": False},
-}
-
-
 FLOOR = 0.3  # candidates decoded down to this predicted IoU: one cached pool serves every variant
 
 
-def parse_variant(text: str) -> tuple[str, dict]:
-    """NAME=IOU,STABILITY,gt|no-gt (e.g. everything=0.6,0,no-gt)."""
-    name, spec = text.split("=")
-    iou, stab, gt = spec.split(",")
-    return name, {"iou": float(iou), "stability": float(stab), "gt": gt == "gt"}
+def variants_for(pps: int) -> dict[str, AutomaskSettings]:
+    """The rows of the table: `imis automask` with GT QC, with --no-gt, and the paper's thresholds
+    without GT (the --no-gt defaults before the click-consensus rule), with and without stability."""
+    paper = AutomaskSettings(points_per_side=pps)
+    return {
+        "qc": paper,
+        "no-gt": AutomaskSettings.segment_everything(points_per_side=pps),
+        "paper-no-gt": dataclasses.replace(paper, gt_qc=False),
+        "paper-no-gt-stability0": dataclasses.replace(paper, gt_qc=False, stability_thresh=0.0),
+    }
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -70,15 +72,18 @@ def gt_recall_ious(gt: np.ndarray, ids: np.ndarray) -> list[float]:
     return out
 
 
-def variant_id_map(cand, emb, gt, names, settings: AutomaskSettings, v: dict):
-    keep = np.flatnonzero((cand.stability >= v["stability"]) & (cand.iou >= v["iou"]))
-    sel = select_masks(cand.select(keep), settings)
-    regions = native_regions(sel, emb, settings.mask_threshold)
-    if v["gt"]:
-        regions = apply_gt_qc(regions, gt, names, settings.box_overlap)
-    regions = clean_regions(regions, settings.morphology)
+def variant_id_map(cand, emb, gt, names, s: AutomaskSettings):
+    """The id map `imis automask` writes with settings ``s``, from the cached candidate pool."""
+    if cand.cell is None and len(cand):
+        cand.cell = click_cells(cand.point, emb, tuple(cand.logits.shape[-2:]))
+    keep = np.flatnonzero((cand.stability >= s.stability_thresh) & (cand.iou >= s.iou_thresh))
+    sel = select_masks(cand.select(keep), s)
+    regions = native_regions(sel, emb, s.mask_threshold)
+    if s.gt_qc:
+        regions = apply_gt_qc(regions, gt, names, s.box_overlap)
+    regions = clean_regions(regions, s.morphology)
     hw = gt.shape[1:]
-    return paint_id_map(regions, int(np.ceil(settings.min_area * hw[0] * hw[1])), hw)[0]
+    return paint_id_map(regions, int(np.ceil(s.min_area * hw[0] * hw[1])), hw)[0]
 
 
 def candidate_pool(model, model_name: str, e, settings: AutomaskSettings, floor: float, cache: Path | None):
@@ -102,13 +107,14 @@ def candidate_pool(model, model_name: str, e, settings: AutomaskSettings, floor:
 
 
 def evaluate(model_name: str, ds, entries, settings: AutomaskSettings, variants: dict, cache=None) -> dict:
+    """Every variant on every entry, from one candidate pool per image (FLOOR, no stability)."""
     from imis.automask.loading import load_automask_model
 
     model = load_automask_model(model_name, None, "cpu", "torch", "auto")
     stats = {k: {"masks": [], "coverage": [], "best_iou": [], "gt_iou": []} for k in variants}
     released = {"masks": [], "coverage": []}
     t_gen = []
-    floor = min([v["iou"] for v in variants.values()] + [FLOOR])
+    floor = min([v.iou_thresh for v in variants.values()] + [FLOOR])
     for e in entries:
         gt = imed.read_label(e.label)
         names = ds.label_names(gt.shape[0])
@@ -118,7 +124,7 @@ def evaluate(model_name: str, ds, entries, settings: AutomaskSettings, variants:
         emb, cand, cpu = candidate_pool(model, model_name, e, settings, floor, cache)
         t_gen.append(cpu)
         for k, v in variants.items():
-            ids = variant_id_map(cand, emb, gt, names, settings, v)
+            ids = variant_id_map(cand, emb, gt, names, v)
             s = stats[k]
             s["masks"].append(int(ids.max()))
             s["coverage"].append(float((ids > 0).mean()))
@@ -154,9 +160,6 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--split", default="test", help="btcv-demo split (test; train to choose settings)")
     ap.add_argument("--every", type=int, default=1, help="every Nth image of the split")
-    ap.add_argument(
-        "--variant", action="append", default=[], help="NAME=IOU,STABILITY,gt|no-gt (replaces the defaults)"
-    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--cache", type=Path, default=None, help="folder caching each image's candidate pool")
@@ -167,12 +170,12 @@ def main() -> None:
     entries = ds.split(args.split)[:: args.every][: args.limit]
     i, n = (int(v) for v in args.shard.split("/"))
     entries = entries[i::n]
-    variants = dict(parse_variant(v) for v in args.variant) if args.variant else VARIANTS
+    variants = variants_for(args.points_per_side)
     settings = AutomaskSettings(points_per_side=args.points_per_side)
     result = {
         "benchmark": "automask_agreement",
         "dataset": f"btcv-demo {args.split}",
-        "variants": variants,
+        "variants": {k: v.to_json() for k, v in variants.items()},
         "images": len(entries),
         "points_per_side": args.points_per_side,
         "settings": settings.to_json(),

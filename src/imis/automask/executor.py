@@ -29,7 +29,7 @@ class ModelRef:
     device: str = "cpu"
     threads: int | None = None
     backend: str = "torch"
-    precision: str = "fp32"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)

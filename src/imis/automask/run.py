@@ -89,7 +89,7 @@ def run_automask(
     gpus: float = 0.0,
     progress: bool | None = None,
     backend: str = "torch",
-    precision: str = "fp32",
+    precision: str = "auto",
     log: Callable[[str], None] | None = None,
 ) -> AutomaskSummary:
     """Generate ``imask/`` for the entries of ``split`` of the IMed-361M dataset folder ``dataset``."""
