@@ -15,7 +15,8 @@ Pillow, scipy, pyyaml and tqdm (a scratch venv: `python3 -m venv v && v/bin/pip 
 numpy pillow scipy pyyaml tqdm`). The official generator imports torchvision (box NMS, PIL resizing);
 where torchvision is not importable this script registers a stand-in module written here
 (`batched_nms`, `box_area`, `resize`, `to_pil_image`), and the JSON says so. Without IMIS_OFFICIAL_SAM
-only our side runs and the official part is "skipped".
+only our side runs and the official part is "skipped", unless `segment_anything` is importable
+(pip-installed in a benchmark environment).
 
 Run: `IMIS_OFFICIAL_SAM=/path/to/segment-anything PYTHONPATH=src python benchmarks/automask.py`.
 """
@@ -105,7 +106,8 @@ def official_generator(model, settings: AutomaskSettings):
     standin = importlib.util.find_spec("torchvision") is None
     if standin:
         _standin_torchvision()
-    sys.path.insert(0, root)
+    if root:
+        sys.path.insert(0, root)
     from segment_anything import SamAutomaticMaskGenerator
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
@@ -183,6 +185,12 @@ def main() -> None:
     ap.add_argument("--iou-thresh", type=float, default=0.85)
     ap.add_argument("--stability", type=float, default=0.95)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["auto", "fp32"],
+        help="our side at each (--precision of imis automask)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     settings = AutomaskSettings(
@@ -196,6 +204,8 @@ def main() -> None:
         gt_qc=False,
         morphology=0,
     )
+    from imis.automask.loading import load_automask_model, runtime_tag
+
     model = load_model(args.model)
     entries = imed.read_dataset(args.shared / "data" / "btcv-demo").split("test")[: args.images]
     images = [imed.read_image(e.image) for e in entries]
@@ -208,13 +218,19 @@ def main() -> None:
         images=[e.stem for e in entries], torch_threads=args.threads, cpu=platform.processor() or "cpu"
     )
     res["loadavg_at_start"] = [round(v, 2) for v in load]
-    ours_out = [timed(lambda im=im: ours(model, im, settings)) for im in images]
-    res["ours"] = {
-        "s_per_slice": round(float(np.mean([t for _, t, _ in ours_out])), 2),
-        "cpu_s_per_slice": round(float(np.mean([c for _, _, c in ours_out])), 2),
-        "masks": [len(m) for m, _, _ in ours_out],
-    }
-    if not os.environ.get("IMIS_OFFICIAL_SAM"):
+    runs = {}
+    for p in args.precisions:
+        m = load_automask_model(args.model, None, "cpu", "torch", p)
+        key = f"ours_{runtime_tag(args.model, 'torch', p, 'cpu').replace(':', '_')}"
+        out = [timed(lambda im=im, m=m: ours(m, im, settings)) for im in images]
+        runs[key] = out
+        res[key] = {
+            "s_per_slice": round(float(np.mean([t for _, t, _ in out])), 2),
+            "cpu_s_per_slice": round(float(np.mean([c for _, _, c in out])), 2),
+            "masks": [len(x) for x, _, _ in out],
+        }
+    res["ours"] = "; ".join(runs)
+    if not os.environ.get("IMIS_OFFICIAL_SAM") and importlib.util.find_spec("segment_anything") is None:
         res["official"] = "skipped (set IMIS_OFFICIAL_SAM to the official segment-anything folder)"
         print(json.dumps(res))
         return
@@ -226,20 +242,21 @@ def main() -> None:
         with torch.inference_mode():
             out, w, c = timed(lambda im=im: gen.generate(np.ascontiguousarray(im[..., :3])))
         off.append(([o["segmentation"] for o in out], w, c))
-    matched = [best_ious(o, m) for (o, _, _), (m, _, _) in zip(off, ours_out, strict=True)]
-    flat = [v for m in matched for v in m]
     res["official"] = {
         "s_per_slice": round(float(np.mean([w for _, w, _ in off])), 2),
         "cpu_s_per_slice": round(float(np.mean([c for _, _, c in off])), 2),
         "masks": [len(m) for m, _, _ in off],
     }
-    res["time_ratio_ours_over_official"] = round(
-        res["ours"]["s_per_slice"] / res["official"]["s_per_slice"], 3
-    )
-    res["cpu_ratio_ours_over_official"] = round(
-        res["ours"]["cpu_s_per_slice"] / res["official"]["cpu_s_per_slice"], 3
-    )
-    res["official_masks_mean_best_iou_in_ours"] = round(float(np.mean(flat)), 4) if flat else None
+    for key in runs:
+        res[f"{key}_time_ratio_over_official"] = round(
+            res[key]["s_per_slice"] / res["official"]["s_per_slice"], 3
+        )
+        res[f"{key}_cpu_ratio_over_official"] = round(
+            res[key]["cpu_s_per_slice"] / res["official"]["cpu_s_per_slice"], 3
+        )
+        m = [best_ious(o, x) for (o, _, _), (x, _, _) in zip(off, runs[key], strict=True)]
+        flat_k = [v for row in m for v in row]
+        res[f"{key}_official_masks_mean_best_iou"] = round(float(np.mean(flat_k)), 4) if flat_k else None
     res["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(res))
 

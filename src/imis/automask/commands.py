@@ -21,14 +21,21 @@ what it does, per image (the image is encoded ONCE):
      cached embedding in batches; each click scored on the model's mask outputs (--outputs)
   2. keep outputs with predicted IoU >= --iou-thresh and stability >= --stability (SAM's score: IoU of
      the mask at logit +1 and -1); only these masks are computed
-  3. drop masks over --max-area of the image; NMS: a mask whose IoU with a more confident kept mask
-     exceeds --nms is dropped (--nms-kind mask: mask IoU, the paper; box: SAM's generator)
-  4. ground-truth QC (skipped with --no-gt):
+  3. click consensus (--support): among the other clicks inside a mask, the fraction whose own mask
+     matches it (IoU >= 0.7), counted as agreeing / (inside + 1); masks under --support dropped
+  4. drop masks over --max-area of the image; NMS: a mask whose IoU with a kept mask of higher
+     --nms-score exceeds --nms is dropped (--nms-kind mask: mask IoU, the paper; box: SAM's generator)
+  5. ground-truth QC (skipped with --no-gt):
      - a GT label with several connected regions replaces the generated masks lying >= 50% inside it
      - a single-connected GT region: a generated mask whose box overlaps the GT box by more than 95%
        (box IoU) stands for it; otherwise the GT region replaces the masks lying >= 50% inside it
-  5. opening then closing of every generated mask (specks off, holes filled); masks under --min-area
+  6. opening then closing of every generated mask (specks off, holes filled); masks under --min-area
      of the image dropped; one id map, larger masks first and smaller ones on top, ids 1..K, 0 = none
+
+defaults: the paper's (IoU 0.85, stability 0.95, no consensus filter, NMS on predicted IoU, masks
+  >= 0.5% of the image) with GT QC; with --no-gt ("segment everything", no GT to put small organs
+  back) those chosen on btcv-demo train for imis-lite: IoU 0.5, stability 0.6, support 0.5, NMS on
+  support, masks >= 0.05% of the image. Any option given on the command line wins.
 
 files written in DATASET:
   imask/x___<stem>.npy                int64 (H, W, 1) id map (the released IMed-361M format)
@@ -45,8 +52,8 @@ examples:
   imis automask datasets/heart
   imis automask datasets/heart --split train --workers 4
   imis automask ../shared/data/btcv-copy --no-gt --points-per-side 16 --overwrite
-  imis automask datasets/ct --no-gt --min-area 0.0005   # segment everything: the 0.5% rule drops small organs
   imis automask datasets/liver --model sam-vit-b --checkpoint sam_vit_b_01ec64.pth --outputs multimask
+  imis automask datasets/ct --backend onnx --precision int8   # ONNX Runtime encoder, PyTorch grid decoder
   RAY_ADDRESS=auto imis automask /shared/datasets/lung --executor ray --workers 64 --device cuda --gpus 0.25
 """
 
@@ -81,9 +88,29 @@ def register_automask_command(sub) -> None:
     g.add_argument(
         "--points-per-side", type=_pos_int, default=32, help="click grid side (default 32: 1024 clicks)"
     )
-    g.add_argument("--iou-thresh", type=float, default=0.85, help="keep predicted IoU >= this (default 0.85)")
     g.add_argument(
-        "--stability", type=float, default=0.95, help="keep stability >= this; 0 disables (default 0.95)"
+        "--iou-thresh",
+        type=float,
+        default=None,
+        help="keep predicted IoU >= this (default 0.85; --no-gt 0.5)",
+    )
+    g.add_argument(
+        "--stability",
+        type=float,
+        default=None,
+        help="keep stability >= this; 0 disables (default 0.95; --no-gt 0.6)",
+    )
+    g.add_argument(
+        "--support",
+        type=float,
+        default=None,
+        help="keep click consensus >= this; 0 disables (default 0; --no-gt 0.5)",
+    )
+    g.add_argument(
+        "--nms-score",
+        choices=["iou", "support"],
+        default=None,
+        help="NMS keeps the highest predicted IoU or click consensus first (default iou; --no-gt support)",
     )
     g.add_argument("--nms", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     g.add_argument(
@@ -93,7 +120,10 @@ def register_automask_command(sub) -> None:
         "--max-area", type=float, default=0.8, help="drop masks over this image fraction (default 0.8)"
     )
     g.add_argument(
-        "--min-area", type=float, default=0.005, help="drop masks under this fraction (default 0.005)"
+        "--min-area",
+        type=float,
+        default=None,
+        help="drop masks under this fraction (default 0.005; --no-gt 0.0005)",
     )
     g.add_argument(
         "--outputs",
@@ -125,32 +155,46 @@ def register_automask_command(sub) -> None:
         "--gpus", type=float, default=0.0, help="GPUs per Ray actor (e.g. 0.25: four actors per GPU)"
     )
     r.add_argument("--threads", type=_pos_int, default=None, help="torch threads per worker")
+    from imis.runtime_options import add_runtime_arguments
+
+    # precision auto: bf16 autocast of the encoder where the CPU/GPU has bf16 units (the grid decoder
+    # is the PyTorch one on either backend; see imis.automask.loading)
+    add_runtime_arguments(r, default_backend="torch", default_precision="auto")
     r.add_argument("--overwrite", action="store_true", help="regenerate finished and released imasks")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_automask)
 
 
 def cmd_automask(args: argparse.Namespace) -> int:
+    from imis.automask.loading import runtime_tag
     from imis.automask.run import run_automask
     from imis.automask.settings import AutomaskSettings
     from imis.console import print_table
     from imis.models.registry import default_model_name
 
-    settings = AutomaskSettings(
-        points_per_side=args.points_per_side,
+    chosen = dict(
         iou_thresh=args.iou_thresh,
         stability_thresh=args.stability,
+        support_thresh=args.support,
+        nms_score=args.nms_score,
+        min_area=args.min_area,
+    )
+    common = dict(
+        points_per_side=args.points_per_side,
         nms=args.nms,
         nms_kind=args.nms_kind,
         max_area=args.max_area,
-        min_area=args.min_area,
         outputs=args.outputs,
-        gt_qc=not args.no_gt,
         box_overlap=args.box_overlap,
         morphology=args.morphology,
         batch_size=args.batch_size,
     )
+    if args.no_gt:  # options left out take the segment-everything defaults
+        settings = AutomaskSettings.segment_everything(**chosen, **common)
+    else:  # options left out take the paper's defaults
+        settings = AutomaskSettings(**{k: v for k, v in chosen.items() if v is not None}, **common)
     model = args.model or ("litemedsam" if args.checkpoint else default_model_name())
+    runtime_tag(model, args.backend, args.precision, args.device)  # bad combinations fail here, once
     summary = run_automask(
         args.dataset,
         settings,
@@ -164,6 +208,8 @@ def cmd_automask(args: argparse.Namespace) -> int:
         threads=args.threads,
         gpus=args.gpus,
         progress=False if args.no_progress else None,
+        backend=args.backend,
+        precision=args.precision,
     )
     print()
     print_table([{"model": model, **summary.row()}])

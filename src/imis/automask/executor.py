@@ -28,6 +28,8 @@ class ModelRef:
     checkpoint: str | None = None
     device: str = "cpu"
     threads: int | None = None
+    backend: str = "torch"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,11 @@ class Worker:
     def __init__(self, ref: ModelRef) -> None:
         import torch
 
-        from imis.models import load_model
+        from imis.automask.loading import load_automask_model
 
         if ref.threads:
             torch.set_num_threads(ref.threads)
-        self.model = load_model(ref.name, checkpoint=ref.checkpoint, device=ref.device)
+        self.model = load_automask_model(ref.name, ref.checkpoint, ref.device, ref.backend, ref.precision)
 
     def run(self, task: ImageTask) -> ImageResult:
         t0 = time.perf_counter()

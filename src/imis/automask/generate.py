@@ -12,6 +12,7 @@ only the masks that survive NMS are brought to the native resolution (`logits_to
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,15 @@ from imis.automask.settings import AutomaskSettings
 from imis.models.grid_decode import decode_clicks, masks_for, shared_image
 from imis.models.interactive import Embedding, InteractiveModel
 
-__all__ = ["Candidates", "generate_candidates", "output_tokens", "point_grid", "stability_score"]
+__all__ = [
+    "Candidates",
+    "click_cells",
+    "generate_candidates",
+    "grid_net",
+    "output_tokens",
+    "point_grid",
+    "stability_score",
+]
 
 
 @dataclass
@@ -39,6 +48,7 @@ class Candidates:
     point: np.ndarray
     output: np.ndarray
     decoded: int  # prompts decoded
+    cell: np.ndarray | None = None  # (K, 2) int: the click's (row, col) in the low-res frame
 
     def select(self, idx: np.ndarray) -> Candidates:
         t = torch.as_tensor(idx, dtype=torch.long)
@@ -50,6 +60,7 @@ class Candidates:
             self.point[idx],
             self.output[idx],
             self.decoded,
+            None if self.cell is None else self.cell[idx],
         )
 
     def __len__(self) -> int:
@@ -86,6 +97,15 @@ def stability_score(logits: torch.Tensor, threshold: float, offset: float) -> to
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter, dtype=torch.float64))
 
 
+def click_cells(points: np.ndarray, embedding: Embedding, low_hw: tuple[int, int]) -> np.ndarray:
+    """(K, 2) native (x, y) clicks -> (K, 2) int (row, col) of the low-res mask cell holding them."""
+    xy = embedding.frame.to_input(np.asarray(points, dtype=np.float64).reshape(-1, 2))
+    s = embedding.frame.input_size
+    rows = np.floor(xy[:, 1] * low_hw[0] / s).astype(np.int64)
+    cols = np.floor(xy[:, 0] * low_hw[1] / s).astype(np.int64)
+    return np.stack([rows, cols], axis=-1)
+
+
 def low_res_valid(embedding: Embedding, low_hw: tuple[int, int]) -> tuple[int, int]:
     """Extent of the image (not padding) inside the low-res mask frame."""
     frame = embedding.frame
@@ -96,17 +116,43 @@ def low_res_valid(embedding: Embedding, low_hw: tuple[int, int]) -> tuple[int, i
     )
 
 
+@dataclass
+class DecoderNet:
+    """The prompt encoder (kept in float32: its random Fourier features lose positions in bf16) and the
+    mask decoder in the dtype the grid is decoded in."""
+
+    prompt_encoder: torch.nn.Module
+    mask_decoder: torch.nn.Module
+    dtype: torch.dtype
+
+
+def grid_net(model: InteractiveModel) -> DecoderNet:
+    """The decoder the grid runs through: in bfloat16 when the model runs its encoder in bfloat16
+    (--precision bf16 / auto on a CPU with bf16 units: the grid decode is memory-bound, and bf16
+    halves its traffic), else the model's own. The bf16 copy is made once per model."""
+    net = model.net
+    if getattr(model, "dtype", None) != torch.bfloat16:
+        return DecoderNet(net.prompt_encoder, net.mask_decoder, torch.float32)
+    cached = getattr(model, "_automask_bf16", None)
+    if cached is None:
+        cached = DecoderNet(
+            net.prompt_encoder, copy.deepcopy(net.mask_decoder).to(torch.bfloat16), torch.bfloat16
+        )
+        model._automask_bf16 = cached
+    return cached
+
+
 @torch.inference_mode()
 def generate_candidates(
     model: InteractiveModel, embedding: Embedding, settings: AutomaskSettings
 ) -> Candidates:
     """Decode the click grid against ``embedding`` and keep the confident, stable masks."""
-    net = model.net
+    net = grid_net(model)
     h, w = embedding.frame.orig_hw
     points = point_grid(settings.points_per_side, h, w)
     coords = torch.from_numpy(embedding.frame.to_input(points))[:, None].to(model.device)
     labels = torch.ones(len(points), 1, dtype=torch.int64, device=model.device)
-    shared = shared_image(net, embedding.features.float())
+    shared = shared_image(net, embedding.features.to(net.dtype))
     tokens = output_tokens(model, settings.outputs, net.mask_decoder.num_mask_tokens)
     tok = torch.tensor(tokens, dtype=torch.long)
     kept: dict[str, list] = {k: [] for k in ("logits", "masks", "iou", "stab", "row", "out")}
@@ -114,7 +160,7 @@ def generate_candidates(
     for start in range(0, len(points), settings.batch_size):
         sl = slice(start, start + settings.batch_size)
         sparse, _ = net.prompt_encoder((coords[sl], labels[sl]), None, None, None)
-        state = decode_clicks(net, shared, sparse)
+        state = decode_clicks(net, shared, sparse.to(net.dtype))
         iou = state.iou[:, tok].float().cpu()
         rows, cols = torch.nonzero(iou >= settings.iou_thresh, as_tuple=True)
         if not len(rows):
@@ -131,7 +177,10 @@ def generate_candidates(
         kept["stab"].append(stab[ok])
         kept["row"].append(rows[ok] + start)
         kept["out"].append(tok[cols[ok]])
-    return _gather(kept, points)
+    cand = _gather(kept, points)
+    if len(cand):
+        cand.cell = click_cells(cand.point, embedding, tuple(cand.logits.shape[-2:]))
+    return cand
 
 
 def _gather(kept: dict[str, list], points: np.ndarray) -> Candidates:
@@ -145,6 +194,7 @@ def _gather(kept: dict[str, list], points: np.ndarray) -> Candidates:
             np.zeros((0, 2)),
             np.zeros(0, np.int64),
             len(points),
+            np.zeros((0, 2), np.int64),
         )
     rows = torch.cat(kept["row"]).numpy()
     return Candidates(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imis.automask.filters import area_fraction, box_nms, mask_boxes, mask_nms
+from imis.automask.filters import area_fraction, box_nms, mask_boxes, mask_nms, support_score
 from imis.automask.generate import Candidates, generate_candidates
 from imis.automask.qc import Region, apply_gt_qc, clean_regions, paint_id_map
 from imis.automask.settings import AutomaskSettings
@@ -29,13 +29,22 @@ class ImageMasks:
 
 
 def select_masks(cand: Candidates, settings: AutomaskSettings) -> Candidates:
-    """Drop masks over ``max_area`` of the image, then NMS (most confident first)."""
+    """Click consensus filter (when set), drop masks over ``max_area`` of the image, then NMS (highest
+    ``nms_score`` first; support ties broken by predicted IoU)."""
+    score = cand.iou
+    if settings.support_thresh > 0 or settings.nms_score == "support":
+        if cand.cell is None:
+            raise ValueError("the click consensus needs the candidates' click cells (Candidates.cell)")
+        support = support_score(cand.masks, cand.cell)
+        keep = np.flatnonzero(support >= settings.support_thresh)
+        cand, support = cand.select(keep), support[keep]
+        score = support + 1e-3 * cand.iou if settings.nms_score == "support" else cand.iou
     keep = np.flatnonzero(area_fraction(cand.masks) <= settings.max_area)
-    cand = cand.select(keep)
+    cand, score = cand.select(keep), score[keep]
     if settings.nms_kind == "box":
-        order = box_nms(mask_boxes(cand.masks), cand.iou, settings.nms)
+        order = box_nms(mask_boxes(cand.masks), score, settings.nms)
     else:
-        order = mask_nms(cand.masks, cand.iou, settings.nms)
+        order = mask_nms(cand.masks, score, settings.nms)
     return cand.select(order)
 
 

@@ -88,6 +88,8 @@ def run_automask(
     threads: int | None = None,
     gpus: float = 0.0,
     progress: bool | None = None,
+    backend: str = "torch",
+    precision: str = "auto",
     log: Callable[[str], None] | None = None,
 ) -> AutomaskSummary:
     """Generate ``imask/`` for the entries of ``split`` of the IMed-361M dataset folder ``dataset``."""
@@ -101,7 +103,10 @@ def run_automask(
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be >= 1, got {workers}")
     ds = imed.read_dataset(dataset)
-    fingerprint = settings.fingerprint(model, weights_digest(model, checkpoint))
+    from imis.automask.loading import runtime_tag
+
+    runtime = runtime_tag(model, backend, precision, device)
+    fingerprint = settings.fingerprint(model, weights_digest(model, checkpoint), runtime)
     store = AutomaskStore(ds.root, fingerprint)
     tasks, done, released = _tasks(ds, store, split, settings, overwrite)
     if released:
@@ -117,10 +122,16 @@ def run_automask(
         )
     store.clean_temporaries()
     store.write_settings(
-        {**settings.to_json(), "model": model, "checkpoint": checkpoint, "fingerprint": fingerprint}
+        {
+            **settings.to_json(),
+            "model": model,
+            "checkpoint": checkpoint,
+            "runtime": runtime,
+            "fingerprint": fingerprint,
+        }
     )
     summary = AutomaskSummary(Path(ds.root), images=len(tasks) + done, resumed=done)
-    ref = ModelRef(model, checkpoint, device, threads)
+    ref = ModelRef(model, checkpoint, device, threads, backend, precision)
     bar = _bar(summary.images, done, progress)
     try:
         for r in run_tasks(tasks, ref, executor, workers, gpus):

@@ -87,13 +87,14 @@ def _t2i_shared(attn: Attention, q_tok: torch.Tensor, k: torch.Tensor, v: torch.
     return attn.out_proj(out.transpose(0, 1).reshape(b, t, nh * c))
 
 
-def _t2i_batched(
-    attn: Attention, q_tok: torch.Tensor, keys: torch.Tensor, keys_pe: torch.Tensor
-) -> torch.Tensor:
-    """Token->image attention on per-prompt image tokens keys (B, N, D), re-associated.
+def _t2i_batched(attn: Attention, q_tok: torch.Tensor, keys: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """Token->image attention on per-prompt image tokens keys (B, N, D) with the shared positional
+    code pe (N, D) added to the keys, re-associated.
 
-    score(t, i) = q_t . (W_k x_i + b_k) = (W_k^T q_t) . x_i + const(t): the constant cancels in the
-    softmax over i. The values: sum_i a_ti (W_v x_i + b_v) = W_v (sum_i a_ti x_i) + b_v.
+    score(t, i) = q_t . (W_k (x_i + p_i) + b_k) = (W_k^T q_t) . x_i + (W_k^T q_t) . p_i + const(t): the
+    constant cancels in the softmax over i, and the p_i part is one matmul against the shared pe (so
+    keys + pe, a (B, N, D) tensor, is never formed). The values: sum_i a_ti (W_v x_i + b_v) =
+    W_v (sum_i a_ti x_i) + b_v.
     """
     b, t, _ = q_tok.shape
     nh, c = _split(attn)
@@ -101,11 +102,17 @@ def _t2i_batched(
     q = attn.q_proj(q_tok).view(b, t, nh, c) * (1.0 / math.sqrt(c))
     wk = attn.k_proj.weight.view(nh, c, d)
     qk = torch.einsum("bthc,hcd->bthd", q, wk).reshape(b, t * nh, d)
-    scores = torch.bmm(qk, keys_pe.transpose(1, 2))  # (B, T*H, N), already scaled
+    scores = torch.baddbmm(_with_pe(qk, pe), qk, keys.transpose(1, 2))  # (B, T*H, N), already scaled
     agg = torch.bmm(scores.softmax(dim=-1), keys).view(b, t, nh, d)
     wv = attn.v_proj.weight.view(nh, c, d)
     out = torch.einsum("bthd,hcd->bthc", agg, wv).reshape(b, t, nh * c) + attn.v_proj.bias
     return attn.out_proj(out)
+
+
+def _with_pe(vecs: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """(B, R, D) vectors against the shared positional code pe (N, D) -> (B, R, N): one matmul."""
+    b, r, d = vecs.shape
+    return (vecs.reshape(b * r, d) @ pe.t()).view(b, r, -1)
 
 
 def _softmax_tokens(scores: torch.Tensor) -> torch.Tensor:
@@ -143,16 +150,18 @@ def _i2t_shared(
 
 
 def _i2t_batched(
-    attn: Attention, keys, keys_pe: torch.Tensor, tok_pe: torch.Tensor, tok: torch.Tensor
+    attn: Attention, keys, pe: torch.Tensor, tok_pe: torch.Tensor, tok: torch.Tensor
 ) -> torch.Tensor:
-    """keys + the image->token update: (W_q x_i + b_q) . k_t = x_i . (W_q^T k_t) + b_q . k_t."""
+    """keys + the image->token update: (W_q (x_i + p_i) + b_q) . k_t = x_i . (W_q^T k_t) + p_i . (W_q^T k_t)
+    + b_q . k_t (the p_i part one matmul against the shared pe, see `_t2i_batched`)."""
     b, t, _ = tok.shape
     nh, c = _split(attn)
-    d = keys_pe.shape[-1]
+    d = keys.shape[-1]
     k = attn.k_proj(tok_pe).view(b, t, nh, c) * (1.0 / math.sqrt(c))
     kq = torch.einsum("bthc,hcd->bthd", k, attn.q_proj.weight.view(nh, c, d)).reshape(b, t * nh, d)
-    const = torch.einsum("bthc,hc->bth", k, attn.q_proj.bias.view(nh, c)).reshape(b, 1, t * nh)
-    scores = torch.baddbmm(const, keys_pe, kq.transpose(1, 2))
+    const = torch.einsum("bthc,hc->bth", k, attn.q_proj.bias.view(nh, c)).reshape(b, t * nh, 1)
+    base = (_with_pe(kq, pe) + const).transpose(1, 2)  # (B, N, T*H)
+    scores = torch.baddbmm(base, keys, kq.transpose(1, 2))
     return _i2t_update(attn, keys, scores.view(b, -1, t, nh), attn.v_proj(tok))
 
 
@@ -171,10 +180,9 @@ def _layer(
         queries = layer.norm2(queries + _t2i_shared(t2i, queries + tok_pe, shared.k0, shared.v0))
         queries = layer.norm3(queries + layer.mlp(queries))
         return queries, layer.norm4(_i2t_shared(i2t, shared.src, shared.q0, queries + tok_pe, queries))
-    keys_pe = keys + shared.pe
-    queries = layer.norm2(queries + _t2i_batched(t2i, queries + tok_pe, keys, keys_pe))
+    queries = layer.norm2(queries + _t2i_batched(t2i, queries + tok_pe, keys, shared.pe))
     queries = layer.norm3(queries + layer.mlp(queries))
-    return queries, layer.norm4(_i2t_batched(i2t, keys, keys_pe, queries + tok_pe, queries))
+    return queries, layer.norm4(_i2t_batched(i2t, keys, shared.pe, queries + tok_pe, queries))
 
 
 def decode_clicks(net, shared: SharedImage, sparse: torch.Tensor) -> GridDecode:
@@ -200,7 +208,7 @@ def decode_clicks(net, shared: SharedImage, sparse: torch.Tensor) -> GridDecode:
         keys = shared.src.unsqueeze(0).expand(b, -1, -1)
     n_out = 1 + dec.num_mask_tokens  # the IoU token and the mask tokens feed the heads
     q = queries[:, :n_out]
-    attn = _t2i_batched(tr.final_attn_token_to_image, q + tok_pe[:, :n_out], keys, keys + shared.pe)
+    attn = _t2i_batched(tr.final_attn_token_to_image, q + tok_pe[:, :n_out], keys, shared.pe)
     q = tr.norm_final_attn(q + attn)
     iou = dec.iou_prediction_head(q[:, 0])
     return GridDecode(iou=iou, keys=keys, tokens=q[:, 1:], hw=shared.hw)
