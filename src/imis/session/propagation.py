@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from imis.errors import PromptError
-from imis.models.interactive import PromptSpec
+from imis.models.interactive import Prediction, PromptSpec
 
 #: Axis names of the (z, y, x) array axes 0, 1, 2.
 AXIS_NAMES = ("z", "y", "x")
@@ -52,6 +52,8 @@ __all__ = [
     "PropagationRules",
     "SliceRecord",
     "next_prompt",
+    "predict_next",
+    "refine_seed",
     "plane_view",
     "propagate_object",
 ]
@@ -68,6 +70,16 @@ class PropagationRules:
     # of the grid, stopping below predicted IoU 0.5 or above 1.3x growth gave the best 3D Dice.
     prompt: str = "box+mask"
     box_margin: int = 0
+    # Margin grown on each side as a share of the box's own width/height (added to box_margin), at most
+    # box_margin_max pixels: a fixed margin is too much for a small cross-section and too little for a big one.
+    box_margin_frac: float = 0.0
+    box_margin_max: int = 1000
+    # Logit threshold of propagated slices (0 = the model's own): below 0 counters the shrink of a box
+    # prompt (the model segments inside the box it is given).
+    mask_threshold: float = 0.0
+    # A seed slice prompted by clicks alone is first re-decoded with the box of its mask, its logits and
+    # the clicks (click -> mask -> box+mask), so the walk starts from a box-quality mask.
+    refine_seed: bool = False
     min_quality: float = 0.5
     min_area: int = 1
     max_growth: float = 1.3
@@ -141,9 +153,17 @@ def next_prompt(prev: np.ndarray, prev_logits: torch.Tensor | None, rules: Propa
     if "box" in parts:
         ys, xs = np.nonzero(prev)
         h, w = prev.shape
-        m = rules.box_margin
+        mx, my = (
+            min(rules.box_margin_max, round(rules.box_margin + rules.box_margin_frac * (hi - lo + 1)))
+            for lo, hi in ((xs.min(), xs.max()), (ys.min(), ys.max()))
+        )
         box = np.array(
-            [max(0, xs.min() - m), max(0, ys.min() - m), min(w - 1, xs.max() + m), min(h - 1, ys.max() + m)],
+            [
+                max(0, xs.min() - mx),
+                max(0, ys.min() - my),
+                min(w - 1, xs.max() + mx),
+                min(h - 1, ys.max() + my),
+            ],
             dtype=np.float32,
         )
     if "point" in parts:
@@ -151,6 +171,30 @@ def next_prompt(prev: np.ndarray, prev_logits: torch.Tensor | None, rules: Propa
         labels = np.array([1], dtype=np.int64)
     logits = prev_logits if "mask" in parts else None
     return PromptSpec(points=points, labels=labels, box=box, mask_logits=logits)
+
+
+def predict_next(
+    model: Any, embedding: Any, prev: np.ndarray, prev_logits: torch.Tensor | None, rules: PropagationRules
+) -> Prediction:
+    """The next slice's prediction from its neighbour's mask and logits, thresholded as the rules say."""
+    pred = model.decode(embedding, next_prompt(prev, prev_logits, rules))
+    if rules.mask_threshold != 0.0:
+        pred = replace(pred, mask=pred.logits > rules.mask_threshold)
+    return pred
+
+
+def refine_seed(
+    model: Any, embedding: Any, pred: Prediction, clicks: tuple[tuple[float, float, bool], ...]
+) -> Prediction:
+    """The seed slice re-decoded from the box of its click-made mask, its logits and the clicks."""
+    ys, xs = np.nonzero(pred.mask)
+    spec = PromptSpec(
+        points=np.array([[x, y] for x, y, _ in clicks], dtype=np.float32),
+        labels=np.array([1 if p else 0 for *_, p in clicks], dtype=np.int64),
+        box=np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32),
+        mask_logits=pred.low_res_logits,
+    )
+    return model.decode(embedding, spec)
 
 
 def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
@@ -216,8 +260,7 @@ def propagate_object(
             if (axis, i) not in vs._cache:
                 ahead = list(range(i, end, step))[: rules.batch_size]
                 vs.encode_slices(axis, ahead)
-            spec = next_prompt(prev, prev_logits, rules)
-            pred = vs.model.decode(vs.embedding((axis, i)), spec)
+            pred = predict_next(vs.model, vs.embedding((axis, i)), prev, prev_logits, rules)
             rec = _record(i, pred.mask, prev, pred.quality)
             result.records.append(rec)
             done += 1
