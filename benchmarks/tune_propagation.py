@@ -53,13 +53,20 @@ TUNE_STRUCTURES = (
     "SupraMarginal_R",
 )
 GRID = {
-    "min_quality": (0.0, 0.3, 0.5, 0.6, 0.7),
-    "min_area": (1, 5, 10, 20),
-    "max_growth": (1.3, 1.5, 2.0, float("inf")),
-    "min_overlap": (0.0, 0.3, 0.5),
+    "min_quality": (0.0, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7),
+    "min_area": (1, 10, 20),
+    "max_growth": (1.1, 1.2, 1.3, 1.5, float("inf")),
+    "min_overlap": (0.0, 0.5),
+    "min_seed_ratio": (0.0, 0.2, 0.3, 0.4, 0.5),
 }
 
-NO_STOP = {"min_quality": 0.0, "min_area": 1, "max_growth": float("inf"), "min_overlap": 0.0}
+NO_STOP = {
+    "min_quality": 0.0,
+    "min_area": 1,
+    "max_growth": float("inf"),
+    "min_overlap": 0.0,
+    "min_seed_ratio": 0.0,
+}
 
 
 class Slices:
@@ -104,7 +111,7 @@ def walk(model, slices: Slices, gt: np.ndarray, seed_pred, seed: int, step: int,
     prev, prev_logits = seed_pred.mask, seed_pred.low_res_logits
     out = []
     for i in range(seed + step, last + step, step):
-        pred = predict_next(model, slices[i], prev, prev_logits, rules)
+        pred = predict_next(model, slices[i], prev, prev_logits, rules, seed_pred.mask)
         area, prev_area = int(pred.mask.sum()), int(prev.sum())
         out.append(
             {
@@ -140,7 +147,10 @@ def truncate(w: dict, rules: PropagationRules) -> tuple[int, int, dict]:
         recs, kept = w[d], []
         for r in recs:
             if stop_reason(
-                SliceRecord(r["index"], r["area"], r["quality"], r["growth"], r["overlap"]), rules
+                SliceRecord(
+                    r["index"], r["area"], r["quality"], r["growth"], r["overlap"], r["area"] / w["seed_area"]
+                ),
+                rules,
             ):
                 break
             kept.append(r)
@@ -250,10 +260,10 @@ def main(argv: list[str] | None = None) -> int:
                     end = w[d][-1]["index"] if w[d] else seed
                     w[f"{d}_edge"] = (gt.shape[0] - 1 - end) if step > 0 else end
                 walks.append(w)
+        if args.out:  # after every structure, so a run cut short still gives its records
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"model": args.model, "walks": walks}, default=float))
         print(f"{s}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"model": args.model, "walks": walks}, default=float))
     out = {
         "benchmark": "tune_propagation",
         "model": args.model,

@@ -53,7 +53,7 @@ def record_walk(model, slices: Slices, gt: np.ndarray, seed_pred, seed: int, ste
     prev, prev_logits = seed_pred.mask, seed_pred.low_res_logits
     out = []
     for i in range(seed + step, last + step, step):
-        pred = predict_next(model, slices[i], prev, prev_logits, rules)
+        pred = predict_next(model, slices[i], prev, prev_logits, rules, seed_pred.mask)
         area, prev_area = int(pred.mask.sum()), int(prev.sum())
         out.append(
             {
@@ -100,11 +100,20 @@ def assemble(rec: dict, kind: str, shape: tuple[int, int, int], rules: Propagati
             vol[int(k)] = _unpack(m, shape[1:])
         return vol
     r = rec[kind]
-    vol[rec["seed"]] = _unpack(r["seed_mask"], shape[1:])
+    seed_mask = _unpack(r["seed_mask"], shape[1:])
+    vol[rec["seed"]] = seed_mask
     for d in ("down", "up"):
         for s in r[d]:
             if stop_reason(
-                SliceRecord(s["index"], s["area"], s["quality"], s["growth"], s["overlap"]), rules
+                SliceRecord(
+                    s["index"],
+                    s["area"],
+                    s["quality"],
+                    s["growth"],
+                    s["overlap"],
+                    s["area"] / seed_mask.sum(),
+                ),
+                rules,
             ):
                 break
             vol[s["index"]] = _unpack(s["mask"], shape[1:])

@@ -57,3 +57,17 @@ def test_rules_refuse_a_prompt_without_box_or_point():
 )
 def test_stop_reasons(rec, reason):
     assert stop_reason(rec, PropagationRules(min_quality=0.5, max_growth=2.0)) == reason
+
+
+def test_box_from_seed_ignores_the_previous_mask():
+    rules = PropagationRules(prompt="box+mask", box_from="seed")
+    spec = next_prompt(_mask(40, 40, 45, 45), None, rules, seed=_mask(10, 20, 29, 59))
+    assert spec.box.tolist() == [10, 20, 29, 59]
+    with pytest.raises(PromptError, match="box_from"):
+        PropagationRules(box_from="elsewhere")
+
+
+def test_thinned_out_stop_is_relative_to_the_seed_area():
+    rules = PropagationRules(min_quality=0.0, min_seed_ratio=0.3)
+    assert stop_reason(SliceRecord(1, 20, 0.9, 1.0, 1.0, seed_ratio=0.2), rules) == "thinned out"
+    assert stop_reason(SliceRecord(1, 40, 0.9, 1.0, 1.0, seed_ratio=0.4), rules) is None

@@ -77,6 +77,9 @@ class PropagationRules:
     # Logit threshold of propagated slices (0 = the model's own): below 0 counters the shrink of a box
     # prompt (the model segments inside the box it is given).
     mask_threshold: float = 0.0
+    # Where the box comes from: "previous" (the previous slice's mask) or "seed" (the seed slice's mask
+    # on every slice: it cannot drift, though it does not follow the structure either).
+    box_from: str = "previous"
     # A seed slice prompted by clicks alone is first re-decoded with the box of its mask, its logits and
     # the clicks (click -> mask -> box+mask), so the walk starts from a box-quality mask.
     refine_seed: bool = False
@@ -84,6 +87,9 @@ class PropagationRules:
     min_area: int = 1
     max_growth: float = 1.3
     min_overlap: float = 0.0
+    # Stop once the area falls below this share of the seed slice's: a structure's tail that the walk
+    # keeps painting at the old place after the structure itself has moved or thinned out.
+    min_seed_ratio: float = 0.0
     batch_size: int = 4
     max_slices: int | None = None
 
@@ -98,6 +104,8 @@ class PropagationRules:
             raise PromptError(
                 f"propagation prompt {self.prompt!r}: join box, mask, point with '+' and include box or point"
             )
+        if self.box_from not in ("previous", "seed"):
+            raise PromptError(f"propagation box_from {self.box_from!r}: 'previous' or 'seed'")
         if self.batch_size < 1:
             raise PromptError("propagation batch_size must be >= 1")
 
@@ -115,6 +123,7 @@ class SliceRecord:
     quality: float
     growth: float  # area / previous area
     overlap: float  # |mask & previous| / |mask|
+    seed_ratio: float = 1.0  # area / the seed slice's area
 
 
 @dataclass
@@ -146,12 +155,18 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def next_prompt(prev: np.ndarray, prev_logits: torch.Tensor | None, rules: PropagationRules) -> PromptSpec:
-    """The prompts a slice gets from its neighbour's mask ``prev`` (bool (h, w), not empty)."""
+def next_prompt(
+    prev: np.ndarray,
+    prev_logits: torch.Tensor | None,
+    rules: PropagationRules,
+    seed: np.ndarray | None = None,
+) -> PromptSpec:
+    """The prompts a slice gets from its neighbour's mask ``prev`` (bool (h, w), not empty); ``seed``:
+    the seed slice's mask, for ``box_from="seed"``."""
     parts = rules.parts
     box = points = labels = None
     if "box" in parts:
-        ys, xs = np.nonzero(prev)
+        ys, xs = np.nonzero(seed if rules.box_from == "seed" and seed is not None else prev)
         h, w = prev.shape
         mx, my = (
             min(rules.box_margin_max, round(rules.box_margin + rules.box_margin_frac * (hi - lo + 1)))
@@ -174,10 +189,15 @@ def next_prompt(prev: np.ndarray, prev_logits: torch.Tensor | None, rules: Propa
 
 
 def predict_next(
-    model: Any, embedding: Any, prev: np.ndarray, prev_logits: torch.Tensor | None, rules: PropagationRules
+    model: Any,
+    embedding: Any,
+    prev: np.ndarray,
+    prev_logits: torch.Tensor | None,
+    rules: PropagationRules,
+    seed: np.ndarray | None = None,
 ) -> Prediction:
     """The next slice's prediction from its neighbour's mask and logits, thresholded as the rules say."""
-    pred = model.decode(embedding, next_prompt(prev, prev_logits, rules))
+    pred = model.decode(embedding, next_prompt(prev, prev_logits, rules, seed))
     if rules.mask_threshold != 0.0:
         pred = replace(pred, mask=pred.logits > rules.mask_threshold)
     return pred
@@ -209,6 +229,8 @@ def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
         return "size jump"
     if rec.overlap < rules.min_overlap:
         return "no overlap"
+    if rec.seed_ratio < rules.min_seed_ratio:
+        return "thinned out"
     return None
 
 
@@ -223,6 +245,14 @@ def _walk_end(vs: VolumeSession, axis: int, seed: int, step: int, rules: Propaga
     if rules.max_slices is not None and abs(stop - seed) - 1 > rules.max_slices:
         stop, reason = seed + step * (rules.max_slices + 1), "limit"
     return stop, reason
+
+
+def _refined_seed(vs: VolumeSession, key: tuple[int, int], rules: PropagationRules) -> Prediction | None:
+    """The seed re-decoded by :func:`refine_seed` when the rules ask and it was prompted by clicks alone."""
+    last = vs._draft.last_predict(key) if rules.refine_seed else None
+    if last is None or not last.clicks or last.box is not None or last.text is not None:
+        return None
+    return refine_seed(vs.model, vs.embedding(key), last.prediction, last.clicks)
 
 
 def _seed_logits(vs: VolumeSession, key: tuple[int, int]) -> torch.Tensor | None:
@@ -251,17 +281,23 @@ def propagate_object(
     planes: dict[tuple[int, int], np.ndarray] = {}
     seed_mask = plane_view(vs._draft.mask, key).copy()
     seed_logits = _seed_logits(vs, key)
+    refined = _refined_seed(vs, key, rules)
+    if refined is not None and refined.mask.any():
+        planes[key] = refined.mask
+        result.logits[seed] = refined.low_res_logits
+        seed_mask, seed_logits = refined.mask, refined.low_res_logits
     done = 0
     for step in steps:
         end, end_reason = ends[step]
         prev, prev_logits = seed_mask, seed_logits
+        seed_area = int(seed_mask.sum())
         stopped: tuple[int | None, str] = (None, end_reason)
         for i in range(seed + step, end, step):
             if (axis, i) not in vs._cache:
                 ahead = list(range(i, end, step))[: rules.batch_size]
                 vs.encode_slices(axis, ahead)
-            pred = predict_next(vs.model, vs.embedding((axis, i)), prev, prev_logits, rules)
-            rec = _record(i, pred.mask, prev, pred.quality)
+            pred = predict_next(vs.model, vs.embedding((axis, i)), prev, prev_logits, rules, seed_mask)
+            rec = _record(i, pred.mask, prev, pred.quality, seed_area)
             result.records.append(rec)
             done += 1
             if progress is not None:
@@ -287,7 +323,7 @@ def propagate_object(
     return result, planes
 
 
-def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float) -> SliceRecord:
+def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float, seed_area: int) -> SliceRecord:
     area = int(mask.sum())
     prev_area = int(prev.sum())
     inter = int(np.logical_and(mask, prev).sum())
@@ -297,4 +333,5 @@ def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float) -> S
         quality=float(quality),
         growth=area / prev_area if prev_area else float("inf"),
         overlap=inter / area if area else 0.0,
+        seed_ratio=area / seed_area if seed_area else 0.0,
     )
