@@ -8,11 +8,14 @@ rules measured on training structures (benchmarks/tune_propagation.py) to these 
 what `VolumeSession.propagate` returns with those rules, and the same records score any rule set. The
 per-slice oracle (the tight GT box on every slice of the structure) is the ceiling.
 
-Writes one JSON line per structure to --out (resumable: structures already there are skipped); with
---summarise prints the summary as one JSON line.
+Writes one JSON line per structure to --out (resumable: structures already there are skipped; --part
+splits the structures between processes, --only runs some kinds, e.g. the oracle alone); with
+--summarise FILES prints the summary as one JSON line (rows of a structure in several files are merged;
+--rules gives stop-rule fields, default: PropagationRules()'s).
 
-    PYTHONPATH=src python benchmarks/volume_heldout.py --model imis-lite --out runs/heldout-imis-lite.jsonl
-    PYTHONPATH=src python benchmarks/volume_heldout.py --summarise runs/heldout-imis-lite.jsonl --rules '{"min_quality": 0.5}'
+    PYTHONPATH=src:benchmarks python benchmarks/volume_heldout.py --model imis-lite \
+        --emb-dir runs/emb/imis-lite --mode '{"prompt": "box+mask"}' --out runs/heldout-imis-lite.jsonl
+    PYTHONPATH=src:benchmarks python benchmarks/volume_heldout.py --summarise runs/heldout-imis-lite.jsonl
 """
 
 from __future__ import annotations
@@ -92,32 +95,37 @@ def run_structure(
     return rec
 
 
-def assemble(rec: dict, kind: str, shape: tuple[int, int, int], rules: PropagationRules | None) -> np.ndarray:
-    """The 3D mask a propagation with ``rules`` gives (None: the oracle's per-slice masks)."""
+def assemble(
+    rec: dict, kind: str, shape: tuple[int, int, int], rules: PropagationRules | None
+) -> tuple[np.ndarray, int]:
+    """The 3D mask a propagation with ``rules`` gives (kind "oracle": the per-slice oracle masks), and
+    how many of its walks ran through the whole recording without a stop. Such a walk is charged its
+    last mask on every slice to the volume's edge (as the tuner does), so the figure is a lower bound,
+    not a flattering cut at the recording's end."""
     vol = np.zeros(shape, bool)
     if kind == "oracle":
         for k, m in rec["oracle"].items():
             vol[int(k)] = _unpack(m, shape[1:])
-        return vol
+        return vol, 0
     r = rec[kind]
     seed_mask = _unpack(r["seed_mask"], shape[1:])
     vol[rec["seed"]] = seed_mask
-    for d in ("down", "up"):
+    unstopped = 0
+    for d, step in (("down", -1), ("up", 1)):
+        last = None
         for s in r[d]:
-            if stop_reason(
-                SliceRecord(
-                    s["index"],
-                    s["area"],
-                    s["quality"],
-                    s["growth"],
-                    s["overlap"],
-                    s["area"] / seed_mask.sum(),
-                ),
-                rules,
-            ):
+            ratio = s["area"] / seed_mask.sum()
+            rec_s = SliceRecord(s["index"], s["area"], s["quality"], s["growth"], s["overlap"], ratio)
+            if stop_reason(rec_s, rules):
+                last = None
                 break
+            last = s
             vol[s["index"]] = _unpack(s["mask"], shape[1:])
-    return vol
+        if last is not None and last["area"]:
+            unstopped += 1
+            edge = shape[0] if step > 0 else -1
+            vol[last["index"] + step : edge : step] = _unpack(last["mask"], shape[1:])
+    return vol, unstopped
 
 
 def summarise(paths: list[Path], rules: PropagationRules, tolerance: float = 1.0) -> dict:
@@ -134,12 +142,15 @@ def summarise(paths: list[Path], rules: PropagationRules, tolerance: float = 1.0
     rows = list(merged.values())
     out: dict = {"structures": len(rows), "model": rows[0]["model"] if rows else None}
     for kind in ("box", "click", "oracle"):
-        ms = []
+        ms, unstopped, per = [], 0, {}
         for row in rows:
             if kind not in row:
                 continue
             gt = aal.array == row["label"]
-            ms.append(mask_metrics(assemble(row, kind, gt.shape, rules), gt, spacing, tolerance))
+            vol, n = assemble(row, kind, gt.shape, rules)
+            unstopped += n
+            ms.append(mask_metrics(vol, gt, spacing, tolerance))
+            per[row["name"]] = round(ms[-1].dice, 3)
         if ms:
             hd = [m.hd95 for m in ms]
             out[kind] = {
@@ -148,6 +159,8 @@ def summarise(paths: list[Path], rules: PropagationRules, tolerance: float = 1.0
                 f"nsd@{tolerance:g}mm": round(float(np.mean([m.nsd for m in ms])), 4),
                 "hd95_mm_median": round(float(np.median(hd)), 2),
                 "hd95_mm_mean_finite": round(float(np.mean([h for h in hd if np.isfinite(h)])), 2),
+                "walks_unstopped": unstopped,
+                "dice_per_structure": per,
             }
     return out
 
@@ -164,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--part", default="0/1", help="i/n: this process runs every n-th structure from i")
     ap.add_argument("--zrange", default=None, help="LO:HI: only structures whose slices +-beyond lie inside")
+    ap.add_argument("--reverse", action="store_true", help="run this part's structures last to first")
+    ap.add_argument(
+        "--done-from", type=Path, nargs="*", default=(), help="also skip structures already in these files"
+    )
     ap.add_argument("--summarise", type=Path, nargs="+", default=None, help="summarise these JSONL files")
     ap.add_argument("--rules", default="{}", help="PropagationRules fields as JSON for --summarise")
     ap.add_argument("--emb-dir", type=Path, default=None, help="embeddings stored by encode_slices.py")
@@ -189,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = (int(v) for v in args.zrange.split(":")) if args.zrange else (0, image.array.shape[0])
     t0 = time.perf_counter()
     part, nparts = (int(v) for v in args.part.split("/"))
-    for pos, (value, name) in enumerate(held.items()):
+    order = list(enumerate(held.items()))
+    for pos, (value, name) in reversed(order) if args.reverse else order:
         if pos % nparts != part:
             continue
+        # Re-read before each structure: another process working from the other end may have done it.
+        for other in args.done_from:
+            if other.exists():
+                done |= {json.loads(x)["name"] for x in other.read_text().splitlines() if x.strip()}
         zs = np.nonzero((aal.array == value).any(axis=(1, 2)))[0]
         if name in done or args.zrange and not (lo <= zs.min() - args.beyond and zs.max() + args.beyond < hi):
             continue

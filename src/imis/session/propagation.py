@@ -1,14 +1,16 @@
 """Propagation of a 2D mask through a volume, slice by slice, with a 2D promptable model.
 
 From the seed slice, each direction is walked one slice at a time; slice k+1 is prompted with what
-slice k gave (:class:`PropagationRules` ``prompt``): the tight box of its mask grown by ``box_margin``
-pixels, its low-res mask logits, and/or a positive click at its interior point (the pixel farthest
+slice k gave (:class:`PropagationRules` ``prompt``): the tight box of its mask (or of the seed's mask)
+grown by ``box_margin`` pixels plus ``box_margin_frac`` of its side, its low-res mask logits, and/or a positive click at its interior point (the pixel farthest
 from the background). The walk stops at the first slice where
 
 * the prediction is empty or smaller than ``min_area`` pixels (the structure has ended),
 * the model's predicted IoU is below ``min_quality`` (it is unsure it still sees the structure),
 * the area grows by more than ``max_growth`` times the previous slice's (a leak into a neighbour),
 * less than ``min_overlap`` of the new mask overlaps the previous one (it jumped to another structure),
+* the area is below ``min_seed_ratio`` times the seed slice's (the tail the walk keeps painting where the
+  structure has moved or thinned out),
 
 or at the volume's edge, or before the next slice the user prompted (an anchor: a second prompted slice
 bounds the walk). The slice that triggers a stop is left empty, and so is every slice after it up to
@@ -17,8 +19,8 @@ Slices are encoded ``batch_size`` at a time ahead of the walk (the encoder domin
 
 The defaults were measured, not guessed: ``benchmarks/tune_propagation.py`` walks the Colin27 AAL
 structures that were in imis-lite's training (never the 24 held-out ones) without stopping, records
-area, predicted IoU, growth and overlap on every slice, and picks the prompt kind and the thresholds
-that give the best mean 3D Dice; its output is in docs/volumes.md.
+area, predicted IoU, growth, overlap and the intersection with the ground truth on every slice, and
+picks the prompt kind and the thresholds that give the best mean 3D Dice; the table is in docs/volumes.md.
 """
 
 from __future__ import annotations
@@ -65,9 +67,10 @@ PROMPT_PARTS = ("box", "mask", "point")
 class PropagationRules:
     """How one slice prompts the next, and when the walk stops (see the module docstring)."""
 
-    # Measured on four training AAL structures (docs/volumes.md): box+mask with a tight box beat box,
-    # point+mask and box+point, and a 2 px margin (the box then grows every slice and the model fills it);
-    # of the grid, stopping below predicted IoU 0.5 or above 1.3x growth gave the best 3D Dice.
+    # Measured on training AAL structures only (docs/volumes.md, benchmarks/tune_propagation.py): the
+    # previous slice's tight box plus its mask logits tied or beat every other prompt (margins of 10-20 %,
+    # a seed-slice box, an interior click, a lower logit threshold); the stop rules are what moved the 3D
+    # Dice (0.371 -> 0.464 on 8 structures): stop at predicted IoU < 0.5, growth > 1.1x, area < 0.3x seed.
     prompt: str = "box+mask"
     box_margin: int = 0
     # Margin grown on each side as a share of the box's own width/height (added to box_margin), at most
@@ -85,11 +88,11 @@ class PropagationRules:
     refine_seed: bool = False
     min_quality: float = 0.5
     min_area: int = 1
-    max_growth: float = 1.3
+    max_growth: float = 1.1
     min_overlap: float = 0.0
     # Stop once the area falls below this share of the seed slice's: a structure's tail that the walk
     # keeps painting at the old place after the structure itself has moved or thinned out.
-    min_seed_ratio: float = 0.0
+    min_seed_ratio: float = 0.3
     batch_size: int = 4
     max_slices: int | None = None
 
