@@ -96,7 +96,7 @@ def run_structure(
 
 
 def assemble(
-    rec: dict, kind: str, shape: tuple[int, int, int], rules: PropagationRules | None
+    rec: dict, kind: str, shape: tuple[int, int, int], rules: PropagationRules | None, charge: bool = True
 ) -> tuple[np.ndarray, int]:
     """The 3D mask a propagation with ``rules`` gives (kind "oracle": the per-slice oracle masks), and
     how many of its walks ran through the whole recording without a stop. Such a walk is charged its
@@ -123,12 +123,16 @@ def assemble(
             vol[s["index"]] = _unpack(s["mask"], shape[1:])
         if last is not None and last["area"]:
             unstopped += 1
+            if not charge:  # the flattering cut at the recording's end, for comparison only
+                continue
             edge = shape[0] if step > 0 else -1
             vol[last["index"] + step : edge : step] = _unpack(last["mask"], shape[1:])
     return vol, unstopped
 
 
-def summarise(paths: list[Path], rules: PropagationRules, tolerance: float = 1.0) -> dict:
+def summarise(
+    paths: list[Path], rules: PropagationRules, tolerance: float = 1.0, charge: bool = True
+) -> dict:
     """Metrics per seed kind; rows of the same structure in several files (e.g. the oracle run on its
     own) are merged."""
     aal = read_image(TEMPLATES / "aal.nii.gz")
@@ -147,7 +151,7 @@ def summarise(paths: list[Path], rules: PropagationRules, tolerance: float = 1.0
             if kind not in row:
                 continue
             gt = aal.array == row["label"]
-            vol, n = assemble(row, kind, gt.shape, rules)
+            vol, n = assemble(row, kind, gt.shape, rules, charge)
             unstopped += n
             ms.append(mask_metrics(vol, gt, spacing, tolerance))
             per[row["name"]] = round(ms[-1].dice, 3)
@@ -177,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--part", default="0/1", help="i/n: this process runs every n-th structure from i")
     ap.add_argument("--zrange", default=None, help="LO:HI: only structures whose slices +-beyond lie inside")
+    ap.add_argument("--no-charge", action="store_true", help="cut unstopped walks at the recording's end")
     ap.add_argument("--reverse", action="store_true", help="run this part's structures last to first")
     ap.add_argument(
         "--done-from", type=Path, nargs="*", default=(), help="also skip structures already in these files"
@@ -190,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.summarise:
-        print(json.dumps(summarise(args.summarise, PropagationRules(**json.loads(args.rules)))))
+        print(
+            json.dumps(
+                summarise(
+                    args.summarise, PropagationRules(**json.loads(args.rules)), charge=not args.no_charge
+                )
+            )
+        )
         return 0
     from imis.models import load_model
 
