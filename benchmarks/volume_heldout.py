@@ -8,11 +8,14 @@ rules measured on training structures (benchmarks/tune_propagation.py) to these 
 what `VolumeSession.propagate` returns with those rules, and the same records score any rule set. The
 per-slice oracle (the tight GT box on every slice of the structure) is the ceiling.
 
-Writes one JSON line per structure to --out (resumable: structures already there are skipped); with
---summarise prints the summary as one JSON line.
+Writes one JSON line per structure to --out (resumable: structures already there are skipped; --part
+splits the structures between processes, --only runs some kinds, e.g. the oracle alone); with
+--summarise FILES prints the summary as one JSON line (rows of a structure in several files are merged;
+--rules gives stop-rule fields, default: PropagationRules()'s).
 
-    PYTHONPATH=src python benchmarks/volume_heldout.py --model imis-lite --out runs/heldout-imis-lite.jsonl
-    PYTHONPATH=src python benchmarks/volume_heldout.py --summarise runs/heldout-imis-lite.jsonl --rules '{...}'
+    PYTHONPATH=src:benchmarks python benchmarks/volume_heldout.py --model imis-lite \
+        --emb-dir runs/emb/imis-lite --mode '{"prompt": "box+mask"}' --out runs/heldout-imis-lite.jsonl
+    PYTHONPATH=src:benchmarks python benchmarks/volume_heldout.py --summarise runs/heldout-imis-lite.jsonl
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tune_propagation import Slices, seed_prediction
 
 from imis.bench.metrics import mask_metrics
 from imis.data.brain_templates import heldout_aal_labels, read_aal_names
 from imis.io import read_image
-from imis.prompts import center_click, tight_box
-from imis.session.propagation import PropagationRules, SliceRecord, next_prompt, stop_reason
-from imis.session.volume import VolumeSession
+from imis.models.interactive import PromptSpec
+from imis.prompts import tight_box
+from imis.session.propagation import PropagationRules, SliceRecord, predict_next, stop_reason
 
 TEMPLATES = Path("/usr/share/mricron/templates")
 
@@ -45,17 +49,14 @@ def _unpack(text: str, shape: tuple[int, int]) -> np.ndarray:
     return bits[: shape[0] * shape[1]].reshape(shape).astype(bool)
 
 
-def record_walk(
-    vs: VolumeSession, gt: np.ndarray, seed: int, step: int, prompt: str, beyond: int
-) -> list[dict]:
-    rules = PropagationRules(prompt=prompt)
+def record_walk(model, slices: Slices, gt: np.ndarray, seed_pred, seed: int, step: int, rules, beyond: int):
+    """One unstopped walk (to the structure's end plus ``beyond`` slices, or an empty prediction)."""
     zs = np.nonzero(gt.any(axis=(1, 2)))[0]
     last = min(gt.shape[0] - 1, zs.max() + beyond) if step > 0 else max(0, zs.min() - beyond)
-    prev, prev_logits = vs.plane("z", seed), vs.current.low_res_logits
+    prev, prev_logits = seed_pred.mask, seed_pred.low_res_logits
     out = []
     for i in range(seed + step, last + step, step):
-        vs.encode_slices(0, list(range(i, last + step, step))[:4])
-        pred = vs.model.decode(vs.embedding((0, i)), next_prompt(prev, prev_logits, rules))
+        pred = predict_next(model, slices[i], prev, prev_logits, rules, seed_pred.mask)
         area, prev_area = int(pred.mask.sum()), int(prev.sum())
         out.append(
             {
@@ -74,63 +75,86 @@ def record_walk(
 
 
 def run_structure(
-    vs: VolumeSession, gt: np.ndarray, prompt: str, beyond: int, oracle: bool, kinds: tuple[str, ...]
+    model, slices: Slices, gt: np.ndarray, rules, beyond: int, oracle: bool, kinds: tuple[str, ...]
 ) -> dict:
     seed = int(np.argmax(gt.sum(axis=(1, 2))))
     rec = {"seed": seed}
-    click = center_click(gt[seed])
-    seeds = {"box": {"box": tight_box(gt[seed])}, "click": {"clicks": [(click.x, click.y, True)]}}
     for kind in kinds:
-        kwargs = seeds[kind]
-        vs.reset()
-        vs.set_slice("z", seed)
-        pred = vs.predict(**kwargs)
+        pred, _ = seed_prediction(model, slices[seed], gt[seed], kind, rules)
         rec[kind] = {
             "seed_mask": _pack(pred.mask),
-            "down": record_walk(vs, gt, seed, -1, prompt, beyond) if pred.mask.any() else [],
-            "up": record_walk(vs, gt, seed, 1, prompt, beyond) if pred.mask.any() else [],
+            "down": record_walk(model, slices, gt, pred, seed, -1, rules, beyond) if pred.mask.any() else [],
+            "up": record_walk(model, slices, gt, pred, seed, 1, rules, beyond) if pred.mask.any() else [],
         }
     if oracle:
         masks = {}
         for k in np.nonzero(gt.any(axis=(1, 2)))[0]:
-            vs.reset()
-            vs.set_slice("z", int(k))
-            masks[int(k)] = _pack(vs.predict(box=tight_box(gt[k])).mask)
+            box = np.asarray(tight_box(gt[k]), np.float32)
+            masks[int(k)] = _pack(model.decode(slices[int(k)], PromptSpec(box=box)).mask)
         rec["oracle"] = masks
     return rec
 
 
-def assemble(rec: dict, kind: str, shape: tuple[int, int, int], rules: PropagationRules | None) -> np.ndarray:
-    """The 3D mask a propagation with ``rules`` gives (None: the oracle's per-slice masks)."""
+def assemble(
+    rec: dict, kind: str, shape: tuple[int, int, int], rules: PropagationRules | None, charge: bool = True
+) -> tuple[np.ndarray, int]:
+    """The 3D mask a propagation with ``rules`` gives (kind "oracle": the per-slice oracle masks), and
+    how many of its walks ran through the whole recording without a stop. Such a walk is charged its
+    last mask on every slice to the volume's edge (as the tuner does), so the figure is a lower bound,
+    not a flattering cut at the recording's end."""
     vol = np.zeros(shape, bool)
     if kind == "oracle":
         for k, m in rec["oracle"].items():
             vol[int(k)] = _unpack(m, shape[1:])
-        return vol
+        return vol, 0
     r = rec[kind]
-    vol[rec["seed"]] = _unpack(r["seed_mask"], shape[1:])
-    for d in ("down", "up"):
+    seed_mask = _unpack(r["seed_mask"], shape[1:])
+    vol[rec["seed"]] = seed_mask
+    unstopped = 0
+    for d, step in (("down", -1), ("up", 1)):
+        last = None
         for s in r[d]:
-            if stop_reason(
-                SliceRecord(s["index"], s["area"], s["quality"], s["growth"], s["overlap"]), rules
-            ):
+            ratio = s["area"] / seed_mask.sum()
+            rec_s = SliceRecord(s["index"], s["area"], s["quality"], s["growth"], s["overlap"], ratio)
+            if stop_reason(rec_s, rules):
+                last = None
                 break
+            last = s
             vol[s["index"]] = _unpack(s["mask"], shape[1:])
-    return vol
+        if last is not None and last["area"]:
+            unstopped += 1
+            if not charge:  # the flattering cut at the recording's end, for comparison only
+                continue
+            edge = shape[0] if step > 0 else -1
+            vol[last["index"] + step : edge : step] = _unpack(last["mask"], shape[1:])
+    return vol, unstopped
 
 
-def summarise(path: Path, rules: PropagationRules, tolerance: float = 1.0) -> dict:
+def summarise(
+    paths: list[Path], rules: PropagationRules, tolerance: float = 1.0, charge: bool = True
+) -> dict:
+    """Metrics per seed kind; rows of the same structure in several files (e.g. the oracle run on its
+    own) are merged."""
     aal = read_image(TEMPLATES / "aal.nii.gz")
     spacing = tuple(reversed(aal.geometry.spacing))  # (z, y, x) mm
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    merged: dict[str, dict] = {}
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                merged.setdefault(row["name"], {}).update(row)
+    rows = list(merged.values())
     out: dict = {"structures": len(rows), "model": rows[0]["model"] if rows else None}
     for kind in ("box", "click", "oracle"):
-        ms = []
+        ms, unstopped, per = [], 0, {}
         for row in rows:
             if kind not in row:
                 continue
             gt = aal.array == row["label"]
-            ms.append(mask_metrics(assemble(row, kind, gt.shape, rules), gt, spacing, tolerance))
+            vol, n = assemble(row, kind, gt.shape, rules, charge)
+            unstopped += n
+            ms.append(mask_metrics(vol, gt, spacing, tolerance))
+            per[row["name"]] = round(ms[-1].dice, 3)
         if ms:
             hd = [m.hd95 for m in ms]
             out[kind] = {
@@ -139,6 +163,8 @@ def summarise(path: Path, rules: PropagationRules, tolerance: float = 1.0) -> di
                 f"nsd@{tolerance:g}mm": round(float(np.mean([m.nsd for m in ms])), 4),
                 "hd95_mm_median": round(float(np.median(hd)), 2),
                 "hd95_mm_mean_finite": round(float(np.mean([h for h in hd if np.isfinite(h)])), 2),
+                "walks_unstopped": unstopped,
+                "dice_per_structure": per,
             }
     return out
 
@@ -146,14 +172,21 @@ def summarise(path: Path, rules: PropagationRules, tolerance: float = 1.0) -> di
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="imis-lite")
-    ap.add_argument("--prompt", default="box+mask", help="propagation prompt kind (see PropagationRules)")
+    ap.add_argument(
+        "--mode", default="{}", help="PropagationRules prompt fields as JSON (default: the default rules)"
+    )
     ap.add_argument("--beyond", type=int, default=4)
     ap.add_argument("--no-oracle", action="store_true")
-    ap.add_argument("--only", default=None, help="comma-separated seed kinds to run (box,click)")
+    ap.add_argument("--only", default=None, help="comma-separated kinds to run (box,click,oracle)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--part", default="0/1", help="i/n: this process runs every n-th structure from i")
     ap.add_argument("--zrange", default=None, help="LO:HI: only structures whose slices +-beyond lie inside")
-    ap.add_argument("--summarise", type=Path, default=None, help="summarise this JSONL instead of running")
+    ap.add_argument("--no-charge", action="store_true", help="cut unstopped walks at the recording's end")
+    ap.add_argument("--reverse", action="store_true", help="run this part's structures last to first")
+    ap.add_argument(
+        "--done-from", type=Path, nargs="*", default=(), help="also skip structures already in these files"
+    )
+    ap.add_argument("--summarise", type=Path, nargs="+", default=None, help="summarise these JSONL files")
     ap.add_argument("--rules", default="{}", help="PropagationRules fields as JSON for --summarise")
     ap.add_argument("--emb-dir", type=Path, default=None, help="embeddings stored by encode_slices.py")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded CPU)")
@@ -162,7 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     if args.summarise:
-        print(json.dumps(summarise(args.summarise, PropagationRules(**json.loads(args.rules)))))
+        print(
+            json.dumps(
+                summarise(
+                    args.summarise, PropagationRules(**json.loads(args.rules)), charge=not args.no_charge
+                )
+            )
+        )
         return 0
     from imis.models import load_model
 
@@ -172,28 +211,33 @@ def main(argv: list[str] | None = None) -> int:
     done = set()
     if args.out.exists():
         done = {json.loads(x)["name"] for x in args.out.read_text().splitlines() if x.strip()}
-    vs = VolumeSession(load_model(args.model), cache_size=image.array.shape[0])
-    vs.open(image)
-    if args.emb_dir is not None:
-        from encode_slices import load_into
-
-        load_into(vs, args.emb_dir)
+    model = load_model(args.model)
+    slices = Slices(model, image.array, args.emb_dir)
+    rules = PropagationRules(**json.loads(args.mode))
     lo, hi = (int(v) for v in args.zrange.split(":")) if args.zrange else (0, image.array.shape[0])
     t0 = time.perf_counter()
     part, nparts = (int(v) for v in args.part.split("/"))
-    for pos, (value, name) in enumerate(held.items()):
+    order = list(enumerate(held.items()))
+    for pos, (value, name) in reversed(order) if args.reverse else order:
         if pos % nparts != part:
             continue
+        # Re-read before each structure: another process working from the other end may have done it.
+        for other in args.done_from:
+            if other.exists():
+                done |= {json.loads(x)["name"] for x in other.read_text().splitlines() if x.strip()}
         zs = np.nonzero((aal.array == value).any(axis=(1, 2)))[0]
         if name in done or args.zrange and not (lo <= zs.min() - args.beyond and zs.max() + args.beyond < hi):
             continue
-        kinds = tuple(args.only.split(",")) if args.only else ("box", "click")
-        rec = run_structure(vs, aal.array == value, args.prompt, args.beyond, not args.no_oracle, kinds)
-        rec.update(name=name, label=value, model=args.model, prompt=args.prompt)
+        only = (
+            args.only.split(",") if args.only else ["box", "click"] + ([] if args.no_oracle else ["oracle"])
+        )
+        kinds = tuple(k for k in only if k != "oracle")
+        rec = run_structure(model, slices, aal.array == value, rules, args.beyond, "oracle" in only, kinds)
+        rec.update(name=name, label=value, model=args.model, mode=json.loads(args.mode))
         with args.out.open("a") as f:
             f.write(json.dumps(rec) + "\n")
         print(
-            f"{name}: {time.perf_counter() - t0:.0f} s, {vs.cache_stats.encodes} encodes",
+            f"{name}: {time.perf_counter() - t0:.0f} s",
             file=sys.stderr,
             flush=True,
         )

@@ -1,14 +1,16 @@
 """Propagation of a 2D mask through a volume, slice by slice, with a 2D promptable model.
 
 From the seed slice, each direction is walked one slice at a time; slice k+1 is prompted with what
-slice k gave (:class:`PropagationRules` ``prompt``): the tight box of its mask grown by ``box_margin``
-pixels, its low-res mask logits, and/or a positive click at its interior point (the pixel farthest
+slice k gave (:class:`PropagationRules` ``prompt``): the tight box of its mask (or of the seed's mask)
+grown by ``box_margin`` pixels plus ``box_margin_frac`` of its side, its low-res mask logits, and/or a positive click at its interior point (the pixel farthest
 from the background). The walk stops at the first slice where
 
 * the prediction is empty or smaller than ``min_area`` pixels (the structure has ended),
 * the model's predicted IoU is below ``min_quality`` (it is unsure it still sees the structure),
 * the area grows by more than ``max_growth`` times the previous slice's (a leak into a neighbour),
 * less than ``min_overlap`` of the new mask overlaps the previous one (it jumped to another structure),
+* the area is below ``min_seed_ratio`` times the seed slice's (the tail the walk keeps painting where the
+  structure has moved or thinned out),
 
 or at the volume's edge, or before the next slice the user prompted (an anchor: a second prompted slice
 bounds the walk). The slice that triggers a stop is left empty, and so is every slice after it up to
@@ -17,22 +19,22 @@ Slices are encoded ``batch_size`` at a time ahead of the walk (the encoder domin
 
 The defaults were measured, not guessed: ``benchmarks/tune_propagation.py`` walks the Colin27 AAL
 structures that were in imis-lite's training (never the 24 held-out ones) without stopping, records
-area, predicted IoU, growth and overlap on every slice, and picks the prompt kind and the thresholds
-that give the best mean 3D Dice; its output is in docs/volumes.md.
+area, predicted IoU, growth, overlap and the intersection with the ground truth on every slice, and
+picks the prompt kind and the thresholds that give the best mean 3D Dice; the table is in docs/volumes.md.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from imis.errors import PromptError
-from imis.models.interactive import PromptSpec
+from imis.models.interactive import Prediction, PromptSpec
 
 #: Axis names of the (z, y, x) array axes 0, 1, 2.
 AXIS_NAMES = ("z", "y", "x")
@@ -52,6 +54,8 @@ __all__ = [
     "PropagationRules",
     "SliceRecord",
     "next_prompt",
+    "predict_next",
+    "refine_seed",
     "plane_view",
     "propagate_object",
 ]
@@ -63,15 +67,32 @@ PROMPT_PARTS = ("box", "mask", "point")
 class PropagationRules:
     """How one slice prompts the next, and when the walk stops (see the module docstring)."""
 
-    # Measured on four training AAL structures (docs/volumes.md): box+mask with a tight box beat box,
-    # point+mask and box+point, and a 2 px margin (the box then grows every slice and the model fills it);
-    # of the grid, stopping below predicted IoU 0.5 or above 1.3x growth gave the best 3D Dice.
+    # Measured on training AAL structures only (docs/volumes.md, benchmarks/tune_propagation.py): the
+    # previous slice's tight box plus its mask logits tied or beat every other prompt (margins of 10-20 %,
+    # a seed-slice box, an interior click, a lower logit threshold); the stop rules are what moved the 3D
+    # Dice (0.371 -> 0.464 on 8 structures): stop at predicted IoU < 0.5, growth > 1.1x, area < 0.3x seed.
     prompt: str = "box+mask"
     box_margin: int = 0
+    # Margin grown on each side as a share of the box's own width/height (added to box_margin), at most
+    # box_margin_max pixels: a fixed margin is too much for a small cross-section and too little for a big one.
+    box_margin_frac: float = 0.0
+    box_margin_max: int = 1000
+    # Logit threshold of propagated slices (0 = the model's own): below 0 counters the shrink of a box
+    # prompt (the model segments inside the box it is given).
+    mask_threshold: float = 0.0
+    # Where the box comes from: "previous" (the previous slice's mask) or "seed" (the seed slice's mask
+    # on every slice: it cannot drift, though it does not follow the structure either).
+    box_from: str = "previous"
+    # A seed slice prompted by clicks alone is first re-decoded with the box of its mask, its logits and
+    # the clicks (click -> mask -> box+mask), so the walk starts from a box-quality mask.
+    refine_seed: bool = False
     min_quality: float = 0.5
     min_area: int = 1
-    max_growth: float = 1.3
+    max_growth: float = 1.1
     min_overlap: float = 0.0
+    # Stop once the area falls below this share of the seed slice's: a structure's tail that the walk
+    # keeps painting at the old place after the structure itself has moved or thinned out.
+    min_seed_ratio: float = 0.3
     batch_size: int = 4
     max_slices: int | None = None
 
@@ -86,6 +107,8 @@ class PropagationRules:
             raise PromptError(
                 f"propagation prompt {self.prompt!r}: join box, mask, point with '+' and include box or point"
             )
+        if self.box_from not in ("previous", "seed"):
+            raise PromptError(f"propagation box_from {self.box_from!r}: 'previous' or 'seed'")
         if self.batch_size < 1:
             raise PromptError("propagation batch_size must be >= 1")
 
@@ -103,6 +126,7 @@ class SliceRecord:
     quality: float
     growth: float  # area / previous area
     overlap: float  # |mask & previous| / |mask|
+    seed_ratio: float = 1.0  # area / the seed slice's area
 
 
 @dataclass
@@ -134,16 +158,30 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def next_prompt(prev: np.ndarray, prev_logits: torch.Tensor | None, rules: PropagationRules) -> PromptSpec:
-    """The prompts a slice gets from its neighbour's mask ``prev`` (bool (h, w), not empty)."""
+def next_prompt(
+    prev: np.ndarray,
+    prev_logits: torch.Tensor | None,
+    rules: PropagationRules,
+    seed: np.ndarray | None = None,
+) -> PromptSpec:
+    """The prompts a slice gets from its neighbour's mask ``prev`` (bool (h, w), not empty); ``seed``:
+    the seed slice's mask, for ``box_from="seed"``."""
     parts = rules.parts
     box = points = labels = None
     if "box" in parts:
-        ys, xs = np.nonzero(prev)
+        ys, xs = np.nonzero(seed if rules.box_from == "seed" and seed is not None else prev)
         h, w = prev.shape
-        m = rules.box_margin
+        mx, my = (
+            min(rules.box_margin_max, round(rules.box_margin + rules.box_margin_frac * (hi - lo + 1)))
+            for lo, hi in ((xs.min(), xs.max()), (ys.min(), ys.max()))
+        )
         box = np.array(
-            [max(0, xs.min() - m), max(0, ys.min() - m), min(w - 1, xs.max() + m), min(h - 1, ys.max() + m)],
+            [
+                max(0, xs.min() - mx),
+                max(0, ys.min() - my),
+                min(w - 1, xs.max() + mx),
+                min(h - 1, ys.max() + my),
+            ],
             dtype=np.float32,
         )
     if "point" in parts:
@@ -151,6 +189,35 @@ def next_prompt(prev: np.ndarray, prev_logits: torch.Tensor | None, rules: Propa
         labels = np.array([1], dtype=np.int64)
     logits = prev_logits if "mask" in parts else None
     return PromptSpec(points=points, labels=labels, box=box, mask_logits=logits)
+
+
+def predict_next(
+    model: Any,
+    embedding: Any,
+    prev: np.ndarray,
+    prev_logits: torch.Tensor | None,
+    rules: PropagationRules,
+    seed: np.ndarray | None = None,
+) -> Prediction:
+    """The next slice's prediction from its neighbour's mask and logits, thresholded as the rules say."""
+    pred = model.decode(embedding, next_prompt(prev, prev_logits, rules, seed))
+    if rules.mask_threshold != 0.0:
+        pred = replace(pred, mask=pred.logits > rules.mask_threshold)
+    return pred
+
+
+def refine_seed(
+    model: Any, embedding: Any, pred: Prediction, clicks: tuple[tuple[float, float, bool], ...]
+) -> Prediction:
+    """The seed slice re-decoded from the box of its click-made mask, its logits and the clicks."""
+    ys, xs = np.nonzero(pred.mask)
+    spec = PromptSpec(
+        points=np.array([[x, y] for x, y, _ in clicks], dtype=np.float32),
+        labels=np.array([1 if p else 0 for *_, p in clicks], dtype=np.int64),
+        box=np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32),
+        mask_logits=pred.low_res_logits,
+    )
+    return model.decode(embedding, spec)
 
 
 def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
@@ -165,6 +232,8 @@ def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
         return "size jump"
     if rec.overlap < rules.min_overlap:
         return "no overlap"
+    if rec.seed_ratio < rules.min_seed_ratio:
+        return "thinned out"
     return None
 
 
@@ -179,6 +248,14 @@ def _walk_end(vs: VolumeSession, axis: int, seed: int, step: int, rules: Propaga
     if rules.max_slices is not None and abs(stop - seed) - 1 > rules.max_slices:
         stop, reason = seed + step * (rules.max_slices + 1), "limit"
     return stop, reason
+
+
+def _refined_seed(vs: VolumeSession, key: tuple[int, int], rules: PropagationRules) -> Prediction | None:
+    """The seed re-decoded by :func:`refine_seed` when the rules ask and it was prompted by clicks alone."""
+    last = vs._draft.last_predict(key) if rules.refine_seed else None
+    if last is None or not last.clicks or last.box is not None or last.text is not None:
+        return None
+    return refine_seed(vs.model, vs.embedding(key), last.prediction, last.clicks)
 
 
 def _seed_logits(vs: VolumeSession, key: tuple[int, int]) -> torch.Tensor | None:
@@ -207,18 +284,23 @@ def propagate_object(
     planes: dict[tuple[int, int], np.ndarray] = {}
     seed_mask = plane_view(vs._draft.mask, key).copy()
     seed_logits = _seed_logits(vs, key)
+    refined = _refined_seed(vs, key, rules)
+    if refined is not None and refined.mask.any():
+        planes[key] = refined.mask
+        result.logits[seed] = refined.low_res_logits
+        seed_mask, seed_logits = refined.mask, refined.low_res_logits
     done = 0
     for step in steps:
         end, end_reason = ends[step]
         prev, prev_logits = seed_mask, seed_logits
+        seed_area = int(seed_mask.sum())
         stopped: tuple[int | None, str] = (None, end_reason)
         for i in range(seed + step, end, step):
             if (axis, i) not in vs._cache:
                 ahead = list(range(i, end, step))[: rules.batch_size]
                 vs.encode_slices(axis, ahead)
-            spec = next_prompt(prev, prev_logits, rules)
-            pred = vs.model.decode(vs.embedding((axis, i)), spec)
-            rec = _record(i, pred.mask, prev, pred.quality)
+            pred = predict_next(vs.model, vs.embedding((axis, i)), prev, prev_logits, rules, seed_mask)
+            rec = _record(i, pred.mask, prev, pred.quality, seed_area)
             result.records.append(rec)
             done += 1
             if progress is not None:
@@ -244,7 +326,7 @@ def propagate_object(
     return result, planes
 
 
-def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float) -> SliceRecord:
+def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float, seed_area: int) -> SliceRecord:
     area = int(mask.sum())
     prev_area = int(prev.sum())
     inter = int(np.logical_and(mask, prev).sum())
@@ -254,4 +336,5 @@ def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float) -> S
         quality=float(quality),
         growth=area / prev_area if prev_area else float("inf"),
         overlap=inter / area if area else 0.0,
+        seed_ratio=area / seed_area if seed_area else 0.0,
     )
