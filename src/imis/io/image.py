@@ -21,7 +21,8 @@ from typing import Literal
 import numpy as np
 
 from imis.errors import InputError
-from imis.io._integrity import check_metaimage, check_metaimage_header, check_nifti, check_nrrd
+from imis.io._integrity import check_nifti, check_nrrd
+from imis.io._metaimage import check_metaimage, check_metaimage_header
 from imis.io.arrays import load_npy, load_npz, npz_keys
 from imis.io.files import file_extension
 from imis.io.geometry import Geometry
@@ -374,7 +375,7 @@ def _read_sitk(p: Path, src: str, fmt: str, max_bytes: int | None = None) -> Ima
     if fmt == "NIfTI":
         check_nifti(p, src, max_bytes)  # truncation, gzip corruption and NaN/Inf, which ITK's reader hides
     elif fmt == "MetaImage":
-        check_metaimage_header(p, src)  # ITK's MetaIO crashes on inconsistent dimensions
+        check_metaimage_header(p, src)  # ITK's MetaIO crashes on inconsistent fields
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     size, comps = _read_info(reader, p, src, fmt, max_bytes)
