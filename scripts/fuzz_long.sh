@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The long fuzzing run of the readers (issue 21): IMIS_FUZZ_EXAMPLES cases per format (default 10000).
 #
-#   [JOBS=2] bash scripts/fuzz_long.sh [OUT]    (OUT defaults to runs/fuzz-long; JOBS tests at once)
+#   [JOBS=2] [ONLY=regex] [FRESH=1] bash scripts/fuzz_long.sh [OUT]   (OUT defaults to runs/fuzz-long)
 #
 # Each fuzz test runs in its own pytest process at nice 19, so that a reader that kills its process
 # (a segmentation fault in a C library) stops only its own format; OUT/status.txt has each test's exit
-# status, OUT/<test>.log its output, OUT/counts.json the cases run and seconds spent per format.
-# The default `pytest` run is the short version of the same tests (40 cases per format).
+# status, OUT/<test>.log its output, OUT/counts.json the cases run and seconds spent per format (summed
+# over OUT/<test>.json, one per test). JOBS tests run at once (default 1); ONLY keeps the test ids that
+# match an extended regex (ONLY='mha|nii'). The run resumes: a test with a passing line in
+# OUT/status.txt is not run again (FRESH=1 starts over). The default `pytest` run is the short version of
+# the same tests (40 cases per format).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 N=${IMIS_FUZZ_EXAMPLES:-10000}
@@ -14,8 +17,10 @@ OUT=${1:-runs/fuzz-long}
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 mkdir -p "$OUT/tmp"
-: > "$OUT/status.txt"
-ids=$(PYTHONPATH=src $PY -m pytest --collect-only -q -m fuzz tests/fuzz 2>/dev/null | grep '::')
+[ "${FRESH:-0}" = 1 ] && rm -f "$OUT"/*.json "$OUT"/*.log "$OUT/status.txt"
+touch "$OUT/status.txt"
+ids=$(PYTHONPATH=src $PY -m pytest --collect-only -q -m fuzz tests/fuzz 2>/dev/null | grep '::' \
+  | grep -E -- "${ONLY:-.}")
 run_one() {
   local id=$1 name start
   name=$(printf '%s' "${id#tests/fuzz/}" | tr -c 'A-Za-z0-9_.-' '_')
@@ -25,6 +30,10 @@ run_one() {
   echo "$? $(( $(date +%s) - start ))s $id" | tee -a "$OUT/status.txt"
 }
 for id in $ids; do  # JOBS tests at a time (default 1)
+  if grep -qxF -- "$id" <(awk '$1 == 0 {print $3}' "$OUT/status.txt"); then
+    echo "passed before, skipped: $id"
+    continue
+  fi
   while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-1}" ]; do wait -n; done
   run_one "$id" &
 done
