@@ -58,41 +58,12 @@ def _zip_deterministic(entries: Sequence[tuple[str, bytes]]) -> bytes:
         crc = zlib.crc32(raw) & 0xFFFFFFFF
         offset = len(out)
         extra = struct.pack("<HHQQ", 1, 16, len(raw), len(data))
-        out += struct.pack(
-            "<4s5H3L2H",
-            b"PK\x03\x04",
-            20,
-            0,
-            8,
-            0,
-            _DOS_DATE,
-            crc,
-            len(data),
-            len(raw),
-            len(fname),
-            len(extra),
-        )
+        # version 2.0, no flags, deflate, time 00:00, date, CRC, sizes, name length: both headers hold them
+        shared = (20, 0, 8, 0, _DOS_DATE, crc, len(data), len(raw), len(fname))
+        out += struct.pack("<4s5H3L2H", b"PK\x03\x04", *shared, len(extra))
         out += fname + extra + data
-        central += struct.pack(
-            "<4s6H3L5H2L",
-            b"PK\x01\x02",
-            0x0314,
-            20,
-            0,
-            8,
-            0,
-            _DOS_DATE,
-            crc,
-            len(data),
-            len(raw),
-            len(fname),
-            0,
-            0,
-            0,
-            0,
-            0o600 << 16,
-            offset,
-        )
+        # made by Unix 3.0; no extra, comment, disk or internal attributes; mode 0600; local header offset
+        central += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 0x0314, *shared, 0, 0, 0, 0, 0o600 << 16, offset)
         central += fname
     n = len(entries)
     cd_offset = len(out)
