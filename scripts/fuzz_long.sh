@@ -4,12 +4,12 @@
 #   [JOBS=2] [ONLY=regex] [FRESH=1] bash scripts/fuzz_long.sh [OUT]   (OUT defaults to runs/fuzz-long)
 #
 # Each fuzz test runs in its own pytest process at nice 19, so that a reader that kills its process
-# (a segmentation fault in a C library) stops only its own format; OUT/status.txt has each test's exit
-# status, OUT/<test>.log its output, OUT/counts.json the cases run and seconds spent per format (summed
-# over OUT/<test>.json, one per test). JOBS tests run at once (default 1); ONLY keeps the test ids that
-# match an extended regex (ONLY='mha|nii'). The run resumes: a test with a passing line in
-# OUT/status.txt is not run again (FRESH=1 starts over). The default `pytest` run is the short version of
-# the same tests (40 cases per format).
+# (a segmentation fault in a C library) stops only its own format. OUT/status.txt has each test's exit
+# status, OUT/<test>.log its output, OUT/<test>.json its cases and seconds per format (rewritten every
+# 250 cases, so that a stopped test keeps its count), OUT/counts.json their sum. JOBS tests run at once
+# (default 1); ONLY keeps the test ids matching an extended regex (ONLY='mha|nii'). The run resumes: a
+# test with a passing line in OUT/status.txt is not run again (FRESH=1 starts over). The default
+# `pytest` run is the short version of the same tests (40 cases per format).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 N=${IMIS_FUZZ_EXAMPLES:-10000}
@@ -42,14 +42,16 @@ $PY - "$OUT" <<'PYEOF'
 import json, sys
 from collections import Counter
 from pathlib import Path
-out = Path(sys.argv[1]); cases, secs = Counter(), Counter()
+out = Path(sys.argv[1]); cases, secs, done = Counter(), Counter(), {}
 for f in sorted(out.glob("*.json")):
     if f.name == "counts.json":
         continue
     for fmt, row in json.loads(f.read_text()).items():
         cases[fmt] += row["cases"]; secs[fmt] += row["seconds"]
-report = {fmt: {"cases": cases[fmt], "seconds": round(secs[fmt], 1)} for fmt in sorted(cases)}
+        done[fmt] = done.get(fmt, True) and row.get("finished", True)
+report = {fmt: {"cases": cases[fmt], "seconds": round(secs[fmt], 1), "finished": done[fmt]} for fmt in sorted(cases)}
 (out / "counts.json").write_text(json.dumps(report, indent=2) + "\n")
 for fmt, row in report.items():
-    print(f"{fmt:32s} {row['cases']:7d} cases {row['seconds']:8.1f} s")
+    note = "" if row["finished"] else "  (stopped: interim count)"
+    print(f"{fmt:32s} {row['cases']:7d} cases {row['seconds']:8.1f} s{note}")
 PYEOF
