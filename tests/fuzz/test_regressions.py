@@ -77,12 +77,15 @@ def test_metaimage_dimensions_that_crashed_itk(image_seeds, tmp_path, key, value
     _refused_in_child(mhd, "corrupt header")
 
 
-@pytest.mark.parametrize("name", [b"x%s.raw", b"x%n.raw", b"LO\xcf%s\x8d3", b"x%d.raw 1 1000 1"])
+@pytest.mark.parametrize(
+    "name", [b"x%s.raw", b"x%n.raw", b"LO\xcf%s\x8d3", b"x%d.raw 1 1000 1", b"x%d.raw 0 5", b"x%d.raw 0 5 0"]
+)
 def test_metaimage_data_file_pattern_that_aborted_itk(image_seeds, tmp_path, name):
     """The long run's MHA abort: bit flips turned ``ElementDataFile = LOCAL`` into binary bytes holding a
     ``%``; MetaIO takes a name with ``%`` for a slice-file pattern and gives it to snprintf as the format
     (``x%s.raw``: segmentation fault; the fuzzed name: heap corruption, a glibc abort some reads later).
-    Only a pattern with one integer field and a range within the slices reaches ITK now."""
+    ``x%d.raw 0 5`` (no step) was a division by zero (SIGFPE). Only a pattern with one integer field and
+    'first last step' naming 1 to DimSize[-1] files reaches ITK now."""
     path = tmp_path / "seed.mha"
     path.write_bytes(_set_line(image_seeds["mha"].read_bytes(), b"ElementDataFile", name))
     _refused_in_child(path, "corrupt header (ElementDataFile = ")

@@ -138,13 +138,14 @@ def _bad_data_file(header: MetaHeader) -> str | None:
     words = name.split()
     if not _PATTERN.fullmatch(words[0]):
         return f"ElementDataFile = {name[:60]!r} is not a file pattern with one integer field (%d)"
-    ints = [w for w in words[1:] if re.fullmatch(r"-?\d{1,9}", w)]
-    if len(ints) != len(words) - 1 or len(ints) not in (0, 2, 3):
-        return f"ElementDataFile = {name[:60]!r}: a pattern takes 'first last [step]' integers"
+    ints = [int(w) for w in words[1:] if re.fullmatch(r"-?\d{1,9}", w)]
+    if len(ints) != len(words) - 1 or len(ints) not in (0, 3):
+        # 'first last' without a step is a division by zero in MetaIO (SIGFPE)
+        return f"ElementDataFile = {name[:60]!r}: a pattern takes the integers 'first last step'"
     if ints:
-        first, last, step = int(ints[0]), int(ints[1]), int(ints[2]) if len(ints) == 3 else 1
+        first, last, step = ints
         slices = int(float(header.fields["dimsize"].split()[-1]))
-        if step < 1 or last < first or (last - first) // step + 1 > slices:
+        if step == 0 or not 1 <= (last - first) // step + 1 <= slices:
             return f"ElementDataFile = {name[:60]!r} names other than 1 to {slices} slice files"
     return None
 
