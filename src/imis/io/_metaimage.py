@@ -145,7 +145,8 @@ def _bad_data_file(header: MetaHeader) -> str | None:
     if ints:
         first, last, step = ints
         slices = int(float(header.fields["dimsize"].split()[-1]))
-        if step == 0 or not 1 <= (last - first) // step + 1 <= slices:
+        # MetaIO reads first, first + step, ... while <= last: a step < 1 reads nothing (or never ends)
+        if step < 1 or not 1 <= (last - first) // step + 1 <= slices:
             return f"ElementDataFile = {name[:60]!r} names other than 1 to {slices} slice files"
     return None
 
@@ -199,13 +200,57 @@ def _data_offset(header: MetaHeader, n_bytes: int, size: int, src: str) -> int:
     return header.text_bytes if header.local else 0
 
 
+_MAX_SLICE_FILES = 100_000
+
+
+def _slice_files(header: MetaHeader, p: Path) -> list[Path] | None:
+    """The files of multi-file data: the lines after ``ElementDataFile = LIST``, or the names a checked
+    pattern (``slice%03d.raw first last step``) makes; None for a pattern without a range (ITK reports
+    it)."""
+    words = header.data_file.split()
+    if words[0].upper() == "LIST":
+        with open(p, "rb") as fh:
+            fh.seek(header.text_bytes)
+            lines = fh.read(1 << 22).decode("latin-1").splitlines()
+        return [p.parent / ln.strip() for ln in lines[:_MAX_SLICE_FILES] if ln.strip()]
+    if len(words) != 4:
+        return None
+    first, last, step = (int(w) for w in words[1:])
+    return [p.parent / (words[0] % i) for i in range(first, last + 1, step)]
+
+
+def _check_slice_files(header: MetaHeader, p: Path, src: str, n_bytes: int) -> None:
+    """Every listed slice file present and, together, enough data: ITK fills what a short or missing list
+    lacks with whatever its buffer held, and returns the image."""
+    files = _slice_files(header, p)
+    if files is None:
+        return
+    if not files:
+        raise InputError(f"{src}: cannot read MetaImage file: ElementDataFile = LIST names no data files")
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise InputError(
+            f"{src}: cannot read MetaImage file: {len(missing)} of its {len(files)} data files are missing "
+            f"(first: {missing[0].name!r})"
+        )
+    available = sum(f.stat().st_size for f in files)
+    if header.fields.get("compresseddata", "").lower() == "true":
+        check_deflate(src, n_bytes, available, f"MetaImage file ({len(files)} data files)")
+    else:
+        check_present(src, n_bytes, available, f"MetaImage file ({len(files)} data files)")
+
+
 def check_metaimage(p: Path, src: str, n_bytes: int) -> None:
     """Raise InputError if a MetaImage header names a missing data file, if its data cannot hold the
     ``n_bytes`` its header claims (uncompressed data shorter than that, compressed data more than 1032
     times smaller), or if its compressed data (``.mha``, or ``.mhd`` + ``.zraw``) is a corrupt or
-    incomplete zlib stream. Multi-file data (LIST, slice patterns) is left to ITK, which reports it."""
+    incomplete zlib stream. For multi-file data (LIST, slice patterns) every file must be there and hold,
+    together, what the header claims."""
     header = read_header(p)
-    if not header.complete or not (header.local or header.detached):
+    if not header.complete:
+        return
+    if not (header.local or header.detached):
+        _check_slice_files(header, p, src, n_bytes)
         return
     target = _data_target(header, p)
     if not target.is_file():
