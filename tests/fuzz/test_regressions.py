@@ -66,11 +66,18 @@ def _refused_in_child(path: Path, *fragments: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "value"), [(b"NDims", b"1e308"), (b"NDims", b"-1"), (b"NDims", b"100"), (b"DimSize", b"24 20")]
+    ("key", "value"),
+    [
+        (b"NDims", b"1e308"),
+        (b"NDims", b"-1"),
+        (b"NDims", b"100"),
+        (b"DimSize", b"24 20"),
+        (b"DimSize", b"24 inf 6"),
+    ],
 )
 def test_metaimage_dimensions_that_crashed_itk(image_seeds, tmp_path, key, value):
     """ITK's MetaIO indexes its arrays by NDims unchecked: these headers were a segmentation fault or heap
-    corruption (the whole process died). Read in a child process so that a regression fails cleanly."""
+    corruption (the whole process died); ``DimSize = 24 inf 6`` was an OverflowError in our own check. Read in a child process so that a regression fails cleanly."""
     mhd = tmp_path / "seed.mhd"
     mhd.write_bytes(_set_line(image_seeds["mhd"].read_bytes(), key, value))
     (tmp_path / "seed.raw").write_bytes((image_seeds["mhd"].parent / "seed.raw").read_bytes())

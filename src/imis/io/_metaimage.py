@@ -11,6 +11,7 @@ against it once ITK has read the header (:func:`check_metaimage`).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,35 +21,14 @@ from imis.io._integrity import _inflate
 from imis.io.limits import check_deflate, check_present
 
 _HEAD_BYTES = 1 << 16  # a header longer than this is not a MetaImage header
-_NDIM_FIELDS = (
-    "dimsize",
-    "elementspacing",
-    "elementsize",
-    "offset",
-    "origin",
-    "position",
-    "centerofrotation",
-)
+_NDIM_FIELDS = tuple("dimsize elementspacing elementsize offset origin position centerofrotation".split())
 _MATRIX_FIELDS = ("transformmatrix", "rotation", "orientation")
 _INT_FIELDS = ("ndims", "elementnumberofchannels", "headersize", "compresseddatasize")
 #: The element types of image voxels (MetaIO also knows strings, arrays and matrices, which ITK reads as
 #: meaningless pixel types).
 ELEMENT_TYPES = frozenset(
-    f"MET_{t}"
-    for t in (
-        "CHAR",
-        "UCHAR",
-        "SHORT",
-        "USHORT",
-        "INT",
-        "UINT",
-        "LONG",
-        "ULONG",
-        "LONG_LONG",
-        "ULONG_LONG",
-        "FLOAT",
-        "DOUBLE",
-    )  # fmt: skip
+    "MET_" + t
+    for t in "CHAR UCHAR SHORT USHORT INT UINT LONG ULONG LONG_LONG ULONG_LONG FLOAT DOUBLE".split()
 )
 #: A file-name pattern of a slice-per-file data set: one integer conversion (``slice%03d.raw``).
 _PATTERN = re.compile(r"[^%]*%0?\d{0,3}d[^%]*")
@@ -116,7 +96,7 @@ def _bad_shape_field(fields: dict[str, str]) -> str | None:
         want = ndims * ndims if key in _MATRIX_FIELDS else ndims
         if values is None or len(values) != want:
             return f"{key} = {fields[key][:60]!r} does not hold {want} numbers for NDims = {ndims}"
-        if key == "dimsize" and not all(v >= 1 and v == int(v) for v in values):
+        if key == "dimsize" and not all(math.isfinite(v) and v >= 1 and v == int(v) for v in values):
             return f"DimSize = {fields[key][:60]!r} is not {ndims} sizes >= 1"
     if "dimsize" not in fields:
         return "no DimSize line"
@@ -208,7 +188,7 @@ def _slice_files(header: MetaHeader, p: Path) -> list[Path] | None:
     pattern (``slice%03d.raw first last step``) makes; None for a pattern without a range (ITK reports
     it)."""
     words = header.data_file.split()
-    if words[0].upper() == "LIST":
+    if words[0].upper().startswith("LIST"):
         with open(p, "rb") as fh:
             fh.seek(header.text_bytes)
             lines = fh.read(1 << 22).decode("latin-1").splitlines()
