@@ -184,6 +184,20 @@ def test_dicom_series_with_zero_samples_per_pixel(dicom_series, tmp_path):
     expect(folder, read_image, "cannot scan the DICOM folder")
 
 
+def test_dicom_series_with_a_damaged_position(dicom_series, tmp_path):
+    """The long run's series case: one byte of s000.dcm's ImagePositionPatient zeroed ('-1\\x00.5\\30.25\\7')
+    made the slice-position check build a ragged array (bare ValueError from numpy)."""
+    import shutil
+
+    folder = tmp_path / "series"
+    shutil.copytree(dicom_series, folder)
+    data = bytearray((folder / "s000.dcm").read_bytes())
+    at = data.index(b"-12.5\\30.25")
+    data[at + 2] = 0
+    (folder / "s000.dcm").write_bytes(bytes(data))
+    expect(folder, read_image, "the position (0020,0032) of slice", "is not 3 finite numbers")
+
+
 def test_nifti_nan_vox_offset(image_seeds, tmp_path):
     """vox_offset NaN in a .nii header: ``int(nan)`` raised ValueError in the integrity check."""
     data = bytearray(image_seeds["nii"].read_bytes())

@@ -7,6 +7,8 @@
   is one extra decompression pass (reading takes about twice as long); plain ``.nii`` files with integer
   data only need their size checked.
 * NRRD: the data must be able to hold what the header claims.
+* DICOM series: ITK reads a series with missing or uneven slices (a warning only) at one averaged
+  spacing; the slice positions are checked first.
 MetaImage has its own module (:mod:`imis.io._metaimage`).
 """
 
@@ -257,3 +259,32 @@ def check_nrrd(p: Path, src: str, n_bytes: int, n_values: int) -> None:
         check_deflate(src, n_bytes, available, "NRRD file")
     elif encoding in ("ascii", "txt", "text", "hex"):
         check_present(src, 2 * n_values - 1, available, "NRRD file (text data)")
+
+
+def check_slice_positions(reader, n: int, src: str, uid: str) -> None:
+    """Refuse a series whose slices are not evenly spaced (missing files): ITK only prints a warning and
+    returns a volume with one averaged spacing, which puts every slice after the gap at the wrong place."""
+    if n < 3:
+        return
+    try:
+        pos = [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)]
+        cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+    except (RuntimeError, ValueError):
+        return  # no patient geometry (e.g. secondary capture): nothing to check against
+    bad = [i for i, xyz in enumerate(pos) if len(xyz) != 3 or not np.isfinite(xyz).all()]
+    if bad or len(cosines) != 6 or not np.isfinite(cosines).all():  # a damaged tag: np.asarray would raise
+        what = (
+            f"the position (0020,0032) of slice {bad[0] + 1} is not 3"
+            if bad
+            else "its orientation (0020,0037) is not 6"
+        )
+        raise InputError(f"{src}: DICOM series {uid}: {what} finite numbers (a damaged tag)")
+    normal = np.cross(cosines[:3], cosines[3:6])
+    d = np.diff(np.sort(np.asarray(pos) @ normal))
+    step = float(np.median(d))
+    if step <= 0 or np.any(np.abs(d - step) > 0.1 * step + 1e-3):
+        worst = float(d[np.argmax(np.abs(d - step))])
+        raise InputError(
+            f"{src}: DICOM series {uid} has missing or uneven slices: a gap of {worst:.3g} mm where the "
+            f"slices are {step:.3g} mm apart ({n} files); add the missing files or pass a complete series"
+        )
