@@ -184,6 +184,23 @@ def test_dicom_series_with_zero_samples_per_pixel(dicom_series, tmp_path):
     expect(folder, read_image, "cannot scan the DICOM folder")
 
 
+def test_dicom_meta_element_length_beyond_the_file(dicom_seed, tmp_path):
+    """The long run's DICOM process was killed by the kernel's OOM killer after 3,000 cases: four bytes of
+    CT_small.dcm's (0002,0001) value length flipped to 1,970,588,607 made GDCM allocate that much while
+    probing the file, and keep it after failing (about 2 GB per such case). Refused from pydicom's walk of
+    the element headers now; read in a child process, whose peak memory is checked."""
+    import resource
+
+    data = bytearray(dicom_seed.read_bytes())
+    data[152:156] = struct.pack("<I", 1_970_588_607)
+    path = tmp_path / "seed.dcm"
+    path.write_bytes(bytes(data))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    _refused_in_child(path, "element (0002,0001) claims 1970588607 bytes")
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kb < 1_000_000 or peak_kb == before, f"the child peaked at {peak_kb} KB"
+
+
 def test_dicom_series_with_a_damaged_position(dicom_series, tmp_path):
     """The long run's series case: one byte of s000.dcm's ImagePositionPatient zeroed ('-1\\x00.5\\30.25\\7')
     made the slice-position check build a ragged array (bare ValueError from numpy)."""
