@@ -27,12 +27,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_model(name: str, samples: list, threads: int | None) -> dict:
+    import torch
+
     from imis.models import PromptSpec, load_model
     from imis.models.onnx.backend import INT8
     from imis.prompts.boxes import tight_box
     from imis.prompts.clicks import center_click
-
-    import torch
 
     models = {
         "fp32": load_model(name, backend="onnx"),

@@ -19,8 +19,8 @@ import numpy as np
 from imis.data.brain_templates import TEMPLATES_DIR, heldout_aal_labels, read_aal_names
 from imis.data.vocabulary import Vocabulary
 from imis.io import read_image
-from imis.prompts.text import prompt_name
 from imis.models.text_vocabulary import VOCABULARY_FILES
+from imis.prompts.text import prompt_name
 
 
 def training_names(shared: Path) -> list[str]:

@@ -17,6 +17,7 @@ RANKS = {
     "errors": 0,
     "console": 0,
     "runtime_options": 0,  # --backend/--precision arguments (onnx branch)
+    "cli_options": 0,  # argparse pieces shared by prepare (data) and automask
     "names": 0,
     "io": 1,
     "data": 2,

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from fuzz_helpers import FUZZ_CAP, write_report
 
+from tests.io.dicom_helpers import write_dicom_series
+
 COLIN27 = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 
@@ -91,25 +93,6 @@ def dicom_seed() -> Path:
 @pytest.fixture(scope="session")
 def dicom_series(seed_dir, colin_block) -> Path:
     """A 4-file DICOM series written from the Colin27 block (as SimpleITK's DicomSeriesFromArray)."""
-    import SimpleITK as sitk
-
     folder = seed_dir / "series"
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.2.1125.1.4242"
-    for k in range(4):
-        sl = colin_block[:, :, k]
-        for tag, value in {
-            "0008|0060": "MR",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.77",
-            "0020|000e": uid,
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": "\\".join(f"{v:.4f}" for v in colin_block.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0020|0013": str(k + 1),
-            "0008|0018": f"{uid}.{k + 1}",
-        }.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"s{k:03d}.dcm"))
-        writer.Execute(sl)
+    write_dicom_series(colin_block[:, :, :4], folder, "1.2.826.0.1.3680043.2.1125.1.4242")
     return folder

@@ -36,6 +36,7 @@ SOFT_SECONDS = 10.0  # a case taking longer fails
 HARD_SECONDS = 60.0  # a case still running then is a hang: faulthandler dumps the stacks and exits
 MEMORY_BUDGET = 1 << 30  # bytes above what the process uses when fuzzing starts
 FUZZ_CAP = "256MiB"  # IMIS_MAX_IMAGE_BYTES while fuzzing
+REPORT_EVERY = 250  # cases of a format between two interim reports
 COUNTS: Counter = Counter()
 SECONDS: Counter = Counter()
 
@@ -87,6 +88,8 @@ def check_reader(fmt: str, path: Path, read, validate=None, names: tuple[str, ..
     """Run ``read(path)`` under the oracle; returns the result or the error (both fine). The error must
     name ``path`` (or one of ``names``: a dataset reader may name the dataset folder's file at fault)."""
     COUNTS[fmt] += 1
+    if COUNTS[fmt] % REPORT_EVERY == 0:
+        write_report(final=False)  # a run stopped at the deadline (or killed by a reader) keeps its count
     # pytest captures fd 2, and a hung case exits the process: its stacks go to a file beside the case
     faulthandler.dump_traceback_later(HARD_SECONDS, exit=True, file=_hang_log(path))
     t0 = time.perf_counter()
@@ -110,13 +113,21 @@ def check_reader(fmt: str, path: Path, read, validate=None, names: tuple[str, ..
     return result
 
 
-def write_report() -> None:
+def write_report(final: bool = True) -> None:
+    """The cases run and seconds spent per format, to ``$IMIS_FUZZ_REPORT`` (if set): at the session's end,
+    and every :data:`REPORT_EVERY` cases of a format on the way (``"finished": false``)."""
     out = os.environ.get("IMIS_FUZZ_REPORT")
     if not out or not COUNTS:
         return
-    report = {fmt: {"cases": n, "seconds": round(SECONDS[fmt], 1)} for fmt, n in sorted(COUNTS.items())}
-    Path(out).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nfuzz cases per format written to {out}", file=sys.stderr)
+    report = {
+        fmt: {"cases": n, "seconds": round(SECONDS[fmt], 1), "finished": final}
+        for fmt, n in sorted(COUNTS.items())
+    }
+    tmp = Path(out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(out)
+    if final:
+        print(f"\nfuzz cases per format written to {out}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------------------------------------

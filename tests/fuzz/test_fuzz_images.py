@@ -100,12 +100,18 @@ _TEXT_VALUES = [
     "0 0 0", "-5 4 3", "nan nan nan", "0 0 0 0 0 0 0 0 0", "3", "4", "7", "17", "99999999999999999999",
     "MET_DOUBLE", "MET_ULONG_LONG", "MET_CHAR_ARRAY", "double", "block", "int64", "gzip", "raw", "bzip2",
     "ascii", "hex", "True", "False", "LOCAL", "missing.raw", "LIST", "(1,0,0) (0,0,0) (0,0,1)", "", "x",
+    "24 inf 6", "MET_STRING", "seed.raw", "LIST 2D", "x%s.raw", "s%03d.raw 0 5", "s%03d.raw 0 5 1",
+    "s%d.raw 5 0 -1",
 ]  # fmt: skip
 
 
 def _header_lines(data: bytes) -> tuple[list[bytes], bytes, bytes]:
     nrrd = data.startswith(b"NRRD")
-    end = data.find(b"\n\n") if nrrd else data.find(b"ElementDataFile")
+    if nrrd:
+        end = data.find(b"\n\n")
+    else:  # MetaImage: up to and with the ElementDataFile line (MetaIO's last, its value fuzzed too)
+        end = data.find(b"ElementDataFile")
+        end = end if end < 0 else data.find(b"\n", end) + 1 or len(data)
     end = len(data) if end < 0 else end
     return data[:end].split(b"\n"), data[end:], b":" if nrrd else b"="
 

@@ -2,28 +2,74 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+from pathlib import Path
+
+import torch
+
+#: `build_sam_vit` argument -> where the parity fixtures' configs keep it
+_SAM_CONFIG_KEYS = {
+    "encoder_embed_dim": ("embed_dim",),
+    "encoder_depth": ("depth",),
+    "encoder_num_heads": ("num_heads",),
+    "encoder_global_attn_indexes": ("global_attn_indexes",),
+    "img_size": ("img_size",),
+    "prompt_dim": ("prompt_dim",),
+    "patch_size": ("patch_size",),
+    "window_size": ("window_size",),
+    "mlp_ratio": ("mlp_ratio",),
+    "mask_in_chans": ("mask_in_chans",),
+    "decoder_depth": ("decoder", "depth"),
+    "decoder_mlp_dim": ("decoder", "mlp_dim"),
+    "decoder_num_heads": ("decoder", "num_heads"),
+    "iou_head_depth": ("decoder", "iou_head_depth"),
+    "iou_head_hidden_dim": ("decoder", "iou_head_hidden_dim"),
+    "num_multimask_outputs": ("decoder", "num_multimask_outputs"),
+}
+
 
 def small_sam_kwargs(c: dict) -> dict:
-    """`build_sam_vit` arguments for the config of the `sam_small.pt` parity fixture."""
-    dec = c["decoder"]
-    return dict(
-        encoder_embed_dim=c["embed_dim"],
-        encoder_depth=c["depth"],
-        encoder_num_heads=c["num_heads"],
-        encoder_global_attn_indexes=tuple(c["global_attn_indexes"]),
-        img_size=c["img_size"],
-        prompt_dim=c["prompt_dim"],
-        patch_size=c["patch_size"],
-        window_size=c["window_size"],
-        mlp_ratio=c["mlp_ratio"],
-        mask_in_chans=c["mask_in_chans"],
-        decoder_depth=dec["depth"],
-        decoder_mlp_dim=dec["mlp_dim"],
-        decoder_num_heads=dec["num_heads"],
-        iou_head_depth=dec["iou_head_depth"],
-        iou_head_hidden_dim=dec["iou_head_hidden_dim"],
-        num_multimask_outputs=dec["num_multimask_outputs"],
-    )
+    """`build_sam_vit` arguments for the config of a SAM-layout parity fixture (`sam_small.pt`,
+    `sam_med2d_small.pt.gz`); what a config leaves out keeps the builder's default."""
+    out = {}
+    for arg, (key, *sub) in _SAM_CONFIG_KEYS.items():
+        value = c.get(key)
+        for k in sub:
+            value = value.get(k) if isinstance(value, dict) else None
+        if value is not None:
+            out[arg] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def load_gz_fixture(path: Path) -> dict:
+    """A gzip-compressed parity fixture written by scripts/make_sam2_fixtures.py (our own file: it holds
+    plain dicts and tensors, loaded with weights_only=False as the generator saved it)."""
+    return torch.load(io.BytesIO(gzip.decompress(path.read_bytes())), weights_only=False)
+
+
+def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest absolute difference of two tensors of the same shape (compared in float32)."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a.detach().float() - b.detach().float()).abs().max())
+
+
+def prompt_kwargs(inputs: dict, case: str, click: str = "click") -> dict:
+    """The prompts a fixture case name asks for (``click``/``points``, ``box``, ``mask``), as decode's
+    keyword arguments."""
+    return {
+        "points": (inputs["point_coords"], inputs["point_labels"]) if click in case else None,
+        "boxes": inputs["box"] if "box" in case else None,
+        "masks": inputs["mask_input"] if "mask" in case else None,
+    }
+
+
+def assert_decode_matches(out: dict, embeddings_ref: dict, masks_ref: dict, tol: float) -> None:
+    """Prompt embeddings (sparse, dense), low-res masks and IoU of ``decode`` within ``tol``."""
+    assert maxdiff(out["sparse"], embeddings_ref["sparse"]) <= tol
+    assert maxdiff(out["dense"], embeddings_ref["dense"]) <= tol
+    assert maxdiff(out["low_res_masks"], masks_ref["low_res_masks"]) <= tol
+    assert maxdiff(out["iou_pred"], masks_ref["iou"]) <= tol
 
 
 def small_imis_kwargs(c: dict) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_helpers import small_imis_kwargs
+from model_helpers import maxdiff, small_imis_kwargs
 
 from imis.errors import PromptError
 from imis.models.build import build_imis_net
@@ -30,11 +30,6 @@ def net(fixture):
     model = build_from_config(fixture["config"])
     load_strict(model, imis.to_internal(fixture["state_dict"]), "imis-net")
     return model
-
-
-def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float((a.detach() - b.detach()).abs().max())
 
 
 def test_image_encoder_matches(net, fixture):

@@ -5,12 +5,11 @@ predictor's outputs for click, box, click+box and click+box+mask, multimask and 
 
 from __future__ import annotations
 
-import gzip
-import io
 from pathlib import Path
 
 import pytest
 import torch
+from model_helpers import load_gz_fixture, maxdiff, prompt_kwargs
 
 from imis.models.build_sam2 import build_sam2
 from imis.models.formats import load_strict, sam2
@@ -43,7 +42,7 @@ def small_model(c: dict):
 
 
 def load_fixture() -> dict:
-    return torch.load(io.BytesIO(gzip.decompress(FIXTURE.read_bytes())), weights_only=False)
+    return load_gz_fixture(FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +69,6 @@ def features(net, inputs):
         return net.encode_image(inputs["image"])
 
 
-def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float((a.detach().float() - b.detach().float()).abs().max())
-
-
 def test_trunk_matches(net, fixture, inputs):
     with torch.no_grad():
         ours = net.image_encoder.trunk(inputs["image"])
@@ -90,18 +84,10 @@ def test_encoder_features_match(features, fixture):
     assert maxdiff(s1, fixture["high_res_feats"][1]) <= TOL
 
 
-def _prompts(inputs, case):
-    return {
-        "points": (inputs["point_coords"], inputs["point_labels"]) if "click" in case else None,
-        "boxes": inputs["box"] if "box" in case else None,
-        "masks": inputs["mask_input"] if "mask" in case else None,
-    }
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_heads_match(net, fixture, features, inputs, case):
     ref = fixture["outputs"][case]
-    p = _prompts(inputs, case)
+    p = prompt_kwargs(inputs, case)
     with torch.no_grad():
         sparse, dense = net.embed_prompts(p["points"], p["boxes"], p["masks"])
         masks, iou, obj = net.mask_decoder.predict_all(
@@ -121,7 +107,7 @@ def test_heads_match(net, fixture, features, inputs, case):
 def test_predictor_outputs_match(net, fixture, features, inputs, case, multimask):
     ref = fixture["outputs"][f"{case}/multimask={multimask}"]
     with torch.no_grad():
-        out = net.decode(features, multimask_output=multimask, **_prompts(inputs, case))
+        out = net.decode(features, multimask_output=multimask, **prompt_kwargs(inputs, case))
     assert maxdiff(out["low_res_masks"], ref["low_res_masks"]) <= TOL
     assert maxdiff(out["iou_pred"], ref["iou"]) <= TOL
     assert out["object_score"].shape == (1, 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_helpers import small_sam_kwargs
+from model_helpers import assert_decode_matches, maxdiff, prompt_kwargs, small_sam_kwargs
 
 import imis.models.image_encoder as ie
 from imis.models.build import build_sam_vit
@@ -31,11 +31,6 @@ def net(fixture):
     official = {f"{m}{k}": v for m in sam.PREFIXES for k, v in fixture[m.rstrip(".")].items()}
     load_strict(model, sam.to_internal(sam.unwrap(official)), "sam")
     return model
-
-
-def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float((a.detach() - b.detach()).abs().max())
 
 
 def test_image_encoder_matches(net, fixture):
@@ -73,15 +68,10 @@ def test_prompt_encoder_and_decoder_match(net, fixture, case, multimask):
     with torch.no_grad():
         out = net.decode(
             fixture["image_embeddings"],
-            points=(inp["point_coords"], inp["point_labels"]) if "points" in case else None,
-            boxes=inp["box"] if "box" in case else None,
-            masks=inp["mask_input"] if "mask" in case else None,
+            **prompt_kwargs(inp, case, click="points"),
             multimask_output=multimask,
         )
-    assert maxdiff(out["sparse"], ref["sparse"]) <= TOL
-    assert maxdiff(out["dense"], ref["dense"]) <= TOL
-    assert maxdiff(out["low_res_masks"], ref["low_res_masks"]) <= TOL
-    assert maxdiff(out["iou_pred"], ref["iou"]) <= TOL
+    assert_decode_matches(out, ref, ref, TOL)
     assert out["semantic_pred"] is None
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from imis.cli_options import add_executor_arguments, positive_int
+
 __all__ = ["cmd_automask", "register_automask_command"]
 
 DESCRIPTION = """\
@@ -58,16 +60,6 @@ examples:
 """
 
 
-def _pos_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
-    return v
-
-
 def register_automask_command(sub) -> None:
     p = sub.add_parser(
         "automask",
@@ -86,7 +78,7 @@ def register_automask_command(sub) -> None:
     p.add_argument("--checkpoint", default=None, help="weight file for models without embedded weights")
     g = p.add_argument_group("generation (paper defaults)")
     g.add_argument(
-        "--points-per-side", type=_pos_int, default=32, help="click grid side (default 32: 1024 clicks)"
+        "--points-per-side", type=positive_int, default=32, help="click grid side (default 32: 1024 clicks)"
     )
     g.add_argument(
         "--iou-thresh",
@@ -131,7 +123,9 @@ def register_automask_command(sub) -> None:
         default="auto",
         help="mask outputs scored per click: multimask (SAM's 3), single, all 4; auto: the model's rule",
     )
-    g.add_argument("--batch-size", type=_pos_int, default=16, help="clicks decoded per batch (default 16)")
+    g.add_argument(
+        "--batch-size", type=positive_int, default=16, help="clicks decoded per batch (default 16)"
+    )
     q = p.add_argument_group("quality control")
     q.add_argument("--no-gt", action="store_true", help="no ground-truth QC ('segment everything')")
     q.add_argument(
@@ -141,20 +135,12 @@ def register_automask_command(sub) -> None:
         "--morphology", type=int, default=1, help="opening/closing iterations; 0 disables (default 1)"
     )
     r = p.add_argument_group("execution")
-    r.add_argument(
-        "--workers", type=_pos_int, default=None, help="local processes, or Ray actors (default 1 / all CPUs)"
-    )
-    r.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local, or ray (RAY_ADDRESS or a local Ray)",
-    )
+    add_executor_arguments(r, "local processes, or Ray actors (default 1 / all CPUs)")
     r.add_argument("--device", default="cpu", help="torch device of each worker (cpu, cuda)")
     r.add_argument(
         "--gpus", type=float, default=0.0, help="GPUs per Ray actor (e.g. 0.25: four actors per GPU)"
     )
-    r.add_argument("--threads", type=_pos_int, default=None, help="torch threads per worker")
+    r.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker")
     from imis.runtime_options import add_runtime_arguments
 
     # precision auto: bf16 autocast of the encoder where the CPU/GPU has bf16 units (the grid decoder

@@ -6,14 +6,15 @@
   its CRC, compare the data length with the header, and count NaN/Inf in float data. For ``.nii.gz`` this
   is one extra decompression pass (reading takes about twice as long); plain ``.nii`` files with integer
   data only need their size checked.
-* MetaImage: ITK prints "Uncompress failed" for a corrupt compressed ``.mha``/``.mhd`` and returns the
-  image anyway; we inflate the zlib stream once and check that it is complete and valid.
+* NRRD: the data must be able to hold what the header claims.
+* DICOM series: ITK reads a series with missing or uneven slices (a warning only) at one averaged
+  spacing; the slice positions are checked first.
+MetaImage has its own module (:mod:`imis.io._metaimage`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -109,15 +110,34 @@ def _chunks(p: Path, src: str, compressed: bool) -> Iterator[bytes]:
             yield chunk
 
 
-def nonfinite_geometry(head: bytes) -> str | None:
-    """The NIfTI-1 geometry field that is NaN or infinite (pixdim, quatern/qoffset, srow), or None: ITK's
-    reader hangs on an infinite sform (its polar decomposition never converges)."""
+#: Geometry fields of each header version: (name, offset, count), float32 in NIfTI-1, float64 in NIfTI-2.
+_GEOMETRY = {
+    348: ("f", (("pixdim", 76, 8), ("quatern/qoffset", 256, 6), ("srow", 280, 12))),
+    540: ("d", (("pixdim", 104, 8), ("quatern/qoffset", 352, 6), ("srow", 400, 12))),
+}
+
+
+def header_version(head: bytes) -> tuple[int, str] | None:
+    """(1 or 2, byte order) of a NIfTI header from its sizeof_hdr (348 / 540), or None."""
     for endian in "<>":
-        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348:
-            for name, off, n in (("pixdim", 76, 8), ("quatern/qoffset", 256, 6), ("srow", 280, 12)):
-                values = struct.unpack(f"{endian}{n}f", head[off : off + 4 * n])
-                if not all(math.isfinite(v) for v in values):
-                    return f"{name} {tuple(values)}"
+        if len(head) >= 4:
+            size = struct.unpack(endian + "i", head[:4])[0]
+            if size in _GEOMETRY and len(head) >= size:
+                return (1 if size == 348 else 2), endian
+    return None
+
+
+def nonfinite_geometry(head: bytes) -> str | None:
+    """The NIfTI-1 or NIfTI-2 geometry field that is NaN or infinite (pixdim, quatern/qoffset, srow), or
+    None: ITK's reader hangs on an infinite sform (its polar decomposition never converges)."""
+    version = header_version(head)
+    if version is None:
+        return None
+    code, fields = _GEOMETRY[348 if version[0] == 1 else 540]
+    for name, off, n in fields:
+        values = struct.unpack(f"{version[1]}{n}{code}", head[off : off + struct.calcsize(f"{n}{code}")])
+        if not all(math.isfinite(v) for v in values):
+            return f"{name} {tuple(values)}"
     return None
 
 
@@ -141,6 +161,12 @@ def check_nifti(p: Path, src: str, max_bytes: int | None = None) -> None:
     bad = nonfinite_geometry(head)
     if bad is not None:
         raise InputError(f"{src}: cannot read NIfTI file: corrupt header (non-finite {bad})")
+    version = header_version(head)
+    if version is not None and version[0] == 2:  # ITK vendors only nifti1_io: it reports "no reader"
+        raise InputError(
+            f"{src}: cannot read NIfTI file: it is NIfTI-2 (540-byte header), which SimpleITK's reader "
+            "does not read; save it as NIfTI-1 (e.g. nibabel.Nifti1Image(img.dataobj, img.affine))"
+        )
     claim = parse_header(head)
     if claim is not None:
         check_claim(src, claim.n_bytes, "the NIfTI header's voxel data", max_bytes)
@@ -197,108 +223,6 @@ def _scan(p: Path, src: str, compressed: bool) -> tuple[int, NiftiHeader | None,
     return pos, hdr, n_nan, n_inf
 
 
-_MET_NDIM_FIELDS = ("dimsize", "elementspacing", "elementsize", "offset", "origin", "position",
-                    "centerofrotation")  # fmt: skip
-_MET_MATRIX_FIELDS = ("transformmatrix", "rotation", "orientation")
-_MET_INT_FIELDS = ("ndims", "elementnumberofchannels", "headersize", "compresseddatasize")
-
-
-def _numbers(text: str) -> list[float] | None:
-    try:
-        return [float(v) for v in text.split()]
-    except ValueError:
-        return None
-
-
-def _bad_metaimage_field(fields: dict[str, str]) -> str | None:
-    """What ITK's MetaIO would crash on (it indexes its arrays by NDims unchecked), or None."""
-    for key in _MET_INT_FIELDS:
-        if key in fields and not re.fullmatch(r"-?\d{1,9}", fields[key]):
-            return f"{key} = {fields[key]!r} is not an integer"
-    ndims = int(fields.get("ndims", "0"))
-    if not 1 <= ndims <= 6:
-        return f"NDims = {fields.get('ndims')!r} (1 to 6 dimensions are readable)"
-    if not 1 <= int(fields.get("elementnumberofchannels", "1")) <= 64:
-        return f"ElementNumberOfChannels = {fields['elementnumberofchannels']!r} (1 to 64)"
-    for key in _MET_NDIM_FIELDS + _MET_MATRIX_FIELDS:
-        if key not in fields:
-            continue
-        values = _numbers(fields[key])
-        want = ndims * ndims if key in _MET_MATRIX_FIELDS else ndims
-        if values is None or len(values) != want:
-            return f"{key} = {fields[key][:60]!r} does not hold {want} numbers for NDims = {ndims}"
-        if key == "dimsize" and not all(v >= 1 and v == int(v) for v in values):
-            return f"DimSize = {fields[key][:60]!r} is not {ndims} sizes >= 1"
-    return None
-
-
-def check_metaimage_header(p: Path, src: str) -> None:
-    """Refuse a MetaImage header whose dimensions or per-dimension fields do not agree: ITK's MetaIO
-    reads past its arrays (a segmentation fault or heap corruption) on NDims = 1e308 or a DimSize with
-    fewer values than NDims. Called before ITK sees the file."""
-    with open(p, "rb") as fh:
-        head = fh.read(1 << 16)
-    fields: dict[str, str] = {}
-    for raw in head.splitlines():
-        key, sep, value = raw.decode("latin-1").partition("=")
-        if not sep:
-            break
-        fields[key.strip().lower()] = value.strip()
-        if key.strip().lower() == "elementdatafile":
-            break
-    if "ndims" not in fields:
-        raise InputError(f"{src}: cannot read MetaImage file: its header has no NDims line")
-    bad = _bad_metaimage_field(fields)
-    size = p.stat().st_size
-    data = p.parent / fields.get("elementdatafile", "LOCAL")
-    if fields.get("elementdatafile", "LOCAL").upper() != "LOCAL" and data.is_file():
-        size = data.stat().st_size
-    if bad is None and "compresseddatasize" in fields and not 1 <= int(fields["compresseddatasize"]) <= size:
-        # ITK allocates CompressedDataSize bytes unchecked: -1 is a std::bad_alloc
-        bad = f"CompressedDataSize = {fields['compresseddatasize']} for {size} bytes of data"
-    if bad is not None:
-        raise InputError(f"{src}: cannot read MetaImage file: corrupt header ({bad})")
-
-
-def check_metaimage(p: Path, src: str, n_bytes: int) -> None:
-    """Raise InputError if a MetaImage header names a missing data file, if its data cannot hold the
-    ``n_bytes`` its header claims (uncompressed data shorter than that, compressed data more than 1032
-    times smaller), or if its compressed data (``.mha``, or ``.mhd`` + ``.zraw``) is a corrupt or
-    incomplete zlib stream. Multi-file data is left to ITK, which reports it."""
-    with open(p, "rb") as fh:
-        head = fh.read(1 << 16)
-    fields: dict[str, str] = {}
-    offset = 0
-    data_file = None
-    for raw in head.splitlines(keepends=True):
-        offset += len(raw)
-        key, sep, value = raw.decode("latin-1").partition("=")
-        if not sep:
-            return  # not a header line: let ITK report it
-        fields[key.strip().lower()] = value.strip()
-        if key.strip().lower() == "elementdatafile":
-            data_file = value.strip()
-            break
-    if data_file is None:
-        return
-    if data_file.upper() == "LOCAL":
-        target = p
-    elif data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
-        return  # multi-file data: left to ITK
-    else:
-        target, offset = p.parent / data_file, 0
-        if not target.is_file():
-            raise InputError(f"{src}: cannot read MetaImage file: its data file {target} does not exist")
-    available = target.stat().st_size - offset
-    if fields.get("compresseddata", "").lower() != "true":
-        check_present(src, n_bytes, available, "MetaImage file")
-        return
-    check_deflate(src, n_bytes, available, "MetaImage file")
-    name = src if target == p else f"{src} (data file {target.name})"
-    for _ in _inflate(target, name, "MetaImage", offset=offset, gzip=False):
-        pass
-
-
 def check_nrrd(p: Path, src: str, n_bytes: int, n_values: int) -> None:
     """Raise InputError if an NRRD file's data cannot hold what its header claims: ``n_bytes`` of raw data,
     1032 times less of gzip data, ``n_values`` numbers of ASCII data. bzip2 data is bounded by the cap."""
@@ -335,3 +259,61 @@ def check_nrrd(p: Path, src: str, n_bytes: int, n_values: int) -> None:
         check_deflate(src, n_bytes, available, "NRRD file")
     elif encoding in ("ascii", "txt", "text", "hex"):
         check_present(src, 2 * n_values - 1, available, "NRRD file (text data)")
+
+
+def check_slice_positions(reader, n: int, src: str, uid: str) -> None:
+    """Refuse a series whose slices are not evenly spaced (missing files): ITK only prints a warning and
+    returns a volume with one averaged spacing, which puts every slice after the gap at the wrong place."""
+    if n < 3:
+        return
+    try:
+        pos = [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)]
+        cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+    except (RuntimeError, ValueError):
+        return  # no patient geometry (e.g. secondary capture): nothing to check against
+    bad = [i for i, xyz in enumerate(pos) if len(xyz) != 3 or not np.isfinite(xyz).all()]
+    if bad or len(cosines) != 6 or not np.isfinite(cosines).all():  # a damaged tag: np.asarray would raise
+        what = (
+            f"the position (0020,0032) of slice {bad[0] + 1} is not 3"
+            if bad
+            else "its orientation (0020,0037) is not 6"
+        )
+        raise InputError(f"{src}: DICOM series {uid}: {what} finite numbers (a damaged tag)")
+    normal = np.cross(cosines[:3], cosines[3:6])
+    d = np.diff(np.sort(np.asarray(pos) @ normal))
+    step = float(np.median(d))
+    if step <= 0 or np.any(np.abs(d - step) > 0.1 * step + 1e-3):
+        worst = float(d[np.argmax(np.abs(d - step))])
+        raise InputError(
+            f"{src}: DICOM series {uid} has missing or uneven slices: a gap of {worst:.3g} mm where the "
+            f"slices are {step:.3g} mm apart ({n} files); add the missing files or pass a complete series"
+        )
+
+
+def check_dicom_lengths(p: Path, src: str, strict: bool = True) -> None:
+    """Refuse a DICOM file holding an element whose value length runs past the end of the file: GDCM
+    allocates the length it reads while probing the file (four flipped bytes of a meta element's length
+    asked for 2 GB) and does not free it when it then fails, so a few such files exhaust the memory.
+    pydicom walks the element headers without reading large values. ``strict=False`` (a folder's files):
+    only files with the DICM magic are checked, so that a stray non-DICOM file is left to GDCM's scan."""
+    import pydicom
+
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        magic = fh.read(132)[128:]
+    if not strict and magic != b"DICM":
+        return
+    try:
+        ds = pydicom.dcmread(p, force=True, defer_size=256)
+    except Exception:  # noqa: BLE001 - pydicom cannot walk it: GDCM's own error then names the cause
+        return
+    for elements in (ds.file_meta._dict.values(), ds._dict.values()):
+        for elem in elements:
+            length, start = getattr(elem, "length", None), getattr(elem, "value_tell", None)
+            if length is None or start is None or length == 0xFFFFFFFF:
+                continue
+            if start + length > size:
+                raise InputError(
+                    f"{src}: cannot read DICOM file: element {elem.tag} claims {length} bytes, the file "
+                    f"holds {max(size - start, 0)} after it (corrupt length or truncated file)"
+                )

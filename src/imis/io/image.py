@@ -21,7 +21,8 @@ from typing import Literal
 import numpy as np
 
 from imis.errors import InputError
-from imis.io._integrity import check_metaimage, check_metaimage_header, check_nifti, check_nrrd
+from imis.io._integrity import check_dicom_lengths, check_nifti, check_nrrd, check_slice_positions
+from imis.io._metaimage import check_metaimage, check_metaimage_header
 from imis.io.arrays import load_npy, load_npz, npz_keys
 from imis.io.files import file_extension
 from imis.io.geometry import Geometry
@@ -374,7 +375,9 @@ def _read_sitk(p: Path, src: str, fmt: str, max_bytes: int | None = None) -> Ima
     if fmt == "NIfTI":
         check_nifti(p, src, max_bytes)  # truncation, gzip corruption and NaN/Inf, which ITK's reader hides
     elif fmt == "MetaImage":
-        check_metaimage_header(p, src)  # ITK's MetaIO crashes on inconsistent dimensions
+        check_metaimage_header(p, src)  # ITK's MetaIO crashes on inconsistent fields
+    elif fmt == "DICOM":
+        check_dicom_lengths(p, src)  # GDCM allocates (and keeps) what a corrupt length claims
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     size, comps = _read_info(reader, p, src, fmt, max_bytes)
@@ -404,6 +407,9 @@ def _read_sitk(p: Path, src: str, fmt: str, max_bytes: int | None = None) -> Ima
 def _series_files(p: Path, src: str, series_uid: str | None) -> tuple[str, list[str]]:
     import SimpleITK as sitk
 
+    for f in sorted(p.iterdir()):
+        if f.is_file():
+            check_dicom_lengths(f, f"{src} (file {f.name})", strict=False)
     try:  # GDCM raises on a file it cannot parse (SamplesPerPixel 0, ...) while scanning the folder
         ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
     except RuntimeError as exc:
@@ -445,34 +451,13 @@ def _read_dicom_series(p: Path, src: str, series_uid: str | None, max_bytes: int
         image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{src}: cannot read DICOM series {uid}: {_sitk_cause(exc, p)}") from None
-    _check_slice_positions(reader, len(files), src, uid)
+    check_slice_positions(reader, len(files), src, uid)
     meta = {"series_uid": uid, "n_files": len(files), "files": [str(f) for f in files]}
     if reader.HasMetaDataKey(0, "0008|0060"):
         meta["modality"] = reader.GetMetaData(0, "0008|0060").strip()
     array = sitk.GetArrayFromImage(image)
     kind: Kind = "volume" if image.GetDimension() == 3 else "2d"
     return _finish(array, _geometry(image, src), p, src, kind, **meta)
-
-
-def _check_slice_positions(reader, n: int, src: str, uid: str) -> None:
-    """Refuse a series whose slices are not evenly spaced (missing files): ITK only prints a warning and
-    returns a volume with one averaged spacing, which puts every slice after the gap at the wrong place."""
-    if n < 3:
-        return
-    try:
-        pos = [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)]
-        cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
-    except (RuntimeError, ValueError):
-        return  # no patient geometry (e.g. secondary capture): nothing to check against
-    normal = np.cross(cosines[:3], cosines[3:6])
-    d = np.diff(np.sort(np.asarray(pos) @ normal))
-    step = float(np.median(d))
-    if step <= 0 or np.any(np.abs(d - step) > 0.1 * step + 1e-3):
-        worst = float(d[np.argmax(np.abs(d - step))])
-        raise InputError(
-            f"{src}: DICOM series {uid} has missing or uneven slices: a gap of {worst:.3g} mm where the "
-            f"slices are {step:.3g} mm apart ({n} files); add the missing files or pass a complete series"
-        )
 
 
 # -- numpy -----------------------------------------------------------------------------------------------

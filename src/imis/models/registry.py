@@ -23,6 +23,7 @@ from imis.models.spec import (
     ARCHITECTURES,
     LAYOUTS,
     TEXT_TEMPLATE,
+    VISUAL_PROMPTS,
     Architecture,
     ModelSpec,
     WeightLayout,
@@ -72,6 +73,7 @@ def default_model_name() -> str:
     return "imis-lite" if _imis_lite_weights() is not None else "litemedsam"
 
 
+_LITEMEDSAM_PREPROCESS = Preprocess(256, "longest_side", "bilinear", "minmax01", True)
 _IMAGENET_1024_SQUARE_NEAREST = Preprocess(1024, "square", "nearest", "imagenet", False)
 _SAM2_PREPROCESS = Preprocess(1024, "square", "bilinear_antialias", "imagenet", False)
 _SAM2_SIZES = {"t": "Hiera-T", "s": "Hiera-S", "b+": "Hiera-B+", "l": "Hiera-L"}
@@ -86,7 +88,6 @@ def _sam2_spec(size: str) -> ModelSpec:
         layout="sam2",
         preprocess=_SAM2_PREPROCESS,
         multimask="auto",  # SAM 2's predictor: three masks for a lone click, else one (stability rule)
-        prompt_types=frozenset({"box", "point", "mask"}),
         license="Apache-2.0",
     )
 
@@ -98,11 +99,9 @@ REGISTRY: dict[str, ModelSpec] = {
             name="litemedsam",
             description="LiteMedSAM: TinyViT-5M encoder + SAM decoder, box-trained (embedded weights)",
             arch="litemedsam",
-            arch_kwargs={},
             layout="litemedsam",
-            preprocess=Preprocess(256, "longest_side", "bilinear", "minmax01", True),
+            preprocess=_LITEMEDSAM_PREPROCESS,
             multimask="single",
-            prompt_types=frozenset({"box", "point", "mask"}),
             license="Apache-2.0",
             embedded_weights=_litemedsam_weights,
         ),
@@ -111,11 +110,10 @@ REGISTRY: dict[str, ModelSpec] = {
             description="imis-lite (ours): LiteMedSAM fine-tuned for clicks, boxes and text (MiniLM), "
             "encoder included, see models/weights/imis_lite.md",
             arch="imis-lite",
-            arch_kwargs={},
             layout="litemedsam",
-            preprocess=Preprocess(256, "longest_side", "bilinear", "minmax01", True),
+            preprocess=_LITEMEDSAM_PREPROCESS,
             multimask="single",  # the shipped checkpoint says so too: trained with one output per prompt
-            prompt_types=frozenset({"box", "point", "mask", "text"}),
+            prompt_types=VISUAL_PROMPTS | {"text"},
             license="Apache-2.0",
             embedded_weights=_imis_lite_weights,
         ),
@@ -123,33 +121,28 @@ REGISTRY: dict[str, ModelSpec] = {
             name="sam-vit-b",
             description="Segment Anything ViT-B (official checkpoint layout; pass --checkpoint)",
             arch="sam-vit",
-            arch_kwargs={},
             layout="sam",
             preprocess=Preprocess(1024, "longest_side", "bilinear", "imagenet", False),
             multimask="auto",
-            prompt_types=frozenset({"box", "point", "mask"}),
             license="Apache-2.0",
         ),
         ModelSpec(
             name="medsam-vit-b",
             description="MedSAM ViT-B (SAM layout, square 1024 min-max input; pass --checkpoint)",
             arch="sam-vit",
-            arch_kwargs={},
             layout="sam",
             preprocess=Preprocess(1024, "square", "bicubic", "minmax01", False),
             multimask="single",
-            prompt_types=frozenset({"box", "point", "mask"}),
             license="Apache-2.0",
         ),
         ModelSpec(
             name="imis-net-b",
             description="IMIS-Net ViT-B with CLIP text prompts (released layout; pass --checkpoint)",
             arch="imis-net",
-            arch_kwargs={},
             layout="imis-net",
             preprocess=_IMAGENET_1024_SQUARE_NEAREST,
             multimask="best_iou",
-            prompt_types=frozenset({"box", "point", "mask", "text"}),
+            prompt_types=VISUAL_PROMPTS | {"text"},
             license="Apache-2.0 (IMIS-Bench); weights under their release terms",
         ),
         *(_sam2_spec(size) for size in _SAM2_SIZES),
@@ -162,14 +155,12 @@ REGISTRY: dict[str, ModelSpec] = {
             # its predictor: ImageNet mean/std on 0-255 RGB, then a square nearest resize to 256
             preprocess=Preprocess(256, "square", "nearest", "imagenet", False),
             multimask="best_iou",  # its predictor and test.py take the best of three by predicted IoU
-            prompt_types=frozenset({"box", "point", "mask"}),
             license="Apache-2.0",
         ),
         ModelSpec(
             name="huang2024-vit-b",
             description="Huang et al. (MedIA 2024) SAM ViT-B fine-tuned on boxes (SAM layout; pass --checkpoint)",
             arch="sam-vit",
-            arch_kwargs={},
             layout="sam",
             preprocess=Preprocess(1024, "longest_side", "bilinear", "percentile_imagenet", False),
             # their test takes the best of three masks against the ground truth, which needs the answer;

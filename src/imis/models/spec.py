@@ -305,6 +305,10 @@ def get_layout(name: str) -> WeightLayout:
         ) from None
 
 
+#: The prompts of every SAM-family model; text-prompted ones add "text".
+VISUAL_PROMPTS = frozenset({"box", "point", "mask"})
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything about one model: how to build it (``arch`` with ``arch_kwargs``), how a foreign weight
@@ -314,12 +318,12 @@ class ModelSpec:
     name: str
     description: str
     arch: str  # key of ARCHITECTURES
-    arch_kwargs: dict[str, Any]
     layout: str  # key of LAYOUTS: how foreign weight files are converted
     preprocess: Preprocess
     multimask: MultimaskPolicy
-    prompt_types: frozenset[str]
     license: str
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    prompt_types: frozenset[str] = VISUAL_PROMPTS
     embedded_weights: Callable[[], Path | None] | None = None  # None: the user passes --checkpoint
     text_template: str = TEXT_TEMPLATE
     extra: dict[str, Any] = field(default_factory=dict)

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from imis.cli_options import add_executor_arguments, positive_int
 from imis.errors import InputError
 
 __all__ = ["cmd_prepare", "cmd_prepare_templates", "cmd_restack", "register_prepare_commands"]
@@ -123,16 +124,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
-    return v
-
-
 def register_prepare_commands(subparsers) -> None:
     """Add ``prepare`` and ``restack`` to an ``argparse`` sub-parser collection."""
     p = subparsers.add_parser(
@@ -155,18 +146,9 @@ def register_prepare_commands(subparsers) -> None:
         metavar="prepare.yaml",
         help="settings (YAML); default: the paper's protocol",
     )
-    p.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="cases prepared in parallel: processes on this machine (default 1); with --executor ray, tasks in flight",
-    )
-    p.add_argument(
-        "--executor",
-        choices=["local", "ray"],
-        default="local",
-        help="local (this machine) or ray (the Ray cluster of RAY_ADDRESS, else a local Ray; `pip install ray`)",
+    add_executor_arguments(
+        p,
+        "cases prepared in parallel: processes on this machine (default 1); with --executor ray, tasks in flight",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_prepare)
@@ -183,14 +165,14 @@ def register_prepare_commands(subparsers) -> None:
     )
     t.add_argument(
         "--slice-step",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="keep every Nth slice along each axis of both templates (default 2 for Colin27, 3 for MNI152)",
     )
     t.add_argument(
         "--mni-slice-step",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="the step for MNI152 alone (overrides --slice-step)",
