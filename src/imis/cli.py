@@ -35,7 +35,8 @@ x,y,- (negative). Output formats: .png (one mask: 0/255), .npy, .nii/.nii.gz/.nr
 input's geometry), .dcm (DICOM SEG, for a DICOM series input, validated on read-back). --overlay and
 --preview pictures show slices of volumes in the radiological convention (axial: anterior up, the
 patient's right on the left; coronal: superior up, right on the left; sagittal: superior up, anterior on
-the left) with the prompts drawn; the preview's grid is labelled with the voxel indices to prompt with.
+the left; 3D Slicer's default views) with the prompts drawn; the preview's grid is labelled with the
+voxel indices to prompt with.
 
 Volumes: coordinates and label maps are never flipped (only pictures are). A z slice shows (rows = y, columns = x), a y slice (rows = z,
 columns = x), an x slice (rows = z, columns = y), as `np.take(volume, K, axis)`. --propagate segments

@@ -7,8 +7,9 @@ BACKENDS = ("torch", "onnx", "auto")
 PRECISIONS = ("fp32", "bf16", "int8", "auto")
 BACKEND_HELP = (
     "runtime: torch (PyTorch), onnx (ONNX Runtime on the CPU; the model is exported once into "
-    "~/.cache/imis/onnx, or pass an `imis export` folder as --checkpoint), auto (onnx on a CPU where "
-    "onnxruntime is installed, else torch). Default %(default)s"
+    "~/.cache/imis/onnx, or pass an `imis export` folder as --checkpoint), auto (torch with bf16 "
+    "autocast where the CPU/GPU has fast bf16 units (AMX/AVX512-BF16, CUDA) and --precision is auto or "
+    "bf16; else onnx on a CPU where onnxruntime is installed; else torch). Default %(default)s"
 )
 PRECISION_HELP = (
     "fp32; bf16 (torch: bfloat16 autocast of the encoder); int8 (onnx: the encoder with int8 weights); "

@@ -2,8 +2,10 @@
 
 The README's commands use real paths where the data is here (btcv-demo under ``../shared``, Colin27 and
 AAL under /usr/share/mricron/templates) and a few names for the user's own files (``scan.nrrd``,
-``series_folder/``, ``raw_nnunet_folder/``); :func:`make_inputs` makes those from Colin27 + AAL, the
-YAML files from the README's own ``yaml`` blocks.
+``series_folder/``, ``raw_nnunet_folder/``, ``dicom_series/``, ``Task04_Hippocampus``);
+:func:`make_inputs` makes those from Colin27 + AAL and pydicom's sample CT series, the YAML files from the
+README's own ``yaml`` blocks. What one section's commands read from another's (``imis automask
+data/mydataset`` after ``imis prepare ... --out data/mydataset``) is found by :func:`producer`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,18 @@ COLIN = Path("/usr/share/mricron/templates")
 NOT_RUN = {
     "The two commands": "`make run` and `make test` are the main job and this test suite themselves",
     "Training: `imis train`, and how imis-lite was made": "the training recipe: hours of CPU and GPU time",
-    "Volumes (3D): `VolumeSession`, propagation, DICOM SEG": "propagation through a whole volume takes "
-    "minutes per structure on 2 cores; tests/cli/test_segment_volume.py runs the same commands on real data",
-    "The browser tool: `imis serve`": "a server that runs until stopped; tests/app drive it in Chromium",
-    "Interactive masks: `imis automask` (paper §3.2)": "tens of CPU seconds per image with a 32 x 32 grid, "
-    "and a Ray cluster with GPUs; tests/automask run it on real btcv-demo slices",
 }
+
+#: single README commands (by a piece of their text) that need what this machine lacks, and why
+NOT_RUN_COMMANDS = {
+    "--executor ray --device cuda": "a running Ray cluster (RAY_ADDRESS=auto) with CUDA GPUs",
+}
+
+#: the README section whose commands start a server: run in the background, asked, stopped
+SERVE_SECTION = "The browser tool: `imis serve`"
+
+#: absolute example paths of the user's own data, mapped to folders :func:`make_inputs` makes
+USER_PATHS = {"/data": "data"}
 
 
 def readme_blocks(lang: str, readme: Path = REPO / "README.md") -> list[tuple[str, str]]:
@@ -125,6 +133,33 @@ def make_inputs(work: Path, shared: Path) -> None:
     )
     for name, text in yaml_files().items():
         (work / name).write_text(text, encoding="utf-8")
+    (work / "dicom_series").symlink_to(pydicom_series())  # read only: the SEG is written beside it
+    write_hippocampus_task(work / "Task04_Hippocampus")
+
+
+def pydicom_series() -> Path:
+    """pydicom's CT sample series (5 axial 16 x 16 slices, one DICOM file each), shipped with pydicom."""
+    import pydicom.data
+
+    return Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892001" / "CT5N"
+
+
+def write_hippocampus_task(folder: Path) -> None:
+    """A one-case MSD folder like Task04_Hippocampus: a Colin27 block around AAL's left hippocampus
+    (label 1), 20 of the 40 axial slices it spans (44-83), so that its propagations stay short."""
+    import SimpleITK as sitk
+
+    from imis.data.formats.msd import write_nnunet_raw
+    from imis.io import read_image
+
+    t1 = sitk.ReadImage(str(COLIN / "ch2.nii.gz"))[45:86, 80:130, 54:74]  # x, y, z
+    aal = sitk.ReadImage(str(COLIN / "aal.nii.gz"))[45:86, 80:130, 54:74]
+    tmp = folder.parent / "hippocampus_block.nii.gz"
+    sitk.WriteImage(t1, str(tmp))
+    labels = (sitk.GetArrayFromImage(aal) == 37).astype(np.uint8)
+    cases = [("hippocampus_001", read_image(tmp), labels)]
+    write_nnunet_raw(folder, cases, {1: "Hippocampus"}, "MRI", name="Task04_Hippocampus", style="msd")
+    tmp.unlink()
 
 
 #: options whose value is a file or folder a command writes
@@ -132,4 +167,30 @@ OUTPUT_OPTIONS = ("-o", "--output", "--out", "--overlay", "--preview")
 
 
 def outputs(argv: list[str]) -> list[str]:
-    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in OUTPUT_OPTIONS]
+    """What ``imis ...`` writes: the values of its output options; ``automask DATASET``: DATASET/imask."""
+    named = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in OUTPUT_OPTIONS]
+    return named + ([f"{argv[2]}/imask"] if argv[1:2] == ["automask"] else [])
+
+
+def producer(path: str) -> list[str] | None:
+    """The first README command that writes ``path`` (``-o``/``--out``), or None."""
+    for _, code in readme_blocks("bash"):
+        for argv in commands(code):
+            if path in outputs(argv):
+                return argv
+    return None
+
+
+def split_env(argv: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``VAR=value imis ...`` as ({VAR: value}, the command's argv)."""
+    env = {}
+    while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", argv[0]):
+        key, value = argv[0].split("=", 1)
+        env[key], argv = value, argv[1:]
+    return env, argv
+
+
+def not_run_reason(argv: list[str]) -> str | None:
+    """Why a README command is not run here (:data:`NOT_RUN_COMMANDS`), or None."""
+    line = " ".join(argv)
+    return next((why for text, why in NOT_RUN_COMMANDS.items() if text in line), None)

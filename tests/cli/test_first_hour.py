@@ -289,6 +289,69 @@ def test_orientation_of_each_plane():
     assert not axial.transpose and orientation_of(read_image(CH2.parent / "ch2.nii.gz")).plane == "2d"
 
 
+# 3D Slicer's default slice views (Libs/MRML/Core/vtkMRMLSliceNode.cxx, Initialize{Sagittal,Coronal}Matrix):
+# the SliceToRAS columns 0 and 1 are the RAS directions of screen right and screen up (VTK's XY: origin
+# bottom-left, y up). Sagittal: (0,-1,0) and (0,0,1); coronal: (-1,0,0) and (0,0,1).
+SLICER_RIGHT_UP_RAS = {"x": ((0, -1, 0), (0, 0, 1)), "y": ((-1, 0, 0), (0, 0, 1))}
+
+
+def _picture_centre(image, marker: np.ndarray) -> tuple[float, float]:
+    """(column, row) in the written picture of the voxels of ``marker``: where the overlay changes it."""
+    from imis.io.display import render_slice
+
+    changed = np.any(render_slice(image, marker) != render_slice(image, None), axis=-1)
+    rows, cols = np.nonzero(changed)
+    assert rows.size, "the marker is not in the picture"
+    return float(cols.mean()), float(rows.mean())
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_pictures_put_anatomy_where_3d_slicer_does(colin, axis):
+    """On Colin27: points 40 mm along Slicer's screen-right and screen-up directions from the brain's
+    centre, placed through the affine (SimpleITK, LPS), land right of / above the centre in our picture."""
+    import SimpleITK as sitk
+
+    from imis.io import read_image, slice_volume
+
+    itk = sitk.ReadImage(str(colin))
+    centre = np.array(itk.TransformIndexToPhysicalPoint((90, 108, 90)))  # LPS mm, mid-brain
+    ras_to_lps = np.array([-1.0, -1.0, 1.0])
+    index = (90, 108, 90)["xyz".index(axis)]
+    image = slice_volume(read_image(colin), axis, index)
+    take = {"x": lambda i: (i[2], i[1]), "y": lambda i: (i[2], i[0])}[axis]  # (row, col) in the slice
+
+    def at(offset_ras) -> tuple[float, float]:
+        point = centre + 40.0 * ras_to_lps * np.asarray(offset_ras, float)
+        ijk = itk.TransformPhysicalPointToIndex(point.tolist())
+        assert ijk["xyz".index(axis)] == index, "the direction leaves the slice"
+        marker = np.zeros(image.spatial_shape, np.uint8)
+        r, c = take(ijk)
+        marker[r - 2 : r + 3, c - 2 : c + 3] = 1
+        return _picture_centre(image, marker)
+
+    right, up = SLICER_RIGHT_UP_RAS[axis]
+    c0, r0 = at((0, 0, 0))
+    cr, rr = at(right)
+    cu, ru = at(up)
+    assert cr > c0 + 30 and abs(rr - r0) < 3, f"Slicer's screen-right {right} is not on the right"
+    assert ru < r0 - 30 and abs(cu - c0) < 3, f"Slicer's screen-up {up} is not at the top"
+
+
+def test_sagittal_picture_has_the_frontal_lobe_on_the_left(colin):
+    """AAL on Colin27, a left-hemisphere sagittal slice: the superior frontal gyrus (anterior) is left
+    of the superior occipital gyrus, and above the cerebellum, as in Slicer's sagittal view."""
+    from imis.io import read_image, slice_volume
+
+    aal = read_image(COLIN / "aal.nii.gz").array
+    image = slice_volume(read_image(colin), "x", 70)
+    labels = aal[:, :, 70]
+    frontal, occipital, cerebellum = (
+        _picture_centre(image, (labels == v).astype(np.uint8)) for v in (3, 49, 91)
+    )  # Frontal_Sup_L, Occipital_Sup_L, Cerebelum_Crus1_L
+    assert frontal[0] < occipital[0] - 50
+    assert frontal[1] < cerebellum[1] - 50
+
+
 # -- single-mask PNGs: 0/255, prompts drawn, upscaled overlay -------------------------------------------
 def test_png_mask_0_255_prompts_drawn_and_upscaled(ct_png, tmp_path, capsys):
     out, overlay = tmp_path / "liver.png", tmp_path / "liver_overlay.png"

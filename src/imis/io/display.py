@@ -9,7 +9,12 @@ convention, from the volume's direction matrix:
 * coronal: superior at the top, the patient's right on the left;
 * sagittal: superior at the top, anterior on the left.
 
-A 2D image (no volume) is shown as stored. The preview's grid is labelled with voxel indices, so that
+These are 3D Slicer's default Axial, Coronal and Sagittal views (the orientation presets of
+``vtkMRMLSliceNode``, whose SliceToRAS columns 0 and 1 give screen right and screen up in RAS: axial
+-R and +A, coronal -R and +S, sagittal -A and +S). Two differences, both because pictures show the
+voxels the prompts index: Slicer resamples an oblique volume onto the anatomical plane, we show the
+voxel plane turned to its nearest anatomical orientation (no resampling); and we draw one pixel per
+voxel, where Slicer scales by the voxel spacing. A 2D image (no volume) is shown as stored. The preview's grid is labelled with voxel indices, so that
 the numbers read off it are the ``--box``/``--click`` coordinates even where the picture is flipped.
 """
 
