@@ -167,15 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--name", default=None, help="name of the object (DICOM SEG segment label)")
     seg.add_argument("--label", type=int, default=None, help="label value of the object (default: next free)")
     seg.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    from imis.runtime_options import add_runtime_arguments
+    from imis.runtime_options import add_runtime_arguments, add_zoom_argument
 
     add_runtime_arguments(seg)
-    seg.add_argument(
-        "--zoom",
-        action="store_true",
-        help="zoom-in refinement: after the first mask, decode again on a crop around a small object "
-        "at the model's full input size (one more encoder run; imis.models.zoom)",
-    )
+    add_zoom_argument(seg)
     seg.set_defaults(func=cmd_segment)
 
     exp = sub.add_parser(
@@ -284,9 +279,10 @@ def _add_serve(sub) -> None:
         "--max-sessions", type=int, default=16, help="documents kept in memory (LRU, default 16)"
     )
     srv.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
-    from imis.runtime_options import add_runtime_arguments
+    from imis.runtime_options import add_runtime_arguments, add_zoom_argument
 
     add_runtime_arguments(srv)
+    add_zoom_argument(srv)
     srv.set_defaults(func=cmd_serve)
 
 

@@ -22,3 +22,15 @@ def add_runtime_arguments(parser, default_backend: str = "torch", default_precis
     """--backend and --precision, as `imis segment` and `imis bench` (and automask, serve) take them."""
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend, help=BACKEND_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default=default_precision, help=PRECISION_HELP)
+
+
+ZOOM_HELP = (
+    "zoom-in refinement: after the first mask, decode again on a crop around a small object at the "
+    "model's full input size (one more encoder run per crop; imis.models.zoom). Off by default: the "
+    "shipped imis-lite was not trained on zoomed views and loses Dice with it (README)"
+)
+
+
+def add_zoom_argument(parser) -> None:
+    """--zoom, as `imis segment`, `imis bench` and `imis serve` take it."""
+    parser.add_argument("--zoom", action="store_true", help=ZOOM_HELP)

@@ -300,15 +300,10 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     b.add_argument("--limit-images", type=int, default=None, help="only the first N images (quick runs)")
     b.add_argument("--device", default="cpu", help="torch device of the learned models (default cpu)")
-    from imis.runtime_options import add_runtime_arguments
+    from imis.runtime_options import add_runtime_arguments, add_zoom_argument
 
     add_runtime_arguments(b, default_precision="fp32")
-    b.add_argument(
-        "--zoom",
-        action="store_true",
-        help="zoom-in refinement of the learned models: after the first mask, decode again on a crop "
-        "around a small object at the model's full input size (imis.models.zoom)",
-    )
+    add_zoom_argument(b)  # the learned models only; baselines run as they are
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)
     r = subparsers.add_parser(
