@@ -83,30 +83,12 @@ def _colin_block(z0: int, z1: int):
 
 
 def write_dicom_series(image, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.22") -> None:
-    """A 3D SimpleITK image as one DICOM file per slice (SimpleITK's DicomSeriesFromArray example)."""
+    """A 3D SimpleITK image as an int16 DICOM series, one file per slice (the io tests' writer)."""
     import SimpleITK as sitk
 
-    folder.mkdir(parents=True, exist_ok=True)
-    image = sitk.Cast(image, sitk.sitkInt16)
-    d = image.GetDirection()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    tags = {
-        "0008|0060": "MR",
-        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.21",
-        "0020|000e": series_uid,
-        "0020|0037": "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-    }
-    for k in range(image.GetDepth()):
-        sl = image[:, :, k]
-        for tag, value in tags.items():
-            sl.SetMetaData(tag, value)
-        pos = image.TransformIndexToPhysicalPoint((0, 0, k))
-        sl.SetMetaData("0020|0032", "\\".join(f"{v:.10f}" for v in pos))
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
-        writer.SetFileName(str(folder / f"s{k:03d}.dcm"))
-        writer.Execute(sl)
+    from tests.io.dicom_helpers import write_dicom_series as write_series
+
+    write_series(sitk.Cast(image, sitk.sitkInt16), folder, series_uid)
 
 
 def make_inputs(work: Path, shared: Path) -> None:
