@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from imis.errors import PromptError
+from imis.models.fast_decode import SharedImageCache, decode_one, supports_fast_decode
 from imis.models.preprocess import Frame, Preprocess, logits_to_native, prepare_image
 from imis.models.spec import ModelSpec, MultimaskPolicy
 
@@ -172,6 +173,8 @@ class InteractiveModel:
         # bfloat16 autocast for the encoder where the CPU/GPU has fast bf16; None keeps float32.
         self.dtype = dtype
         self._text_cache: dict[str, torch.Tensor] = {}
+        # The per-image half of the decoder for the embeddings clicked last (see fast_decode).
+        self._shared = SharedImageCache() if supports_fast_decode(self.net) else None
 
     def __repr__(self) -> str:
         return f"InteractiveModel({self.name!r}, prompts={sorted(self.prompt_types)})"
@@ -245,18 +248,21 @@ class InteractiveModel:
         text = self.text_embedding(prompts.text) if prompts.text is not None else None
         mask_in = prompts.mask_logits.to(self.device) if prompts.mask_logits is not None else None
         multimask = self._use_multimask(prompts, multimask or self.multimask)
-        out = self.net.decode(
-            embedding.features,
-            points=points,
-            boxes=boxes,
-            masks=mask_in,
-            text_embedding=text,
-            multimask_output=multimask,
-        )
-        low_res, iou = out["low_res_masks"], out["iou_pred"]
-        if low_res.shape[1] > 1:
-            best = int(torch.argmax(iou[0]))
-            low_res, iou = low_res[:, best : best + 1], iou[:, best : best + 1]
+        if self._shared is not None and mask_in is None and text is None:
+            low_res, iou = self._decode_cached(embedding, points, boxes, multimask)
+        else:
+            out = self.net.decode(
+                embedding.features,
+                points=points,
+                boxes=boxes,
+                masks=mask_in,
+                text_embedding=text,
+                multimask_output=multimask,
+            )
+            low_res, iou = out["low_res_masks"], out["iou_pred"]
+            if low_res.shape[1] > 1:
+                best = int(torch.argmax(iou[0]))
+                low_res, iou = low_res[:, best : best + 1], iou[:, best : best + 1]
         native = logits_to_native(low_res.float(), frame)[0, 0]
         logits = native.cpu().numpy()
         return Prediction(
@@ -265,6 +271,16 @@ class InteractiveModel:
             low_res_logits=low_res.detach().float().cpu(),
             quality=float(iou[0, 0]),
         )
+
+    def _decode_cached(
+        self, embedding: Embedding, points, boxes, multimask: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clicks/box without mask or text: the decoder with its per-image half cached (same masks as
+        ``net.decode`` to float rounding; about 0.6x its time for a click on a 512 x 512 image)."""
+        sparse, _ = self.net.prompt_encoder(points, boxes, None, None)
+        features = embedding.features
+        shared = self._shared.get(self.net, features)
+        return decode_one(self.net, shared, sparse.to(features.dtype), multimask)
 
     @staticmethod
     def _use_multimask(prompts: PromptSpec, policy: MultimaskPolicy) -> bool:
