@@ -4,7 +4,9 @@ Measures prompt encoder + mask decoder + resize to a 512x512 image, for one posi
 multimask rule) and for a box, on a real btcv-demo slice geometry. Prints one JSON line with median
 milliseconds, ratios and the IoU between the two implementations' masks; ``*_onnx_*``: the same model's
 decoder exported to ONNX and run through the ONNX Runtime backend (`load_model(..., backend="onnx")`'s
-decode), timed in the same interleaved loop.
+decode), timed in the same interleaved loop. ``*_first_*``: ours with the decoder's per-image cache
+emptied before every call (the first click on a slice, see `imis.models.fast_decode`). ``refine``: two
+clicks plus the previous mask's low-res logits as the mask prompt (a correction click).
 Needs `pip install --no-deps segment-anything==1.0` (benchmarks only).
 """
 
@@ -73,6 +75,31 @@ def main() -> None:
     def ours_box():
         return ours.decode(emb, PromptSpec(box=box.astype(np.float32))).mask
 
+    def first(fn):
+        def run():
+            ours._shared.clear()
+            return fn()
+
+        return run
+
+    refine_pts = np.array([[250.0, 300.0], [180.0, 260.0]])
+    refine_lab = np.array([1, 0])
+    prev = ours.decode(emb, PromptSpec(points=click.astype(np.float32), labels=np.array([1])))
+    prev_logits = prev.low_res_logits
+
+    def off_refine():
+        masks, _, _ = predictor.predict(
+            point_coords=refine_pts,
+            point_labels=refine_lab,
+            mask_input=prev_logits[0].numpy(),
+            multimask_output=False,
+        )
+        return masks[0]
+
+    def ours_refine():
+        spec = PromptSpec(points=refine_pts.astype(np.float32), labels=refine_lab, mask_logits=prev_logits)
+        return ours.decode(emb, spec).mask
+
     onnx_model = onnx_decoder_model(ours, args.threads)
 
     def onnx_click():
@@ -82,8 +109,17 @@ def main() -> None:
         return onnx_model.decode(emb, PromptSpec(box=box.astype(np.float32))).mask
 
     res = {"benchmark": "click_latency_512", "torch": torch.__version__, "threads": args.threads}
-    cases = (("click", off_click, ours_click, onnx_click), ("box", off_box, ours_box, onnx_box))
+    cases = (
+        ("click", off_click, ours_click, onnx_click),
+        ("box", off_box, ours_box, onnx_box),
+        ("click_first", off_click, first(ours_click), None),
+        ("box_first", off_box, first(ours_box), None),
+        ("refine", off_refine, ours_refine, None),
+    )
     for name, fo, fu, fx in cases:
+        if fx is None:
+            res.update(interleaved(name, args.reps, fo, fu))
+            continue
         a, b, c = fo(), fu(), fx()
         t_o, t_u, t_x = [], [], []
         for _ in range(args.reps):  # interleaved so drift affects all alike
@@ -101,6 +137,24 @@ def main() -> None:
         res[f"{name}_onnx_ratio_vs_official"] = round(mx / mo, 3)
         res[f"{name}_onnx_mask_iou_vs_official"] = round(iou(a, c), 4)
     print(json.dumps(res))
+
+
+def interleaved(name: str, reps: int, fo, fu) -> dict:
+    """Official vs ours, interleaved: medians, ratio and mask IoU."""
+    a, b = fo(), fu()
+    t_o, t_u = [], []
+    for _ in range(reps):
+        for fn, acc in ((fo, t_o), (fu, t_u)):
+            t = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t)
+    mo, mu = (statistics.median(t) * 1e3 for t in (t_o, t_u))
+    return {
+        f"{name}_official_ms": round(mo, 2),
+        f"{name}_ours_ms": round(mu, 2),
+        f"{name}_ratio": round(mu / mo, 3),
+        f"{name}_mask_iou": round(iou(a, b), 4),
+    }
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

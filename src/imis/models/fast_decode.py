@@ -68,6 +68,10 @@ class SharedImageCache:
                 self._entries.popitem(last=False)
         return shared
 
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
 
