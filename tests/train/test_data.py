@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from imis.data.formats.imed import read_dataset, read_label
 from imis.errors import InputError
@@ -125,3 +126,68 @@ def test_whole_cases_kept_or_left_out(btcv_dir, tmp_path):
     # runs configured before these keys existed keep their resume key
     plain = TrainConfig.from_mapping({"datasets": [str(btcv_dir)]}, "x.yaml", tmp_path)
     assert "cases" not in config_key(plain)["datasets"][0]
+
+
+def test_zoom_variants_are_crops_around_one_small_target_normalised_as_the_whole_image(btcv_dir):
+    from imis.models.zoom import ZoomConfig
+    from imis.train.data import TrainImage, train_input, zoom_window
+
+    pre = _pre()
+    imgs = load_images(_spec(btcv_dir, zoom_variants=3), pre, 256, geometry=Geometry())
+    base = [im for im in imgs if im.affine is None]
+    crops = [im for im in imgs if im.affine is not None]
+    assert len(base) == 2 and 2 <= len(crops) <= 6 and len({im.key for im in imgs}) == len(imgs)
+    # validation images (no geometry) get no zoom crops
+    assert len(load_images(_spec(btcv_dir, zoom_variants=3), pre, 256)) == 2
+    entry = sorted(read_dataset(btcv_dir).split("train"), key=lambda e: e.stem)[0]
+    label = read_label(entry.label)
+    names = read_dataset(btcv_dir).label_names(label.shape[0])
+    allowed = [c for c in range(label.shape[0]) if label[c].any()]
+    key = next(im.key for im in base if im.stem == entry.stem)
+    drawn = [zoom_window(key, z, label, allowed) for z in (1, 2, 3)]
+    mine = [c for c in crops if c.stem == entry.stem]
+    assert len(mine) == sum(d is not None for d in drawn) >= 1
+    for crop, (c, (x0, y0, x1, y1)) in zip(mine, [d for d in drawn if d is not None], strict=True):
+        # a pure translation into a smaller square view whose frame is the crop's
+        assert np.allclose(crop.affine, [[1, 0, -x0], [0, 1, -y0]]) and crop.whole_range
+        h, w = crop.size
+        assert (h, w) == (y1 - y0, x1 - x0) and h == w < label.shape[-1] and crop.frame.orig_hw == (h, w)
+        # the drawn target is small, inside the view, and fills a larger share of it than of the image
+        side = max(np.ptp(np.flatnonzero(label[c].any(1))), np.ptp(np.flatnonzero(label[c].any(0)))) + 1
+        assert side <= ZoomConfig().max_object_frac * label.shape[-1]
+        assert 3 * side - 1 <= h <= 5 * side + 1 or h == 96  # 3-5x the object, at least min_crop
+        assert label[c][y0:y1, x0:x1].sum() == label[c].sum()
+        focus = next(t for t in crop.gt if t.name == names[c])
+        share = label[c].mean() * (label.shape[-1] / h) ** 2  # its share of the view at native size
+        assert abs(focus.mask.mean() - share) <= 0.1 * share
+    assert zoom_window(key, 1, label, allowed) == drawn[0]
+    assert zoom_window(key, 1, label, []) is None
+    # intensities: the crop normalised with the whole image's range, as imis.models.zoom encodes crops
+    crop = crops[0]
+    x = train_input(crop, pre)
+    as_own = train_input(TrainImage(**{**crop.__dict__, "whole_range": False}), pre)
+    from imis.data.formats.imed import read_image
+    from imis.models.preprocess import prepare_image
+
+    image = read_image(crop.path)
+    cx0, cy0 = (-crop.affine[:, 2]).astype(int)
+    h, w = crop.size
+    expect, _ = prepare_image(
+        image[cy0 : cy0 + h, cx0 : cx0 + w], pre, "crop", (float(image.min()), float(image.max()))
+    )
+    torch.testing.assert_close(x, expect, atol=1e-5, rtol=0)
+    own = image[cy0 : cy0 + h, cx0 : cx0 + w]
+    if (own.min(), own.max()) != (image.min(), image.max()):  # else both ranges are the same
+        assert not torch.allclose(x, as_own)
+
+
+def test_zoom_variants_config(btcv_dir, tmp_path):
+    base = {"datasets": [{"path": str(btcv_dir), "zoom_variants": -1}]}
+    with pytest.raises(InputError, match="zoom_variants must be >= 0"):
+        TrainConfig.from_mapping(base, "x.yaml", tmp_path)
+    plain = TrainConfig.from_mapping({"datasets": [str(btcv_dir)]}, "x.yaml", tmp_path)
+    assert "zoom_variants" not in config_key(plain)["datasets"][0]
+    with_z = TrainConfig.from_mapping(
+        {"datasets": [{"path": str(btcv_dir), "zoom_variants": 2}]}, "x.yaml", tmp_path
+    )
+    assert config_key(with_z)["datasets"][0]["zoom_variants"] == 2

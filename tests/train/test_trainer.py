@@ -215,24 +215,19 @@ def test_cli_train_reports_bad_config(tmp_path, capsys):
     assert "epochs must be >= 1" in capsys.readouterr().err
 
 
-def test_geometric_variants_train_and_are_cached(btcv_dir, tmp_path):
+def test_geometric_and_zoom_variants_train_and_are_cached(btcv_dir, tmp_path):
     cache = tmp_path / "cache"
-    cfg = _cfg(
-        btcv_dir,
-        tmp_path,
-        cache,
-        "variants",
-        datasets=[{"path": str(btcv_dir), "split": "train", "max_images": 1, "variants": 2}],
-        steps_per_epoch=2,
-    )
+    entry = {"path": str(btcv_dir), "split": "train", "max_images": 1, "variants": 2, "zoom_variants": 1}
+    cfg = _cfg(btcv_dir, tmp_path, cache, "variants", datasets=[entry], steps_per_epoch=2)
     res = train(cfg, progress=False)
     assert res.steps == 2 and res.skipped_steps == 0
     files = sorted(p.stem for p in cache.glob("*/*.npy"))
     base = [f for f in files if "-" not in f]
-    assert len(base) == 1 and len(files) == 3  # the image and its two variants, each encoded once
+    # the image, its two geometric variants and its zoom crop, each encoded once
+    assert len(base) == 1 and len(files) == 4
     assert all(f.startswith(base[0]) for f in files)
     embs = [np.load(p) for p in sorted(cache.glob("*/*.npy"))]
-    assert not np.allclose(embs[0], embs[1]) and not np.allclose(embs[1], embs[2])
+    assert all(not np.allclose(a, b) for i, a in enumerate(embs) for b in embs[i + 1 :])
 
 
 def test_shipped_training_configs_are_valid():

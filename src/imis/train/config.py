@@ -137,7 +137,9 @@ class DatasetSpec:
     ``ABD_035``): a validation split of whole held-out cases, not slices of training cases; variants:
     N fixed random rotations/zooms/shifts of each image (targets warped alike) that train beside it.
     With a frozen encoder the intensity augmentation cannot act (embeddings are cached), so these
-    variants are what augments: each one is encoded once and cached like an image.
+    variants are what augments: each one is encoded once and cached like an image. zoom_variants: N
+    crops around one small target each, as the zoom-in refinement sees an object at inference
+    (``imis.train.data.zoom_window``), also encoded once and cached.
     """
 
     path: str
@@ -155,6 +157,7 @@ class DatasetSpec:
     seed: int = 0
     sources: tuple[str, ...] = ()
     btcv: str | None = None
+    zoom_variants: int = 0
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> DatasetSpec:
@@ -190,6 +193,9 @@ class DatasetSpec:
         variants = _check_type(data.get("variants", 0), int, where, "variants")
         if variants < 0:
             raise InputError(f"{where}: variants must be >= 0, not {variants}")
+        zoom_variants = _check_type(data.get("zoom_variants", 0), int, where, "zoom_variants")
+        if zoom_variants < 0:
+            raise InputError(f"{where}: zoom_variants must be >= 0, not {zoom_variants}")
         cases = _strings(data.get("cases", ()), where, "cases", "case ids (e.g. [ABD_035])")
         exclude_cases = _strings(
             data.get("exclude_cases", ()), where, "exclude_cases", "case ids (e.g. [ABD_035])"
@@ -199,7 +205,17 @@ class DatasetSpec:
                 f"{where}: cases {sorted(set(cases) & set(exclude_cases))} are both kept and left out"
             )
         return cls(
-            path, split, repeat, imask, tuple(exclude), max_images, every, variants, cases, exclude_cases
+            path,
+            split,
+            repeat,
+            imask,
+            tuple(exclude),
+            max_images,
+            every,
+            variants,
+            cases,
+            exclude_cases,
+            zoom_variants=zoom_variants,
         )
 
     @classmethod

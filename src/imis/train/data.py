@@ -14,10 +14,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from scipy import ndimage
 
 from imis.errors import ImisError, InputError
-from imis.models.preprocess import Frame, Preprocess, frame_for
+from imis.models.preprocess import Frame, Preprocess, frame_for, prepare_image
+from imis.models.zoom import ZoomConfig, crop_window
 from imis.train.config import DatasetSpec
 
 __all__ = [
@@ -29,8 +31,10 @@ __all__ = [
     "load_synthetic",
     "read_train_image",
     "to_lowres",
+    "train_input",
     "variant_affine",
     "warp_image",
+    "zoom_window",
 ]
 
 MIN_TARGET_PIXELS = 4  # in the low-res frame: smaller targets cannot be clicked/boxed meaningfully
@@ -51,7 +55,9 @@ class TrainImage:
     """One image: where it is, its cache key, its frame and its targets.
 
     ``affine``: for a geometric variant, the (2, 3) map applied to the native image (its targets are
-    already warped); None for the image itself.
+    already warped); None for the image itself. ``size``: (H, W) of the warped view when it is not the
+    image's (a zoom crop); ``whole_range``: normalise the view's intensities with the whole image's
+    range, as the zoom-in refinement does at inference (`imis.models.zoom`).
     """
 
     key: str
@@ -62,6 +68,8 @@ class TrainImage:
     gt: list[Target]
     imask: list[Target]
     affine: np.ndarray | None = None
+    size: tuple[int, int] | None = None
+    whole_range: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,37 +98,95 @@ def variant_affine(key: str, variant: int, hw: tuple[int, int], geometry: Geomet
     return m
 
 
-def _variant_key(key: str, m: np.ndarray) -> str:
+def zoom_window(
+    key: str, variant: int, label: np.ndarray, allowed: list[int], jitter: float = 0.1
+) -> tuple[int, tuple[int, int, int, int]] | None:
+    """(target channel, crop (x0, y0, x1, y1) end-exclusive) of zoom variant ``variant`` (>= 1).
+
+    As the zoom-in refinement crops at inference (`imis.models.zoom.crop_window`): around one target
+    (channel of ``label`` (C, H, W) among ``allowed``, drawn from the image key and the variant only),
+    the side drawn in 3-5x the object's (inference uses 4x) and the centre shifted by up to ``jitter``
+    of the object's side (a first mask is rarely exact). None when no target is small enough to zoom.
+    """
+    h, w = label.shape[-2:]
+    cfg = ZoomConfig()
+    extents = {}
+    for c in allowed:
+        rows, cols = np.flatnonzero(label[c].any(1)), np.flatnonzero(label[c].any(0))
+        if len(rows) and max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 <= cfg.max_object_frac * max(h, w):
+            extents[c] = (cols[0], rows[0], cols[-1], rows[-1])
+    if not extents:
+        return None
+    rng = np.random.default_rng([int(key[:12], 16), 1000 + int(variant)])
+    channel = sorted(extents)[int(rng.integers(len(extents)))]
+    x0, y0, x1, y1 = extents[channel]
+    side = max(x1 - x0, y1 - y0) + 1
+    dx, dy = np.round(rng.uniform(-jitter, jitter, size=2) * side).astype(int)
+    shifted = (int(x0 + dx), int(y0 + dy), int(x1 + dx), int(y1 + dy))
+    window = crop_window(shifted, (h, w), ZoomConfig(expand=float(rng.uniform(3.0, 5.0))))
+    return None if window is None else (channel, window)
+
+
+def _variant_key(key: str, m: np.ndarray, size: tuple[int, int] | None = None) -> str:
     # the cache key names the exact warp: another geometry never reuses a stale embedding
-    return f"{key}-{hashlib.sha1(np.round(m, 5).tobytes()).hexdigest()[:10]}"
+    h = hashlib.sha1(np.round(m, 5).tobytes())
+    if size is not None:
+        h.update(np.asarray(size, np.int64).tobytes())
+    return f"{key}-{h.hexdigest()[:10]}"
 
 
-def warp_image(image: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """A native image (H, W) or (H, W, C) warped by ``m``; uncovered pixels take the image's minimum."""
-    h, w = image.shape[:2]
+def _out_size(shape: tuple[int, ...], size: tuple[int, int] | None) -> tuple[int, int]:
+    """cv2's (width, height) of a warp's output: ``size`` (H, W), else the input's own."""
+    h, w = size if size is not None else shape[:2]
+    return int(w), int(h)
+
+
+def warp_image(image: np.ndarray, m: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A native image (H, W) or (H, W, C) warped by ``m`` into ``size`` (H, W; default its own);
+    uncovered pixels take the image's minimum."""
     src = image if image.dtype in (np.uint8, np.uint16, np.int16, np.float32) else image.astype(np.float32)
     out = cv2.warpAffine(
-        src, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=float(src.min())
+        src,
+        m,
+        _out_size(image.shape, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=float(src.min()),
     )
     return out.astype(image.dtype, copy=False)
 
 
-def read_train_image(path: Path, affine: np.ndarray | None = None) -> np.ndarray:
-    """The native image at ``path``, warped by ``affine`` when it is a geometric variant."""
+def read_train_image(
+    path: Path, affine: np.ndarray | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The native image at ``path``, warped by ``affine`` (into ``size``) when it is a variant."""
     from imis.data.formats.imed import read_image
 
     image = read_image(path)
-    return image if affine is None else warp_image(image, affine)
+    return image if affine is None else warp_image(image, affine, size)
 
 
-def _warp_mask(mask: np.ndarray, m: np.ndarray) -> np.ndarray:
-    h, w = mask.shape
-    return cv2.warpAffine(mask.astype(np.float32), m, (w, h), flags=cv2.INTER_LINEAR) >= 0.5
+def train_input(img: TrainImage, pre: Preprocess) -> torch.Tensor:
+    """The network input (1, 3, S, S) of a training image or variant, preprocessed by ``pre``."""
+    from imis.data.formats.imed import read_image
+
+    image = read_image(img.path)
+    value_range = (float(image.min()), float(image.max())) if img.whole_range else None
+    if img.affine is not None:
+        image = warp_image(image, img.affine, img.size)
+    x, _ = prepare_image(image, pre, str(img.path), value_range)
+    return x
 
 
-def _warp_ids(ids: np.ndarray, m: np.ndarray) -> np.ndarray:
-    h, w = ids.shape
-    out = cv2.warpAffine(ids.astype(np.float32), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=-1.0)
+def _warp_mask(mask: np.ndarray, m: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    out = cv2.warpAffine(mask.astype(np.float32), m, _out_size(mask.shape, size), flags=cv2.INTER_LINEAR)
+    return out >= 0.5
+
+
+def _warp_ids(ids: np.ndarray, m: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    out = cv2.warpAffine(
+        ids.astype(np.float32), m, _out_size(ids.shape, size), flags=cv2.INTER_NEAREST, borderValue=-1.0
+    )
     return out.astype(np.int64)
 
 
@@ -195,7 +261,8 @@ def load_images(
     geometry: Geometry | None = None,
 ) -> list[TrainImage]:
     """Read one dataset's images and warp their targets to the low-res frame; with ``geometry``, each
-    image is followed by its ``spec.variants`` geometric variants.
+    image is followed by its ``spec.variants`` geometric variants; then by its ``spec.zoom_variants``
+    zoom crops (`zoom_window`), which teach the zoom-in refinement's views.
 
     Raises InputError when the folder is not a dataset or has no usable target at all.
     """
@@ -223,7 +290,6 @@ def load_images(
         except ImisError as exc:
             raise InputError(f"{root}: {exc}") from None
         h, w = label.shape[-2:]
-        frame = frame_for((h, w), preprocess)
         names = ds.label_names(label.shape[0])
         ids = None
         if use_imask and e.imask is not None:
@@ -232,34 +298,60 @@ def load_images(
             except InputError:
                 ids = None  # an image without its imask file still trains on its ground truth
         key = _image_key(Path(e.image))
-        n_variants = spec.variants if geometry is not None else 0
-        for v in range(n_variants + 1):
-            m = None if v == 0 else variant_affine(key, v, (h, w), geometry)
-            gt = []
-            for c in range(label.shape[0]):
-                if names[c].lower() in excluded or not label[c].any():
-                    continue
-                native = label[c] if m is None else _warp_mask(label[c], m)
-                lr_mask = to_lowres(native, frame, lowres)
-                if lr_mask.sum() >= MIN_TARGET_PIXELS:
-                    gt.append(Target(lr_mask, names[c], "gt"))
-            imask = []
-            if ids is not None:
-                v_ids = ids if m is None else _warp_ids(ids, m)
-                # Cleaned in the low-res frame, as the reference cleans after resizing to its input size.
-                for lr_mask in clean_imask(ids_to_lowres(v_ids, frame, lowres), clean=clean_imasks):
-                    if lr_mask.sum() >= MIN_TARGET_PIXELS:
-                        imask.append(Target(lr_mask, None, "imask"))
-            if not gt and not imask:
+        allowed = [c for c in range(label.shape[0]) if names[c].lower() not in excluded and label[c].any()]
+        views: list[tuple[np.ndarray | None, tuple[int, int] | None]] = [(None, None)]
+        if geometry is not None:  # variants augment training, validation images are seen as they are
+            views += [(variant_affine(key, v, (h, w), geometry), None) for v in range(1, spec.variants + 1)]
+        for z in range(1, spec.zoom_variants + 1 if geometry is not None else 1):
+            zoom = zoom_window(key, z, label, allowed)
+            if zoom is not None:
+                x0, y0, x1, y1 = zoom[1]
+                views.append((np.array([[1.0, 0, -x0], [0, 1.0, -y0]]), (y1 - y0, x1 - x0)))
+        for m, size in views:
+            view = _view_targets(label, names, allowed, ids, m, size, preprocess, lowres, clean_imasks)
+            if view is None:
                 continue
-            vkey = key if m is None else _variant_key(key, m)
-            images.append(TrainImage(vkey, Path(e.image), ds.name, e.stem, frame, gt, imask, m))
+            frame, gt, imask = view
+            vkey = key if m is None else _variant_key(key, m, size)
+            images.append(
+                TrainImage(vkey, Path(e.image), ds.name, e.stem, frame, gt, imask, m, size, size is not None)
+            )
     if not images:
         raise InputError(
             f"{root}: no usable target in split {spec.split!r} (every mask is empty, excluded or "
             f"smaller than {MIN_TARGET_PIXELS} pixels at the network's resolution)"
         )
     return images
+
+
+def _view_targets(
+    label: np.ndarray,
+    names: list[str],
+    allowed: list[int],
+    ids: np.ndarray | None,
+    m: np.ndarray | None,
+    size: tuple[int, int] | None,
+    preprocess: Preprocess,
+    lowres: int,
+    clean_imasks: bool,
+) -> tuple[Frame, list[Target], list[Target]] | None:
+    """The frame and low-res targets of one view of an image (``m`` None: the image itself); None when
+    no target is left."""
+    frame = frame_for(size if size is not None else label.shape[-2:], preprocess)
+    gt = []
+    for c in allowed:
+        native = label[c] if m is None else _warp_mask(label[c], m, size)
+        lr_mask = to_lowres(native, frame, lowres)
+        if lr_mask.sum() >= MIN_TARGET_PIXELS:
+            gt.append(Target(lr_mask, names[c], "gt"))
+    imask = []
+    if ids is not None:
+        v_ids = ids if m is None else _warp_ids(ids, m, size)
+        # Cleaned in the low-res frame, as the reference cleans after resizing to its input size.
+        for lr_mask in clean_imask(ids_to_lowres(v_ids, frame, lowres), clean=clean_imasks):
+            if lr_mask.sum() >= MIN_TARGET_PIXELS:
+                imask.append(Target(lr_mask, None, "imask"))
+    return (frame, gt, imask) if gt or imask else None
 
 
 def load_synthetic(spec: DatasetSpec, preprocess: Preprocess, lowres: int) -> list[TrainImage]:

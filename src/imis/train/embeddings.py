@@ -12,11 +12,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from imis.models.preprocess import Preprocess, prepare_image
+from imis.models.preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from imis.train.data import TrainImage
 
 __all__ = ["EmbeddingStore", "encoder_id"]
 
@@ -51,9 +55,9 @@ class EmbeddingStore:
     def __contains__(self, key: str) -> bool:
         return key in self._mem or (self.folder / f"{key}.npy").is_file()
 
-    def get(self, key: str, image_path: Path, affine: np.ndarray | None = None) -> torch.Tensor:
-        """The fp16 (C, h, w) embedding of the image at ``image_path`` (cache key ``key``), warped by
-        ``affine`` (2, 3) first for a geometric variant."""
+    def get(self, img: TrainImage) -> torch.Tensor:
+        """The fp16 (C, h, w) embedding of a training image or variant (cache key ``img.key``)."""
+        key = img.key
         if key in self._mem:
             return self._mem[key]
         path = self.folder / f"{key}.npy"
@@ -65,7 +69,7 @@ class EmbeddingStore:
             except (OSError, ValueError):
                 emb = None  # a damaged cache file is recomputed
         if emb is None:
-            emb = self._encode(image_path, affine)
+            emb = self._encode(img)
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
             with open(tmp, "wb") as f:
                 np.save(f, emb.numpy())
@@ -75,9 +79,9 @@ class EmbeddingStore:
         return emb
 
     @torch.inference_mode()
-    def _encode(self, image_path: Path, affine: np.ndarray | None) -> torch.Tensor:
-        from imis.train.data import read_train_image
+    def _encode(self, img: TrainImage) -> torch.Tensor:
+        from imis.train.data import train_input
 
-        x, _ = prepare_image(read_train_image(image_path, affine), self.preprocess, str(image_path))
+        x = train_input(img, self.preprocess)
         feats = self.encoder(x.to(self.device))
         return feats[0].to("cpu", torch.float16).contiguous()

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from imis.errors import ImisError, InputError
-from imis.models.preprocess import Preprocess, prepare_image
+from imis.models.preprocess import Preprocess
 from imis.train.config import TrainConfig
-from imis.train.data import Geometry, TrainImage, load_images, read_train_image
+from imis.train.data import Geometry, TrainImage, load_images, train_input
 from imis.train.distributed import Dist, allreduce_grads, barrier, init_distributed
 from imis.train.interaction import MaskState, run_interaction
 from imis.train.logs import CsvLog, progress_bar, tensorboard
@@ -201,7 +201,7 @@ def _embedding_store(cfg, net, trunk, pre, data: _Data, device, d: Dist, out: Pa
     unique = {im.key: im for im in data.train + data.val}
     todo = [im for i, (_, im) in enumerate(sorted(unique.items())) if i % d.world == d.rank]
     for im in progress_bar(todo, "encode images", progress and d.main):
-        store.get(im.key, im.path, im.affine)
+        store.get(im)
     barrier(d)
     return store
 
@@ -307,9 +307,9 @@ class _Loop:
             img = self.data.train[batch[at]]
             rng = _rng(cfg.seed, p.epoch, p.step_in_epoch, at)
             if self.store is not None:
-                embs.append(self.store.get(img.key, img.path, img.affine).to(self.device).float())
+                embs.append(self.store.get(img).to(self.device).float())
             else:
-                x, _ = prepare_image(read_train_image(img.path, img.affine), self.pre, str(img.path))
+                x = train_input(img, self.pre)
                 embs.append(_augment(x, cfg, rng).to(self.device))
             for j, t in enumerate(_pick_targets(img, cfg, rng)):
                 states.append(

@@ -10,7 +10,7 @@ import torch
 
 from imis.models.preprocess import Preprocess
 from imis.train.config import TrainConfig
-from imis.train.data import TrainImage, read_train_image
+from imis.train.data import TrainImage, train_input
 from imis.train.interaction import MaskState
 
 
@@ -46,13 +46,11 @@ def evaluate(
         if n >= cfg.val_max_targets:
             break
         if store is not None:
-            emb = store.get(img.key, img.path, img.affine).to(device).float()[None]
+            emb = store.get(img).to(device).float()[None]
             if head is not None:
                 emb = head(emb).float()
         else:
-            from imis.models.preprocess import prepare_image
-
-            x, _ = prepare_image(read_train_image(img.path, img.affine), pre, str(img.path))
+            x = train_input(img, pre)
             emb = net.image_encoder(x.to(device)).float()
         for t in img.gt[: cfg.val_max_targets - n]:
             n += 1
