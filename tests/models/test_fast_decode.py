@@ -77,15 +77,23 @@ def test_cached_path_equals_the_plain_decoder(name):
     assert len(model._shared) == 1  # the cached path ran, once for the embedding
 
 
-def test_a_mask_prompt_takes_the_plain_decoder():
-    model = _small("imis-lite")
+@pytest.mark.parametrize("name", ["imis-lite", "sam-vit-b"])
+def test_a_mask_prompt_gives_the_plain_decoders_masks_and_leaves_the_cache(name):
+    model = _small(name)
     model._shared = SharedImageCache()
     emb = model.encode(np.zeros((64, 64), np.float32) + np.arange(64, dtype=np.float32))
     first = model.decode(emb, PROMPTS["click"])
-    again = PromptSpec(points=PROMPTS["click"].points, labels=np.array([1]), mask_logits=first.low_res_logits)
-    got = model.decode(emb, again)
-    ref = _plain(model).decode(emb, again)
-    np.testing.assert_array_equal(got.logits, ref.logits)
+    cached = model._shared.get(model.net, emb.features)
+    for prompts in (PROMPTS["clicks"], PROMPTS["box_click"]):
+        again = PromptSpec(
+            points=prompts.points, labels=prompts.labels, box=prompts.box, mask_logits=first.low_res_logits
+        )
+        got = model.decode(emb, again)
+        ref = _plain(model).decode(emb, again)
+        np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
+        assert got.quality == pytest.approx(ref.quality, abs=1e-5)
+    # the per-image entry is the no-mask one still
+    assert len(model._shared) == 1 and model._shared.get(model.net, emb.features) is cached
 
 
 def test_cache_is_bounded_and_keyed_by_the_tensor():

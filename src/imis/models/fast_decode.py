@@ -9,9 +9,12 @@ tokens multiplied by the few prompt tokens). A user clicks many times on one sli
 :class:`SharedImageCache` keeps that per-image part for the few embeddings clicked last, and the
 4x upscaling runs for the one output that is returned instead of all of them.
 
-Only prompts that leave the dense prompt at its "no mask" value take this path: clicks and boxes,
-without a mask prompt or a text prompt, on a `PromptableSegmenter` with the plain `MaskDecoder`
-(the tests compare it with the plain decoder on every such model in the registry).
+Clicks and boxes without a mask prompt leave the dense prompt at its "no mask" value and take the
+cached path. With a mask prompt (a correction click feeding the previous logits back) the image side
+holds that prompt's dense embedding: it is computed for the prompt (:func:`shared_for_mask`, not
+cached), and the rest runs as above. Text prompts, and models other than a `PromptableSegmenter` with
+the plain `MaskDecoder`, take `PromptableSegmenter.decode` (the tests compare both paths on every
+registry model that takes this one).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from imis.models.grid_decode import GridDecode, SharedImage, decode_clicks, shar
 from imis.models.mask_decoder import MaskDecoder
 from imis.models.segmenter import PromptableSegmenter
 
-__all__ = ["SharedImageCache", "decode_one", "supports_fast_decode"]
+__all__ = ["SharedImageCache", "decode_one", "shared_for_mask", "supports_fast_decode"]
 
 
 def supports_fast_decode(net: torch.nn.Module) -> bool:
@@ -74,6 +77,16 @@ class SharedImageCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def shared_for_mask(net: PromptableSegmenter, features: torch.Tensor, dense: torch.Tensor) -> SharedImage:
+    """The image side for one prompt whose dense embedding (1, D, h, w) comes from a mask prompt.
+
+    `shared_image` adds the no-mask embedding to the features it is given; giving it the features
+    plus (dense - no-mask) makes its image tokens features + dense, as `MaskDecoder` forms them.
+    """
+    no_mask = net.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(features.dtype)
+    return shared_image(net, features + (dense.to(features.dtype) - no_mask))
 
 
 def decode_one(

@@ -15,7 +15,12 @@ import numpy as np
 import torch
 
 from imis.errors import PromptError
-from imis.models.fast_decode import SharedImageCache, decode_one, supports_fast_decode
+from imis.models.fast_decode import (
+    SharedImageCache,
+    decode_one,
+    shared_for_mask,
+    supports_fast_decode,
+)
 from imis.models.preprocess import Frame, Preprocess, logits_to_native, prepare_image
 from imis.models.spec import ModelSpec, MultimaskPolicy
 
@@ -248,8 +253,8 @@ class InteractiveModel:
         text = self.text_embedding(prompts.text) if prompts.text is not None else None
         mask_in = prompts.mask_logits.to(self.device) if prompts.mask_logits is not None else None
         multimask = self._use_multimask(prompts, multimask or self.multimask)
-        if self._shared is not None and mask_in is None and text is None:
-            low_res, iou = self._decode_cached(embedding, points, boxes, multimask)
+        if self._shared is not None and text is None:
+            low_res, iou = self._decode_shared(embedding, points, boxes, mask_in, multimask)
         else:
             out = self.net.decode(
                 embedding.features,
@@ -272,14 +277,18 @@ class InteractiveModel:
             quality=float(iou[0, 0]),
         )
 
-    def _decode_cached(
-        self, embedding: Embedding, points, boxes, multimask: bool
+    def _decode_shared(
+        self, embedding: Embedding, points, boxes, mask_in, multimask: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Clicks/box without mask or text: the decoder with its per-image half cached (same masks as
-        ``net.decode`` to float rounding; about 0.6x its time for a click on a 512 x 512 image)."""
-        sparse, _ = self.net.prompt_encoder(points, boxes, None, None)
+        """Clicks/box (and a mask prompt), no text: the decoder split into its image side, cached per
+        embedding unless a mask prompt changes it, and the prompt side (see `imis.models.fast_decode`;
+        same masks as ``net.decode`` to float rounding)."""
+        sparse, dense = self.net.prompt_encoder(points, boxes, mask_in, None)
         features = embedding.features
-        shared = self._shared.get(self.net, features)
+        if mask_in is None:
+            shared = self._shared.get(self.net, features)
+        else:
+            shared = shared_for_mask(self.net, features, dense)
         return decode_one(self.net, shared, sparse.to(features.dtype), multimask)
 
     @staticmethod
