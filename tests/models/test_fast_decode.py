@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from imis.models.fast_decode import SharedImageCache, supports_fast_decode
+from imis.models.fast_decode import ImageSideCache, supports_fast_decode
 from imis.models.interactive import InteractiveModel, PromptSpec, requested_prompt_types
 from imis.models.registry import REGISTRY, model_from_spec
 
@@ -45,7 +45,7 @@ def _plain(model: InteractiveModel) -> InteractiveModel:
     plain = InteractiveModel(
         model.name, model.net, model.preprocess, model.multimask, model.prompt_types, model.license
     )
-    plain._shared = None
+    plain._image_sides = None
     return plain
 
 
@@ -61,7 +61,7 @@ def test_the_sam_layout_models_take_the_cached_path():
 @pytest.mark.parametrize("name", FAST)
 def test_cached_path_equals_the_plain_decoder(name):
     model = _small(name)
-    model._shared = SharedImageCache()
+    model._image_sides = ImageSideCache()
     rng = np.random.default_rng(1)
     image = (rng.random((100, 96, 3)) * 255).astype(np.uint8)
     emb = model.encode(image)
@@ -74,16 +74,16 @@ def test_cached_path_equals_the_plain_decoder(name):
             np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
             assert got.quality == pytest.approx(ref.quality, abs=1e-5)
             torch.testing.assert_close(got.low_res_logits, ref.low_res_logits, atol=1e-4, rtol=1e-4)
-    assert len(model._shared) == 1  # the cached path ran, once for the embedding
+    assert len(model._image_sides) == 1  # the cached path ran, once for the embedding
 
 
 @pytest.mark.parametrize("name", ["imis-lite", "sam-vit-b"])
 def test_a_mask_prompt_gives_the_plain_decoders_masks_and_leaves_the_cache(name):
     model = _small(name)
-    model._shared = SharedImageCache()
+    model._image_sides = ImageSideCache()
     emb = model.encode(np.zeros((64, 64), np.float32) + np.arange(64, dtype=np.float32))
     first = model.decode(emb, PROMPTS["click"])
-    cached = model._shared.get(model.net, emb.features)
+    cached = model._image_sides.get(model.net, emb.features)
     for prompts in (PROMPTS["clicks"], PROMPTS["box_click"]):
         again = PromptSpec(
             points=prompts.points, labels=prompts.labels, box=prompts.box, mask_logits=first.low_res_logits
@@ -93,12 +93,12 @@ def test_a_mask_prompt_gives_the_plain_decoders_masks_and_leaves_the_cache(name)
         np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
         assert got.quality == pytest.approx(ref.quality, abs=1e-5)
     # the per-image entry is the no-mask one still
-    assert len(model._shared) == 1 and model._shared.get(model.net, emb.features) is cached
+    assert len(model._image_sides) == 1 and model._image_sides.get(model.net, emb.features) is cached
 
 
 def test_cache_is_bounded_and_keyed_by_the_tensor():
     model = _small("imis-lite")
-    cache = SharedImageCache(size=2)
+    cache = ImageSideCache(size=2)
     feats = [torch.randn(1, *f.shape[1:]) for f in [model.encode(np.eye(32, dtype=np.float32)).features] * 3]
     a = cache.get(model.net, feats[0])
     assert cache.get(model.net, feats[0]) is a
@@ -111,7 +111,7 @@ def test_cache_is_bounded_and_keyed_by_the_tensor():
     gc.collect()
     assert not torch.equal(cache.get(model.net, other).src, a.src)
     with pytest.raises(ValueError):
-        SharedImageCache(size=0)
+        ImageSideCache(size=0)
 
 
 def test_litemedsam_real_weights_same_masks_on_btcv(btcv_dir):

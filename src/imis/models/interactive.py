@@ -15,12 +15,7 @@ import numpy as np
 import torch
 
 from imis.errors import PromptError
-from imis.models.fast_decode import (
-    SharedImageCache,
-    decode_one,
-    shared_for_mask,
-    supports_fast_decode,
-)
+from imis.models.fast_decode import ImageSideCache, decode_one, image_side, supports_fast_decode
 from imis.models.preprocess import Frame, Preprocess, logits_to_native, prepare_image
 from imis.models.spec import ModelSpec, MultimaskPolicy
 
@@ -179,7 +174,7 @@ class InteractiveModel:
         self.dtype = dtype
         self._text_cache: dict[str, torch.Tensor] = {}
         # The per-image half of the decoder for the embeddings clicked last (see fast_decode).
-        self._shared = SharedImageCache() if supports_fast_decode(self.net) else None
+        self._image_sides = ImageSideCache() if supports_fast_decode(self.net) else None
 
     def __repr__(self) -> str:
         return f"InteractiveModel({self.name!r}, prompts={sorted(self.prompt_types)})"
@@ -253,8 +248,8 @@ class InteractiveModel:
         text = self.text_embedding(prompts.text) if prompts.text is not None else None
         mask_in = prompts.mask_logits.to(self.device) if prompts.mask_logits is not None else None
         multimask = self._use_multimask(prompts, multimask or self.multimask)
-        if self._shared is not None and text is None:
-            low_res, iou = self._decode_shared(embedding, points, boxes, mask_in, multimask)
+        if self._image_sides is not None and text is None:
+            low_res, iou = self._decode_split(embedding, points, boxes, mask_in, multimask)
         else:
             out = self.net.decode(
                 embedding.features,
@@ -277,7 +272,7 @@ class InteractiveModel:
             quality=float(iou[0, 0]),
         )
 
-    def _decode_shared(
+    def _decode_split(
         self, embedding: Embedding, points, boxes, mask_in, multimask: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clicks/box (and a mask prompt), no text: the decoder split into its image side, cached per
@@ -286,10 +281,10 @@ class InteractiveModel:
         sparse, dense = self.net.prompt_encoder(points, boxes, mask_in, None)
         features = embedding.features
         if mask_in is None:
-            shared = self._shared.get(self.net, features)
+            side = self._image_sides.get(self.net, features)
         else:
-            shared = shared_for_mask(self.net, features, dense)
-        return decode_one(self.net, shared, sparse.to(features.dtype), multimask)
+            side = image_side(self.net, features, dense)
+        return decode_one(self.net, side, sparse.to(features.dtype), multimask)
 
     @staticmethod
     def _use_multimask(prompts: PromptSpec, policy: MultimaskPolicy) -> bool:
