@@ -77,7 +77,7 @@ def main() -> None:
 
     def first(fn):
         def run():
-            ours._image_sides.clear()
+            ours.image_sides.clear()
             return fn()
 
         return run

@@ -46,6 +46,9 @@ class Recording:
             return out
 
         net.decode = net_decode  # an instance attribute: this model object only
+        # the plain decoder, so that its raw outputs are recorded (the split decoder gives the same
+        # masks: tests/models/test_fast_decode.py)
+        model.image_sides = None
 
     def encode(self, image):
         return self.model.encode(image)

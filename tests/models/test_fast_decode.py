@@ -45,7 +45,7 @@ def _plain(model: InteractiveModel) -> InteractiveModel:
     plain = InteractiveModel(
         model.name, model.net, model.preprocess, model.multimask, model.prompt_types, model.license
     )
-    plain._image_sides = None
+    plain.image_sides = None
     return plain
 
 
@@ -61,7 +61,7 @@ def test_the_sam_layout_models_take_the_cached_path():
 @pytest.mark.parametrize("name", FAST)
 def test_cached_path_equals_the_plain_decoder(name):
     model = _small(name)
-    model._image_sides = ImageSideCache()
+    model.image_sides = ImageSideCache()
     rng = np.random.default_rng(1)
     image = (rng.random((100, 96, 3)) * 255).astype(np.uint8)
     emb = model.encode(image)
@@ -74,16 +74,16 @@ def test_cached_path_equals_the_plain_decoder(name):
             np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
             assert got.quality == pytest.approx(ref.quality, abs=1e-5)
             torch.testing.assert_close(got.low_res_logits, ref.low_res_logits, atol=1e-4, rtol=1e-4)
-    assert len(model._image_sides) == 1  # the cached path ran, once for the embedding
+    assert len(model.image_sides) == 1  # the cached path ran, once for the embedding
 
 
 @pytest.mark.parametrize("name", ["imis-lite", "sam-vit-b"])
 def test_a_mask_prompt_gives_the_plain_decoders_masks_and_leaves_the_cache(name):
     model = _small(name)
-    model._image_sides = ImageSideCache()
+    model.image_sides = ImageSideCache()
     emb = model.encode(np.zeros((64, 64), np.float32) + np.arange(64, dtype=np.float32))
     first = model.decode(emb, PROMPTS["click"])
-    cached = model._image_sides.get(model.net, emb.features)
+    cached = model.image_sides.get(model.net, emb.features)
     for prompts in (PROMPTS["clicks"], PROMPTS["box_click"]):
         again = PromptSpec(
             points=prompts.points, labels=prompts.labels, box=prompts.box, mask_logits=first.low_res_logits
@@ -93,7 +93,7 @@ def test_a_mask_prompt_gives_the_plain_decoders_masks_and_leaves_the_cache(name)
         np.testing.assert_allclose(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
         assert got.quality == pytest.approx(ref.quality, abs=1e-5)
     # the per-image entry is the no-mask one still
-    assert len(model._image_sides) == 1 and model._image_sides.get(model.net, emb.features) is cached
+    assert len(model.image_sides) == 1 and model.image_sides.get(model.net, emb.features) is cached
 
 
 def test_cache_is_bounded_and_keyed_by_the_tensor():

@@ -173,8 +173,9 @@ class InteractiveModel:
         # bfloat16 autocast for the encoder where the CPU/GPU has fast bf16; None keeps float32.
         self.dtype = dtype
         self._text_cache: dict[str, torch.Tensor] = {}
-        # The per-image half of the decoder for the embeddings clicked last (see fast_decode).
-        self._image_sides = ImageSideCache() if supports_fast_decode(self.net) else None
+        # The decoder's image side for the embeddings clicked last (see fast_decode); None sends
+        # every decode through net.decode.
+        self.image_sides = ImageSideCache() if supports_fast_decode(self.net) else None
 
     def __repr__(self) -> str:
         return f"InteractiveModel({self.name!r}, prompts={sorted(self.prompt_types)})"
@@ -248,7 +249,7 @@ class InteractiveModel:
         text = self.text_embedding(prompts.text) if prompts.text is not None else None
         mask_in = prompts.mask_logits.to(self.device) if prompts.mask_logits is not None else None
         multimask = self._use_multimask(prompts, multimask or self.multimask)
-        if self._image_sides is not None and text is None:
+        if self.image_sides is not None and text is None:
             low_res, iou = self._decode_split(embedding, points, boxes, mask_in, multimask)
         else:
             out = self.net.decode(
@@ -281,7 +282,7 @@ class InteractiveModel:
         sparse, dense = self.net.prompt_encoder(points, boxes, mask_in, None)
         features = embedding.features
         if mask_in is None:
-            side = self._image_sides.get(self.net, features)
+            side = self.image_sides.get(self.net, features)
         else:
             side = image_side(self.net, features, dense)
         return decode_one(self.net, side, sparse.to(features.dtype), multimask)
