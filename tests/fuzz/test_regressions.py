@@ -276,6 +276,21 @@ def test_dicom_damaged_transfer_syntax_uid(dicom_seed, tmp_path):
     expect(path, read_image, "transfer syntax UID (0002,0010) '1.2.x40.10008.1.2.1' is not a valid UID")
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value"), [("Columns", 65535), ("BitsAllocated", 32), ("SamplesPerPixel", 3)]
+)
+def test_dicom_pixel_data_shorter_than_the_header_says(dicom_seed, tmp_path, keyword, value):
+    """The long run's 16.8 s case: Columns 65,535 over CT_small's 128 x 128 pixels. GDCM read it as a
+    128 x 65,535 image, the missing 16 MB filled from its buffer; refused from the header now."""
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_seed)
+    setattr(ds, keyword, value)
+    path = tmp_path / "seed.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    expect(path, read_image, "the pixel data holds 32768 bytes", "needs")
+
+
 def test_dicom_series_with_a_damaged_position(dicom_series, tmp_path):
     """The long run's series case: one byte of s000.dcm's ImagePositionPatient zeroed ('-1\\x00.5\\30.25\\7')
     made the slice-position check build a ragged array (bare ValueError from numpy)."""

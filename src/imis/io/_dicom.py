@@ -11,6 +11,9 @@ kernel's OOM killer. The damages that do it:
 * a length that is wrong but inside the file (the Specific Character Set's 10 turned into 127): the walk
   goes on from the wrong place and reads garbage as the next element's length (1.5 GB taken and freed).
 
+And native pixel data shorter than the header's image size is not an error to GDCM: it returns the image
+with the missing part filled from its buffer, so that size is checked too (:func:`check_dicom_pixel_data`).
+
 So the walk reads every element header the way GDCM does (tag, VR, 16- or 32-bit length; items and
 sequences of undefined length walked into) and seeks over the values, and each header must be sound.
 pydicom's own reader is no help here: it reads an unknown VR with a 16-bit length, and stops at the first
@@ -27,6 +30,7 @@ from typing import BinaryIO, NamedTuple
 from imis.errors import InputError
 
 _PREAMBLE = 128  # bytes before the DICM magic
+_DEFER = 256  # bytes: pydicom skips larger values instead of reading them
 _UNDEFINED = 0xFFFFFFFF  # a sequence or item of undefined length: walked into, no length to check
 _PIXEL_DATA = (0x7FE0, 0x0010)  # the walk ends there: encapsulated pixel data holds fragments, not elements
 _ITEM_GROUP = 0xFFFE  # items and delimiters: a tag and a 32-bit length, never a VR
@@ -119,16 +123,70 @@ def _body_encoding(fh: BinaryIO, start: int, uid: str | None) -> tuple[bool, boo
     return fh.read(2) not in _VRS, uid != _EXPLICIT_BE
 
 
-def check_dicom_elements(p: Path, src: str, strict: bool = True) -> None:
-    """Refuse a DICOM file whose element headers would make GDCM allocate what the file does not hold: a
-    length past the end of the file, an invalid VR, a damaged transfer syntax UID. ``strict=False`` (a
-    folder's files): only files with the DICM magic are checked, so that a stray non-DICOM file is left to
-    GDCM's scan of the folder."""
-    size = p.stat().st_size
+def _pixel_bytes_needed(ds) -> int | None:
+    """Bytes of native pixel data that Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated
+    need; None where the header does not say (GDCM then refuses the file itself)."""
+    try:
+        n = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits = int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        return None
+    needed = (n * max(frames, 1) * bits + 7) // 8
+    if str(ds.get("PhotometricInterpretation", "")).endswith("_422"):  # two chroma samples per 2 pixels
+        needed = needed * 2 // 3
+    return needed
+
+
+def check_dicom_pixel_data(p: Path, src: str) -> None:
+    """Refuse native (uncompressed) pixel data shorter than the image its header describes: GDCM returns
+    such an image with the missing part filled from whatever its buffer held (a Columns of 65,535 over
+    CT_small's 128 x 128 pixels was read as a 128 x 65,535 image) instead of failing."""
+    import pydicom
+
+    tags = [
+        "Rows",
+        "Columns",
+        "SamplesPerPixel",
+        "NumberOfFrames",
+        "BitsAllocated",
+        "PhotometricInterpretation",
+    ]
+    tags.append("PixelData")
+    try:
+        ds = pydicom.dcmread(p, force=True, defer_size=_DEFER, specific_tags=tags)
+        pixels = ds._dict.get(0x7FE00010)
+        length = getattr(pixels, "length", None)
+        needed = _pixel_bytes_needed(ds)
+    except Exception:  # noqa: BLE001 - pydicom cannot read these fields: GDCM's own error names the cause
+        return
+    if length is None or length == _UNDEFINED or needed is None:
+        return  # encapsulated (compressed) pixel data: its decoder checks the size
+    if length < needed:
+        raise InputError(
+            f"{src}: cannot read DICOM file: the pixel data holds {length} bytes, its header's image size "
+            f"(Rows x Columns x samples x frames x BitsAllocated) needs {needed} (corrupt header or "
+            "truncated file)"
+        )
+
+
+def check_dicom_file(p: Path, src: str, strict: bool = True) -> None:
+    """The checks GDCM needs before it sees a DICOM file: its element headers, then its pixel data's size.
+    ``strict=False`` (a folder's files): only files with the DICM magic are checked, so that a stray
+    non-DICOM file is left to GDCM's scan of the folder."""
     with open(p, "rb") as fh:
         has_magic = fh.read(_PREAMBLE + 4)[_PREAMBLE:] == b"DICM"
-        if not strict and not has_magic:
-            return
+    if not strict and not has_magic:
+        return
+    check_dicom_elements(p, src, has_magic)
+    check_dicom_pixel_data(p, src)
+
+
+def check_dicom_elements(p: Path, src: str, has_magic: bool) -> None:
+    """Refuse a DICOM file whose element headers would make GDCM allocate what the file does not hold: a
+    length past the end of the file, an invalid VR, a damaged transfer syntax UID."""
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
         start, uid = (_PREAMBLE + 4 if has_magic else 0), None
         if has_magic:  # the file meta group: explicit VR little endian whatever the transfer syntax
             for element in _elements(fh, start, size, implicit=False, little=True):
