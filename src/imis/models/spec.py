@@ -103,6 +103,15 @@ _SMALL_SAM2 = {
 
 _SMALL_LITE = {"img_size": 64, "decoder_mlp_dim": 32, "iou_head_hidden_dim": 16}
 _SMALL_VIT = {"img_size": 64, "window_size": 2, "prompt_dim": 32, "decoder_mlp_dim": 32}
+_SMALL_SAM_VIT = {  # SAM's ViT small; SAM-Med2D's is the same with its adapters
+    **_SMALL_VIT,
+    "encoder_embed_dim": 32,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": (1,),
+    "decoder_num_heads": 2,
+    "iou_head_hidden_dim": 16,
+}
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
@@ -123,15 +132,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             _build_sam_vit,
             "sam",
             recipe="sam-vit-b",
-            small_kwargs={
-                **_SMALL_VIT,
-                "encoder_embed_dim": 32,
-                "encoder_depth": 2,
-                "encoder_num_heads": 2,
-                "encoder_global_attn_indexes": (1,),
-                "decoder_num_heads": 2,
-                "iou_head_hidden_dim": 16,
-            },
+            small_kwargs=_SMALL_SAM_VIT,
         ),
         Architecture("sam2", _build_sam2, "sam2", recipe="sam2-hiera-b+", small_kwargs=_SMALL_SAM2),
         # SAM ViT with SAM-Med2D's adapters: its own layout (the adapters are renamed)
@@ -140,16 +141,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             _build_sam_vit,
             "sam-med2d",
             recipe="sam-med2d-b",
-            small_kwargs={
-                **_SMALL_VIT,
-                "encoder_embed_dim": 32,
-                "encoder_depth": 2,
-                "encoder_num_heads": 2,
-                "encoder_global_attn_indexes": (1,),
-                "decoder_num_heads": 2,
-                "iou_head_hidden_dim": 16,
-                "encoder_adapter": True,
-            },
+            small_kwargs={**_SMALL_SAM_VIT, "encoder_adapter": True},
         ),
         Architecture(
             "imis-net",
