@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The long fuzzing run of the readers (issue 21): IMIS_FUZZ_EXAMPLES cases per format (default 10000).
 #
-#   [JOBS=2] [ONLY=regex] [FRESH=1] bash scripts/fuzz_long.sh [OUT]   (OUT defaults to runs/fuzz-long)
+#   [JOBS=2] [ONLY=regex] [FRESH=1] [NICE=15] bash scripts/fuzz_long.sh [OUT]   (OUT defaults to runs/fuzz-long)
 #
-# Each fuzz test runs in its own pytest process at nice 19, so that a reader that kills its process
+# Each fuzz test runs in its own pytest process at nice 19 (NICE sets it), so that a reader that kills its process
 # (a segmentation fault in a C library) stops only its own format. OUT/status.txt has each test's exit
 # status, OUT/<test>.log its output, OUT/<test>.json its cases and seconds per format (rewritten every
 # 250 cases, so that a stopped test keeps its count), OUT/counts.json their sum. JOBS tests run at once
@@ -26,7 +26,7 @@ run_one() {
   name=$(printf '%s' "${id#tests/fuzz/}" | tr -c 'A-Za-z0-9_.-' '_')
   start=$(date +%s)
   IMIS_FUZZ_EXAMPLES=$N IMIS_FUZZ_REPORT="$OUT/$name.json" PYTHONPATH=src \
-    nice -n 19 $PY -m pytest -q -p no:cacheprovider --basetemp="$OUT/tmp/$name" "$id" > "$OUT/$name.log" 2>&1
+    nice -n "${NICE:-19}" $PY -m pytest -q -p no:cacheprovider --basetemp="$OUT/tmp/$name" "$id" > "$OUT/$name.log" 2>&1
   echo "$? $(( $(date +%s) - start ))s $id" | tee -a "$OUT/status.txt"
 }
 for id in $ids; do  # JOBS tests at a time (default 1)

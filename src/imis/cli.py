@@ -166,10 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--name", default=None, help="name of the object (DICOM SEG segment label)")
     seg.add_argument("--label", type=int, default=None, help="label value of the object (default: next free)")
-    seg.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     from imis.runtime_options import add_runtime_arguments, add_zoom_argument
 
-    add_runtime_arguments(seg)
+    add_runtime_arguments(seg, device_help="torch device (cpu, cuda, cuda:1)")
     add_zoom_argument(seg)
     seg.set_defaults(func=cmd_segment)
 
@@ -278,10 +277,9 @@ def _add_serve(sub) -> None:
     srv.add_argument(
         "--max-sessions", type=int, default=16, help="documents kept in memory (LRU, default 16)"
     )
-    srv.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     from imis.runtime_options import add_runtime_arguments, add_zoom_argument
 
-    add_runtime_arguments(srv)
+    add_runtime_arguments(srv, device_help="torch device (cpu, cuda)")
     add_zoom_argument(srv)
     srv.set_defaults(func=cmd_serve)
 

@@ -18,8 +18,13 @@ PRECISION_HELP = (
 )
 
 
-def add_runtime_arguments(parser, default_backend: str = "torch", default_precision: str = "fp32") -> None:
-    """--backend and --precision, as `imis segment` and `imis bench` (and automask, serve) take them."""
+def add_runtime_arguments(
+    parser, default_backend: str = "torch", default_precision: str = "fp32", device_help: str | None = None
+) -> None:
+    """Where and how a model runs, as `imis segment`, `imis bench`, automask and serve take it: --device
+    (with ``device_help``, the command's own words; default cpu), --backend and --precision."""
+    if device_help is not None:
+        parser.add_argument("--device", default="cpu", help=device_help)
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend, help=BACKEND_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default=default_precision, help=PRECISION_HELP)
 

@@ -322,3 +322,29 @@ def test_text_fed_is_the_text_the_prompt_file_records(btcv_dir, tmp_path):
     assert all(r["text"] == text_prompt(r["target"]) for r in recs)
     # dataset keys are read by their display names ("kidney_right" -> "... a right kidney.")
     assert any(r["text"] != f"A segmentation area of a {r['target']}." for r in recs)
+
+
+def test_config_records_the_requested_and_the_resolved_runtime(btcv_dir, tmp_path, litemedsam):
+    """--backend auto / --precision auto: config.json keeps the request and records, per model, the backend
+    and precision the loaded model runs at (not 'auto'), by the rule of resolve_runtime on this machine;
+    a baseline has no runtime."""
+    import importlib.util
+
+    import torch
+
+    from imis.bench.runner import load_any_model, runtime_of
+    from imis.models.onnx.backend import INT8, resolve_runtime
+
+    cfg = BenchConfig(models=("litemedsam",), data=btcv_dir, limit_images=1, backend="auto", precision="auto")
+    run_bench(cfg, tmp_path, progress=False)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert (record["backend"], record["precision"]) == ("auto", "auto")
+    backend, dtype = resolve_runtime("auto", "auto", "cpu", "litemedsam")
+    precision = {None: "fp32", torch.bfloat16: "bf16", INT8: "int8"}[dtype]
+    assert record["resolved_runtime"] == {"litemedsam": {"backend": backend, "precision": precision}}
+    # what is recorded is read from the loaded model, so an explicit choice shows as itself
+    assert runtime_of(litemedsam) == {"backend": "torch", "precision": "fp32"}
+    bf16 = load_any_model("litemedsam", backend="torch", precision="bf16", zoom=True)
+    assert runtime_of(bf16) == {"backend": "torch", "precision": "bf16"}
+    if importlib.util.find_spec("cv2") is not None:
+        assert runtime_of(load_any_model("grabcut")) is None

@@ -201,6 +201,96 @@ def test_dicom_meta_element_length_beyond_the_file(dicom_seed, tmp_path):
     assert peak_kb < 1_000_000 or peak_kb == before, f"the child peaked at {peak_kb} KB"
 
 
+def _vm_peak_growth_in_child(seed: Path, path: Path) -> tuple[int, str]:
+    """Read ``seed`` then ``path`` in a child process: how much its VmPeak (all memory ever mapped, taken or
+    not: GDCM's over-allocations are not all touched) grew on the second read, in MB, and the error."""
+    code = textwrap.dedent(f"""
+        from imis.errors import InputError
+        from imis.io import read_image
+
+        def peak():
+            with open("/proc/self/status") as fh:
+                return next(int(ln.split()[1]) // 1024 for ln in fh if ln.startswith("VmPeak:"))
+
+        read_image({str(seed)!r})
+        before = peak()
+        try:
+            read_image({str(path)!r})
+            print("read")
+        except InputError as exc:
+            print(exc)
+        print(peak() - before)
+    """)
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin", "PYTHONIOENCODING": "utf-8"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, encoding="utf-8", env=env, timeout=120
+    )
+    assert out.returncode == 0, f"reader died with {out.returncode}: {out.stderr[-500:]}"
+    message, growth = out.stdout.strip().splitlines()[-2:]
+    return int(growth), message
+
+
+def _dicom_damage(seed: bytes, what: str) -> bytes:
+    """One of the damages that made GDCM map hundreds of MB (found by scanning byte values over CT_small's
+    first KB), located in the seed by its bytes rather than by offset."""
+    data = bytearray(seed)
+    if what == "transfer syntax VR":  # 'UI' -> '0I': GDCM reads the next 4 bytes ('1.2.') as a length
+        at = data.index(b"\x02\x00\x10\x00UI") + 4
+        data[at] = ord("0")
+    elif what == "meta VR":  # (0002,0002)'s 'UI' -> 'U0': unknown but in pydicom's 'AA'..'ZZ' range
+        at = data.index(b"\x02\x00\x02\x00UI") + 5
+        data[at] = ord("0")
+    elif what == "charset length":  # (0008,0005)'s length 10 -> 127: the walk resumes inside other values
+        at = data.index(b"\x08\x00\x05\x00CS") + 6
+        data[at] = 127
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("what", "fragment"),
+    [
+        ("transfer syntax VR", "element (0002,0010) has no valid value representation"),
+        ("meta VR", "element (0002,0002) has no valid value representation"),
+        ("charset length", "has no valid value representation"),
+    ],
+)
+def test_dicom_header_damage_refused_before_gdcm_maps_memory(dicom_seed, tmp_path, what, fragment):
+    """GDCM mapped 739 MB (the VR cases: an unknown VR is read with a 32-bit length) or 1.5 GB (the
+    character set's length: its walk then reads garbage as a length) while probing these files, and kept
+    the first; the long run's DICOM process grew by that much per case. The element walk refuses them now
+    before GDCM sees the file."""
+    path = tmp_path / "seed.dcm"
+    path.write_bytes(_dicom_damage(dicom_seed.read_bytes(), what))
+    growth, message = _vm_peak_growth_in_child(dicom_seed, path)
+    assert growth < 200, f"reading {what} mapped {growth} MB more"
+    assert str(path) in message and fragment in message, message
+
+
+def test_dicom_damaged_transfer_syntax_uid(dicom_seed, tmp_path):
+    """A transfer syntax UID with a letter in it: refused from the file meta header."""
+    data = bytearray(dicom_seed.read_bytes())
+    at = data.index(b"1.2.840.10008.1.2.1\x00")
+    data[at + 4] = ord("x")
+    path = tmp_path / "seed.dcm"
+    path.write_bytes(bytes(data))
+    expect(path, read_image, "transfer syntax UID (0002,0010) '1.2.x40.10008.1.2.1' is not a valid UID")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"), [("Columns", 65535), ("BitsAllocated", 32), ("SamplesPerPixel", 3)]
+)
+def test_dicom_pixel_data_shorter_than_the_header_says(dicom_seed, tmp_path, keyword, value):
+    """The long run's 16.8 s case: Columns 65,535 over CT_small's 128 x 128 pixels. GDCM read it as a
+    128 x 65,535 image, the missing 16 MB filled from its buffer; refused from the header now."""
+    import pydicom
+
+    ds = pydicom.dcmread(dicom_seed)
+    setattr(ds, keyword, value)
+    path = tmp_path / "seed.dcm"
+    ds.save_as(path, enforce_file_format=False)
+    expect(path, read_image, "the pixel data holds 32768 bytes", "needs")
+
+
 def test_dicom_series_with_a_damaged_position(dicom_series, tmp_path):
     """The long run's series case: one byte of s000.dcm's ImagePositionPatient zeroed ('-1\\x00.5\\30.25\\7')
     made the slice-position check build a ragged array (bare ValueError from numpy)."""

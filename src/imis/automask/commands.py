@@ -136,16 +136,20 @@ def register_automask_command(sub) -> None:
     )
     r = p.add_argument_group("execution")
     add_executor_arguments(r, "local processes, or Ray actors (default 1 / all CPUs)")
-    r.add_argument("--device", default="cpu", help="torch device of each worker (cpu, cuda)")
-    r.add_argument(
-        "--gpus", type=float, default=0.0, help="GPUs per Ray actor (e.g. 0.25: four actors per GPU)"
-    )
-    r.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker")
     from imis.runtime_options import add_runtime_arguments
 
     # precision auto: bf16 autocast of the encoder where the CPU/GPU has bf16 units (the grid decoder
     # is the PyTorch one on either backend; see imis.automask.loading)
-    add_runtime_arguments(r, default_backend="torch", default_precision="auto")
+    add_runtime_arguments(
+        r,
+        default_backend="torch",
+        default_precision="auto",
+        device_help="torch device of each worker (cpu, cuda)",
+    )
+    r.add_argument(
+        "--gpus", type=float, default=0.0, help="GPUs per Ray actor (e.g. 0.25: four actors per GPU)"
+    )
+    r.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker")
     r.add_argument("--overwrite", action="store_true", help="regenerate finished and released imasks")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_automask)

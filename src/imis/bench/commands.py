@@ -299,10 +299,11 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         "is ABD_035), e.g. the validation cases a training run held out",
     )
     b.add_argument("--limit-images", type=int, default=None, help="only the first N images (quick runs)")
-    b.add_argument("--device", default="cpu", help="torch device of the learned models (default cpu)")
     from imis.runtime_options import add_runtime_arguments, add_zoom_argument
 
-    add_runtime_arguments(b, default_precision="fp32")
+    add_runtime_arguments(
+        b, default_precision="fp32", device_help="torch device of the learned models (default cpu)"
+    )
     add_zoom_argument(b)  # the learned models only; baselines run as they are
     b.add_argument("--no-progress", action="store_true", help="no progress bars")
     b.set_defaults(func=cmd_bench)

@@ -2,7 +2,8 @@
 
 A run directory holds::
 
-    config.json        the BenchConfig of the run
+    config.json        the BenchConfig of the run as requested, and what each model's --backend / --precision
+                       resolved to (``resolved_runtime``: auto becomes torch|onnx, fp32|bf16|int8)
     prompts.json       first prompts, generated once per (dataset, protocol, seed) (see imis.prompts)
     predictions.jsonl  one row per prediction, skipped prompt kind, model error or unreadable entry
 
@@ -61,7 +62,7 @@ from imis.prompts import (
     uniform_error_click,
 )
 
-__all__ = ["BASELINES", "BenchConfig", "load_any_model", "run_bench"]
+__all__ = ["BASELINES", "BenchConfig", "load_any_model", "run_bench", "runtime_of"]
 
 BASELINES = ("grabcut", "random-walker")
 
@@ -94,6 +95,28 @@ def load_any_model(
 
         return ZoomModel(model)
     return model
+
+
+def runtime_of(model: PromptableModel) -> dict[str, str] | None:
+    """The backend and precision a loaded model runs at: what ``--backend auto`` / ``--precision auto``
+    resolved to (ONNX models say so; a torch model's autocast dtype is its precision). None for a model
+    without a runtime (the baselines)."""
+    model = getattr(model, "model", model)  # a ZoomModel runs its wrapped model
+    if getattr(model, "backend", None) == "onnx":
+        return {"backend": "onnx", "precision": model.precision}
+    if not hasattr(model, "dtype"):
+        return None
+    import torch
+
+    return {"backend": "torch", "precision": "bf16" if model.dtype == torch.bfloat16 else "fp32"}
+
+
+def _write_config(path: Path, config: BenchConfig, resolved: dict[str, dict[str, str] | None]) -> None:
+    """config.json: the run as requested (``backend``/``precision`` may be ``auto``) and, per model loaded
+    so far, what it resolved to (``resolved_runtime``), so that a run's numbers can be told apart by the
+    runtime that made them."""
+    record = {**config.to_json(), "resolved_runtime": resolved}
+    path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _group_of(target: str) -> str:
@@ -524,7 +547,8 @@ def run_bench(
     has_rows = bool(read_rows(pred_path))
     _check_perturb(out / "config.json", config.perturb, has_rows)
     prompts = run_prompts(config, images, out, has_rows)
-    (out / "config.json").write_text(json.dumps(config.to_json(), indent=2, sort_keys=True) + "\n")
+    resolved: dict[str, dict[str, str] | None] = {}
+    _write_config(out / "config.json", config, resolved)
     by_image: dict[str, list[dict[str, Any]]] = {}
     for rec in prompts["targets"]:
         if "skip_reason" not in rec:
@@ -546,6 +570,8 @@ def run_bench(
         )
         for name in config.models:
             model = loader(name)
+            resolved[name] = runtime_of(model)
+            _write_config(out / "config.json", config, resolved)
             it = _progress(images, len(images), name, progress)
             for image in it:
                 run.run_image(name, model, image, by_image.get(image.image_id, []))

@@ -61,12 +61,22 @@ def _figures(stats: dict[str, Any], out: Path) -> dict[str, Path]:
         if len(series) > 1:
             ax.legend(fontsize=8)
 
+    def save(fig, key: str) -> None:
+        _savefig(fig, paths[key])
+        plt.close(fig)
+
+    def bar_figure(key: str, figsize: tuple[float, float], *args, **kwargs) -> None:
+        """A figure of one bar chart (``bars``' arguments after the axes), saved as ``FIGURES[key]``."""
+        fig, ax = plt.subplots(figsize=figsize)
+        bars(ax, *args, **kwargs)
+        save(fig, key)
+
     # (a) images and masks per modality
     mods = stats["modalities"]
     labels = list(mods) or ["(none)"]
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(labels) + 2), 4))
-    bars(
-        ax,
+    bar_figure(
+        "modalities",
+        (max(5, 1.6 * len(labels) + 2), 4),
         labels,
         [
             ("images", [mods[m]["images"] for m in mods] or [0], img_color),
@@ -77,55 +87,39 @@ def _figures(stats: dict[str, Any], out: Path) -> dict[str, Path]:
         "count (log)",
         log=True,
     )
-    _savefig(fig, paths["modalities"])
-    plt.close(fig)
 
     # (b) targets per anatomical group
     groups = stats["groups"]
     glabels = list(groups)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    bars(
-        axes[0],
-        glabels,
-        [("targets", [groups[g]["n_targets"] for g in glabels], gt_color)],
-        "(b) Targets per group",
-        "distinct targets",
-    )
-    bars(
-        axes[1],
-        glabels,
-        [("GT masks", [groups[g]["gt_masks"] for g in glabels], gt_color)],
-        "GT masks per group",
-        "masks",
-    )
-    _savefig(fig, paths["groups"])
-    plt.close(fig)
+    for ax, key, name, title, ylabel in (
+        (axes[0], "n_targets", "targets", "(b) Targets per group", "distinct targets"),
+        (axes[1], "gt_masks", "GT masks", "GT masks per group", "masks"),
+    ):
+        bars(ax, glabels, [(name, [groups[g][key] for g in glabels], gt_color)], title, ylabel)
+    save(fig, "groups")
 
     # (c) resolution
     res = stats["resolution"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bars(
-        ax,
+    bar_figure(
+        "resolution",
+        (6, 4),
         [f"{b} px" for b in res["bins"]],
         [("images", res["counts"], img_color)],
         "(c) Image resolution (longer side)",
         "images",
     )
-    _savefig(fig, paths["resolution"])
-    plt.close(fig)
 
     # (d) coverage
     cov = stats["coverage"]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    bars(
-        ax,
+    bar_figure(
+        "coverage",
+        (9, 4),
         cov["bins"],
         [("GT masks", cov["gt"], gt_color), ("imasks", cov["imask"], im_color)],
         "(d) Mask coverage of the image",
         "masks",
     )
-    _savefig(fig, paths["coverage"])
-    plt.close(fig)
 
     # masks per image
     mpi = stats["masks_per_image"]
@@ -146,8 +140,7 @@ def _figures(stats: dict[str, Any], out: Path) -> dict[str, Path]:
     ax.set_xlabel("masks in the image")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)
-    _savefig(fig, paths["masks_per_image"])
-    plt.close(fig)
+    save(fig, "masks_per_image")
     return paths
 
 

@@ -288,32 +288,3 @@ def check_slice_positions(reader, n: int, src: str, uid: str) -> None:
             f"{src}: DICOM series {uid} has missing or uneven slices: a gap of {worst:.3g} mm where the "
             f"slices are {step:.3g} mm apart ({n} files); add the missing files or pass a complete series"
         )
-
-
-def check_dicom_lengths(p: Path, src: str, strict: bool = True) -> None:
-    """Refuse a DICOM file holding an element whose value length runs past the end of the file: GDCM
-    allocates the length it reads while probing the file (four flipped bytes of a meta element's length
-    asked for 2 GB) and does not free it when it then fails, so a few such files exhaust the memory.
-    pydicom walks the element headers without reading large values. ``strict=False`` (a folder's files):
-    only files with the DICM magic are checked, so that a stray non-DICOM file is left to GDCM's scan."""
-    import pydicom
-
-    size = p.stat().st_size
-    with open(p, "rb") as fh:
-        magic = fh.read(132)[128:]
-    if not strict and magic != b"DICM":
-        return
-    try:
-        ds = pydicom.dcmread(p, force=True, defer_size=256)
-    except Exception:  # noqa: BLE001 - pydicom cannot walk it: GDCM's own error then names the cause
-        return
-    for elements in (ds.file_meta._dict.values(), ds._dict.values()):
-        for elem in elements:
-            length, start = getattr(elem, "length", None), getattr(elem, "value_tell", None)
-            if length is None or start is None or length == 0xFFFFFFFF:
-                continue
-            if start + length > size:
-                raise InputError(
-                    f"{src}: cannot read DICOM file: element {elem.tag} claims {length} bytes, the file "
-                    f"holds {max(size - start, 0)} after it (corrupt length or truncated file)"
-                )

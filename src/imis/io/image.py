@@ -21,7 +21,8 @@ from typing import Literal
 import numpy as np
 
 from imis.errors import InputError
-from imis.io._integrity import check_dicom_lengths, check_nifti, check_nrrd, check_slice_positions
+from imis.io._dicom import check_dicom_file
+from imis.io._integrity import check_nifti, check_nrrd, check_slice_positions
 from imis.io._metaimage import check_metaimage, check_metaimage_header
 from imis.io.arrays import load_npy, load_npz, npz_keys
 from imis.io.files import file_extension
@@ -377,7 +378,7 @@ def _read_sitk(p: Path, src: str, fmt: str, max_bytes: int | None = None) -> Ima
     elif fmt == "MetaImage":
         check_metaimage_header(p, src)  # ITK's MetaIO crashes on inconsistent fields
     elif fmt == "DICOM":
-        check_dicom_lengths(p, src)  # GDCM allocates (and keeps) what a corrupt length claims
+        check_dicom_file(p, src)  # GDCM allocates (and keeps) what a corrupt header claims, pads short data
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     size, comps = _read_info(reader, p, src, fmt, max_bytes)
@@ -409,7 +410,7 @@ def _series_files(p: Path, src: str, series_uid: str | None) -> tuple[str, list[
 
     for f in sorted(p.iterdir()):
         if f.is_file():
-            check_dicom_lengths(f, f"{src} (file {f.name})", strict=False)
+            check_dicom_file(f, f"{src} (file {f.name})", strict=False)
     try:  # GDCM raises on a file it cannot parse (SamplesPerPixel 0, ...) while scanning the folder
         ids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
     except RuntimeError as exc:

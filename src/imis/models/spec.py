@@ -11,8 +11,10 @@ or :data:`LAYOUTS` (see docs/architecture.md).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,34 +66,21 @@ class WeightLayout:
         return self.convert(obj)
 
 
-def _build_litemedsam(**kw: Any) -> torch.nn.Module:
-    from imis.models.build_litemedsam import build_litemedsam
-
-    return build_litemedsam(**kw)
-
-
-def _build_imis_lite(**kw: Any) -> torch.nn.Module:
-    from imis.models.build_litemedsam import build_imis_lite
-
-    return build_imis_lite(**kw)
+def _call(module: str, function: str, *args: Any, **kwargs: Any) -> Any:
+    """``module.function(*args, **kwargs)``, imported at the call: the builders and the layout converters
+    live in large modules that listing the registry never needs."""
+    return getattr(importlib.import_module(module), function)(*args, **kwargs)
 
 
-def _build_sam_vit(**kw: Any) -> torch.nn.Module:
-    from imis.models.build import build_sam_vit
-
-    return build_sam_vit(**kw)
+def _lazy(module: str, function: str) -> Callable[..., Any]:
+    return partial(_call, module, function)
 
 
-def _build_imis_net(**kw: Any) -> torch.nn.Module:
-    from imis.models.build import build_imis_net
-
-    return build_imis_net(**kw)
-
-
-def _build_sam2(**kw: Any) -> torch.nn.Module:
-    from imis.models.build_sam2 import build_sam2
-
-    return build_sam2(**kw)
+_build_litemedsam = _lazy("imis.models.build_litemedsam", "build_litemedsam")
+_build_imis_lite = _lazy("imis.models.build_litemedsam", "build_imis_lite")
+_build_sam_vit = _lazy("imis.models.build", "build_sam_vit")
+_build_imis_net = _lazy("imis.models.build", "build_imis_net")
+_build_sam2 = _lazy("imis.models.build_sam2", "build_sam2")
 
 
 # The configuration of tests/models/fixtures/sam2_small.pt.gz: 96 px, Hiera stages 1/2/2/1.
@@ -114,6 +103,15 @@ _SMALL_SAM2 = {
 
 _SMALL_LITE = {"img_size": 64, "decoder_mlp_dim": 32, "iou_head_hidden_dim": 16}
 _SMALL_VIT = {"img_size": 64, "window_size": 2, "prompt_dim": 32, "decoder_mlp_dim": 32}
+_SMALL_SAM_VIT = {  # SAM's ViT small; SAM-Med2D's is the same with its adapters
+    **_SMALL_VIT,
+    "encoder_embed_dim": 32,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "encoder_global_attn_indexes": (1,),
+    "decoder_num_heads": 2,
+    "iou_head_hidden_dim": 16,
+}
 
 ARCHITECTURES: dict[str, Architecture] = {
     a.name: a
@@ -134,15 +132,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             _build_sam_vit,
             "sam",
             recipe="sam-vit-b",
-            small_kwargs={
-                **_SMALL_VIT,
-                "encoder_embed_dim": 32,
-                "encoder_depth": 2,
-                "encoder_num_heads": 2,
-                "encoder_global_attn_indexes": (1,),
-                "decoder_num_heads": 2,
-                "iou_head_hidden_dim": 16,
-            },
+            small_kwargs=_SMALL_SAM_VIT,
         ),
         Architecture("sam2", _build_sam2, "sam2", recipe="sam2-hiera-b+", small_kwargs=_SMALL_SAM2),
         # SAM ViT with SAM-Med2D's adapters: its own layout (the adapters are renamed)
@@ -151,16 +141,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             _build_sam_vit,
             "sam-med2d",
             recipe="sam-med2d-b",
-            small_kwargs={
-                **_SMALL_VIT,
-                "encoder_embed_dim": 32,
-                "encoder_depth": 2,
-                "encoder_num_heads": 2,
-                "encoder_global_attn_indexes": (1,),
-                "decoder_num_heads": 2,
-                "iou_head_hidden_dim": 16,
-                "encoder_adapter": True,
-            },
+            small_kwargs={**_SMALL_SAM_VIT, "encoder_adapter": True},
         ),
         Architecture(
             "imis-net",
@@ -189,64 +170,20 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def _sam_in(obj: Any) -> dict[str, torch.Tensor]:
-    from imis.models.formats import sam
-
-    return sam.to_internal(sam.unwrap(obj))
+_FORMATS = "imis.models.formats."
 
 
-def _sam_out(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from imis.models.formats import sam
-
-    return sam.to_foreign(sd)
-
-
-def _imis_in(obj: Any) -> dict[str, torch.Tensor]:
-    from imis.models.formats import imis
-
-    return imis.to_internal(obj)
+def _to_internal(module: str, unwrap: str | None, obj: Any) -> dict[str, torch.Tensor]:
+    """A loaded file -> our state dict by ``formats.<module>``; ``unwrap``: the format module whose
+    ``unwrap`` first takes the state dict out of the file's checkpoint wrapper (None: the file is it)."""
+    if unwrap is not None:
+        obj = _call(_FORMATS + unwrap, "unwrap", obj)
+    return _call(_FORMATS + module, "to_internal", obj)
 
 
-def _imis_out(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from imis.models.formats import imis
-
-    return imis.to_foreign(sd)
-
-
-def _litemedsam_in(obj: Any) -> dict[str, torch.Tensor]:
-    from imis.models.formats import litemedsam, sam
-
-    return litemedsam.to_internal(sam.unwrap(obj))
-
-
-def _litemedsam_out(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from imis.models.formats import litemedsam
-
-    return litemedsam.to_foreign(sd)
-
-
-def _sam2_in(obj: Any) -> dict[str, torch.Tensor]:
-    from imis.models.formats import sam2
-
-    return sam2.to_internal(sam2.unwrap(obj))
-
-
-def _sam2_out(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from imis.models.formats import sam2
-
-    return sam2.to_foreign(sd)
-
-
-def _sam_med2d_in(obj: Any) -> dict[str, torch.Tensor]:
-    from imis.models.formats import sam_med2d
-
-    return sam_med2d.to_internal(sam_med2d.unwrap(obj))
-
-
-def _sam_med2d_out(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    from imis.models.formats import sam_med2d
-
-    return sam_med2d.to_foreign(sd)
+def _converters(module: str, unwrap: str | None) -> tuple[Callable[[Any], dict], Callable[[dict], dict]]:
+    """(file -> internal, internal -> file) of the format module ``module``."""
+    return partial(_to_internal, module, unwrap), _lazy(_FORMATS + module, "to_foreign")
 
 
 LAYOUTS: dict[str, WeightLayout] = {
@@ -254,33 +191,28 @@ LAYOUTS: dict[str, WeightLayout] = {
     for w in (
         WeightLayout(
             "sam",
-            _sam_in,
-            _sam_out,
+            *_converters("sam", "sam"),
             "official Segment Anything layout (image_encoder.*, prompt_encoder.*, mask_decoder.*)",
         ),
         WeightLayout(
             "imis-net",
-            _imis_in,
-            _imis_out,
+            *_converters("imis", None),
             "released IMIS-Net layout (image_encoder.sam_encoder.*, text_model.*, text_out_dim.*)",
         ),
         WeightLayout(
             "litemedsam",
-            _litemedsam_in,
-            _litemedsam_out,
+            *_converters("litemedsam", "sam"),
             "LiteMedSAM layout (TinyViT image_encoder.*, SAM prompt_encoder.*/mask_decoder.*)",
         ),
         WeightLayout(
             "sam2",
-            _sam2_in,
-            _sam2_out,
+            *_converters("sam2", "sam2"),
             "released SAM 2 / 2.1 layout ({'model': ...} with image_encoder.trunk.*, image_encoder.neck.*, "
             "sam_prompt_encoder.*, sam_mask_decoder.*, no_mem_embed; video memory parts ignored)",
         ),
         WeightLayout(
             "sam-med2d",
-            _sam_med2d_in,
-            _sam_med2d_out,
+            *_converters("sam_med2d", "sam_med2d"),
             "released SAM-Med2D layout (SAM ViT-B at 256 px with image_encoder.blocks.*.Adapter.*)",
         ),
     )

@@ -29,12 +29,12 @@ import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 import regex
 import torch
 
 from imis.errors import ModelNotAvailableError
+from imis.models.text.batch import Padding, pad_batch
 
 __all__ = ["CLIPTokenizer", "locate_bpe_vocab", "START_ID", "END_ID", "VOCAB_FILENAME"]
 
@@ -224,7 +224,7 @@ class CLIPTokenizer:
     def __call__(
         self,
         texts: str | Sequence[str],
-        padding: Literal["longest", "max_length"] | bool = "longest",
+        padding: Padding = "longest",
         pad_id: int = 0,
     ) -> dict[str, torch.Tensor]:
         """Tokenise a batch: ``{'input_ids': (B, L) int64, 'attention_mask': (B, L) int64}``.
@@ -234,24 +234,7 @@ class CLIPTokenizer:
         """
         if isinstance(texts, str):
             texts = [texts]
-        rows = [self.encode(t) for t in texts]
-        if not rows:
-            raise ValueError("no texts to tokenise")
-        if padding == "max_length":
-            length = self.context_length
-        elif padding in (True, "longest"):
-            length = max(len(r) for r in rows)
-        elif padding is False:
-            length = len(rows[0])
-            if any(len(r) != length for r in rows):
-                raise ValueError("texts tokenise to different lengths; pass padding='longest'")
-        else:
-            raise ValueError(f"padding must be 'longest', 'max_length' or a bool, not {padding!r}")
-        ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
+        ids, mask = pad_batch([self.encode(t) for t in texts], padding, self.context_length, pad_id)
         return {"input_ids": ids, "attention_mask": mask}
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:

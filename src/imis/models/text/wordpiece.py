@@ -36,11 +36,11 @@ import os
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from imis.errors import ModelNotAvailableError
+from imis.models.text.batch import Padding, pad_batch
 
 __all__ = ["WordPieceTokenizer", "basic_tokenize", "normalize_text"]
 
@@ -270,7 +270,7 @@ class WordPieceTokenizer:
     def __call__(
         self,
         texts: str | Sequence[str],
-        padding: Literal["longest", "max_length"] | bool = "longest",
+        padding: Padding = "longest",
         max_length: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Tokenise a batch: ``input_ids``, ``attention_mask``, ``token_type_ids``, each (B, L) int64.
@@ -281,24 +281,7 @@ class WordPieceTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         limit = self.max_length if max_length is None else max_length
-        rows = [self.encode(t, max_length=limit) for t in texts]
-        if not rows:
-            raise ValueError("no texts to tokenise")
-        if padding == "max_length":
-            length = limit
-        elif padding in (True, "longest"):
-            length = max(len(r) for r in rows)
-        elif padding is False:
-            length = len(rows[0])
-            if any(len(r) != length for r in rows):
-                raise ValueError("texts tokenise to different lengths; pass padding='longest'")
-        else:
-            raise ValueError(f"padding must be 'longest', 'max_length' or a bool, not {padding!r}")
-        ids = torch.full((len(rows), length), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
+        ids, mask = pad_batch([self.encode(t, max_length=limit) for t in texts], padding, limit, self.pad_id)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
