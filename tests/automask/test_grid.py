@@ -88,3 +88,24 @@ def test_stability_score_and_outputs(lite):
     assert generate.output_tokens(lite, "auto", 4) == [0]  # imis-lite: the single output it was trained on
     assert generate.output_tokens(lite, "multimask", 4) == [1, 2, 3]
     assert generate.output_tokens(lite, "all", 4) == [0, 1, 2, 3]
+
+
+def test_factored_image_tokens_equal_the_plain_transformers(lite, lite_embedding):
+    """The grid decoder keeps each click's image tokens as scale * base + coef . basis through the
+    attention updates and LayerNorms; formed, they are the plain transformer's output tokens."""
+    net = lite.net
+    points = generate.point_grid(3, *lite_embedding.frame.orig_hw)[[0, 4, 8]]
+    coords = torch.from_numpy(lite_embedding.frame.to_input(points))[:, None]
+    with torch.inference_mode():
+        sparse, dense = net.prompt_encoder(
+            (coords, torch.ones(len(points), 1, dtype=torch.int64)), None, None, None
+        )
+        state = decode_clicks(net, shared_image(net, lite_embedding.features), sparse)
+        dec = net.mask_decoder
+        tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight])
+        tokens = torch.cat([tokens.unsqueeze(0).expand(len(points), -1, -1), sparse], dim=1)
+        src = lite_embedding.features.expand(len(points), -1, -1, -1) + dense
+        pe = net.prompt_encoder.get_dense_pe().expand(len(points), -1, -1, -1)
+        _, keys = dec.transformer(src, pe, tokens)
+    assert state.image.coef.shape[1] < keys.shape[-1]  # fewer coefficients than channels per token
+    np.testing.assert_allclose(state.keys.numpy(), keys.numpy(), atol=2e-4)
