@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from propagation_grid import record_walk as grid_record_walk
 from tune_propagation import Slices, seed_prediction
 
 from imis.bench.metrics import mask_metrics
@@ -35,7 +36,7 @@ from imis.data.brain_templates import heldout_aal_labels, read_aal_names
 from imis.io import read_image
 from imis.models.interactive import PromptSpec
 from imis.prompts import tight_box
-from imis.session.propagation import PropagationRules, SliceRecord, predict_next, stop_reason
+from imis.session.propagation import PropagationRules, SliceRecord, stop_reason
 
 TEMPLATES = Path("/usr/share/mricron/templates")
 
@@ -50,28 +51,12 @@ def _unpack(text: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def record_walk(model, slices: Slices, gt: np.ndarray, seed_pred, seed: int, step: int, rules, beyond: int):
-    """One unstopped walk (to the structure's end plus ``beyond`` slices, or an empty prediction)."""
-    zs = np.nonzero(gt.any(axis=(1, 2)))[0]
-    last = min(gt.shape[0] - 1, zs.max() + beyond) if step > 0 else max(0, zs.min() - beyond)
-    prev, prev_logits = seed_pred.mask, seed_pred.low_res_logits
-    out = []
-    for i in range(seed + step, last + step, step):
-        pred = predict_next(model, slices[i], prev, prev_logits, rules, seed_pred.mask)
-        area, prev_area = int(pred.mask.sum()), int(prev.sum())
-        out.append(
-            {
-                "index": i,
-                "area": area,
-                "quality": pred.quality,
-                "growth": area / prev_area if prev_area else float("inf"),
-                "overlap": float((pred.mask & prev).sum() / area) if area else 0.0,
-                "mask": _pack(pred.mask),
-            }
-        )
-        if area == 0:
-            break
-        prev, prev_logits = pred.mask, pred.low_res_logits
-    return out
+    """One unstopped walk (to the structure's end plus ``beyond`` slices, or an empty prediction): per
+    slice the stop signals (SliceRecord fields) and the packed mask."""
+    recs = grid_record_walk(model, slices, gt, seed_pred, seed, step, rules, beyond)
+    return [
+        {**{k: v for k, v in r.items() if k not in ("inter", "gt")}, "mask": _pack(r["mask"])} for r in recs
+    ]
 
 
 def run_structure(
@@ -83,6 +68,7 @@ def run_structure(
         pred, _ = seed_prediction(model, slices[seed], gt[seed], kind, rules)
         rec[kind] = {
             "seed_mask": _pack(pred.mask),
+            "seed_quality": pred.quality,
             "down": record_walk(model, slices, gt, pred, seed, -1, rules, beyond) if pred.mask.any() else [],
             "up": record_walk(model, slices, gt, pred, seed, 1, rules, beyond) if pred.mask.any() else [],
         }
@@ -114,9 +100,11 @@ def assemble(
     for d, step in (("down", -1), ("up", 1)):
         last = None
         for s in r[d]:
-            ratio = s["area"] / seed_mask.sum()
-            rec_s = SliceRecord(s["index"], s["area"], s["quality"], s["growth"], s["overlap"], ratio)
-            if stop_reason(rec_s, rules):
+            # records made before the stability / quality-ratio / IoU signals were recorded lack them
+            # (1.0: never a stop); the seed ratio is recomputed for those too
+            known = {k: s[k] for k in SliceRecord.__dataclass_fields__ if k in s}
+            known["seed_ratio"] = s["area"] / seed_mask.sum()
+            if stop_reason(SliceRecord(**known), rules):
                 last = None
                 break
             last = s

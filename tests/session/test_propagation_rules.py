@@ -71,3 +71,73 @@ def test_thinned_out_stop_is_relative_to_the_seed_area():
     rules = PropagationRules(min_quality=0.0, min_seed_ratio=0.3)
     assert stop_reason(SliceRecord(1, 20, 0.9, 1.0, 1.0, seed_ratio=0.2), rules) == "thinned out"
     assert stop_reason(SliceRecord(1, 40, 0.9, 1.0, 1.0, seed_ratio=0.4), rules) is None
+
+
+def test_negative_ring_clicks_lie_outside_the_mask_at_the_distance_and_around_it():
+    mask = _mask(40, 30, 59, 49)
+    spec = next_prompt(mask, None, PropagationRules(prompt="box", neg_clicks=4, neg_distance=3))
+    assert spec.labels.tolist() == [0, 0, 0, 0]
+    pts = spec.points.astype(int)
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(~mask)
+    assert all(round(dist[y, x]) == 3 for x, y in pts)
+    # one click on each side of the square: left, above, right, below the centre
+    cx, cy = 49.5, 39.5
+    quadrants = {(int(x > cx + 5) - int(x < cx - 5), int(y > cy + 5) - int(y < cy - 5)) for x, y in pts}
+    assert len(quadrants) == 4
+
+
+def test_interior_click_comes_first_then_the_negatives():
+    spec = next_prompt(_mask(10, 20, 29, 59), None, PropagationRules(prompt="box+point", neg_clicks=2))
+    assert spec.labels.tolist() == [1, 0, 0]
+
+
+def test_negative_margin_shrinks_the_box_but_never_inverts_it():
+    rules = PropagationRules(prompt="box", box_margin=-2)
+    assert next_prompt(_mask(10, 20, 29, 59), None, rules).box.tolist() == [12, 22, 27, 57]
+    assert next_prompt(
+        _mask(10, 20, 12, 59), None, PropagationRules(prompt="box", box_margin=-5)
+    ).box.tolist() == [
+        11,
+        25,
+        11,
+        54,
+    ]
+
+
+def test_rules_refuse_bad_negative_clicks():
+    with pytest.raises(PromptError, match="neg_clicks"):
+        PropagationRules(neg_clicks=-1)
+
+
+def test_slice_record_signals():
+    from imis.models.interactive import Prediction
+
+    prev = _mask(10, 10, 19, 19)  # 100 px
+    logits = np.full((100, 120), -5.0, np.float32)
+    logits[10:20, 12:22] = 3.0  # 100 px above +1, shifted 2 px right
+    logits[10:20, 22:27] = 0.5  # 50 px between -1 and +1 (in the mask, not above +1)
+    pred = Prediction(mask=logits > 0, logits=logits, low_res_logits=torch.zeros(1, 1, 4, 4), quality=0.4)
+    from imis.session.propagation import slice_record
+
+    rec = slice_record(7, pred, prev, seed_area=300, seed_quality=0.8)
+    assert rec.area == 150 and rec.growth == 1.5 and rec.seed_ratio == 0.5
+    assert rec.stability == pytest.approx(100 / 150)
+    assert rec.quality_ratio == pytest.approx(0.5)
+    assert rec.iou_prev == pytest.approx(80 / 170) and rec.overlap == pytest.approx(80 / 150)
+    assert slice_record(7, pred, prev, 300, None).quality_ratio == 1.0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("stability", 0.5, "unstable"),
+        ("quality_ratio", 0.5, "confidence fell"),
+        ("iou_prev", 0.3, "drifted"),
+    ],
+)
+def test_model_signal_stops(field, value, reason):
+    rules = PropagationRules(min_quality=0.0, min_stability=0.7, min_quality_ratio=0.7, min_iou_prev=0.5)
+    assert stop_reason(SliceRecord(1, 50, 0.9, 1.0, 1.0, 1.0, **{field: value}), rules) == reason
+    assert stop_reason(SliceRecord(1, 50, 0.9, 1.0, 1.0, 1.0), rules) is None

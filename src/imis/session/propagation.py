@@ -56,6 +56,8 @@ __all__ = [
     "next_prompt",
     "predict_next",
     "refine_seed",
+    "ring_points",
+    "slice_record",
     "plane_view",
     "propagate_object",
 ]
@@ -93,6 +95,16 @@ class PropagationRules:
     # Stop once the area falls below this share of the seed slice's: a structure's tail that the walk
     # keeps painting at the old place after the structure itself has moved or thinned out.
     min_seed_ratio: float = 0.3
+    # Negative clicks on a ring ``neg_distance`` px outside the previous mask (0: none), spread evenly by
+    # angle around it: they tell the decoder where the structure is not, against leaks into neighbours.
+    neg_clicks: int = 0
+    neg_distance: int = 3
+    # Stops on the model's own signals (0 = off): the mask's stability between the logit thresholds
+    # +-1 (IoU of the two masks, as SAM's stability score), the predicted IoU relative to the seed
+    # slice's, and the IoU with the previous slice's mask (a structure changes slowly between slices).
+    min_stability: float = 0.0
+    min_quality_ratio: float = 0.0
+    min_iou_prev: float = 0.0
     batch_size: int = 4
     max_slices: int | None = None
 
@@ -111,6 +123,8 @@ class PropagationRules:
             raise PromptError(f"propagation box_from {self.box_from!r}: 'previous' or 'seed'")
         if self.batch_size < 1:
             raise PromptError("propagation batch_size must be >= 1")
+        if self.neg_clicks < 0 or self.neg_distance < 1:
+            raise PromptError("propagation neg_clicks must be >= 0 and neg_distance >= 1")
 
     @property
     def parts(self) -> frozenset[str]:
@@ -127,6 +141,9 @@ class SliceRecord:
     growth: float  # area / previous area
     overlap: float  # |mask & previous| / |mask|
     seed_ratio: float = 1.0  # area / the seed slice's area
+    stability: float = 1.0  # IoU of the masks at logits > +1 and > -1
+    quality_ratio: float = 1.0  # predicted IoU / the seed slice's
+    iou_prev: float = 1.0  # IoU with the previous slice's mask
 
 
 @dataclass
@@ -158,6 +175,32 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
+def _grown_side(lo: int, hi: int, size: int, rules: PropagationRules) -> tuple[int, int]:
+    """One side of the box, grown (or, with negative margins, shrunk) by the rules' margin and kept
+    inside the image; a shrink never turns the side inside out (it stops at the middle)."""
+    m = min(rules.box_margin_max, round(rules.box_margin + rules.box_margin_frac * (hi - lo + 1)))
+    a, b = max(0, lo - m), min(size - 1, hi + m)
+    if a > b:
+        a = b = (lo + hi) // 2
+    return a, b
+
+
+def ring_points(mask: np.ndarray, n: int, distance: int) -> list[tuple[int, int]]:
+    """Up to ``n`` (x, y) background pixels at ``distance`` px (Euclidean, rounded) outside ``mask``,
+    evenly spread by angle around the mask's centroid; fewer where the ring leaves the image."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(~mask)
+    ys, xs = np.nonzero(np.rint(dist) == distance)
+    if len(xs) == 0:
+        return []
+    cy, cx = np.argwhere(mask).mean(axis=0)
+    angle = np.arctan2(ys - cy, xs - cx)
+    order = np.argsort(angle, kind="stable")
+    picks = order[(np.arange(n) * len(order)) // n] if len(order) >= n else order
+    return [(int(xs[i]), int(ys[i])) for i in picks]
+
+
 def next_prompt(
     prev: np.ndarray,
     prev_logits: torch.Tensor | None,
@@ -171,22 +214,18 @@ def next_prompt(
     if "box" in parts:
         ys, xs = np.nonzero(seed if rules.box_from == "seed" and seed is not None else prev)
         h, w = prev.shape
-        mx, my = (
-            min(rules.box_margin_max, round(rules.box_margin + rules.box_margin_frac * (hi - lo + 1)))
-            for lo, hi in ((xs.min(), xs.max()), (ys.min(), ys.max()))
-        )
         box = np.array(
             [
-                max(0, xs.min() - mx),
-                max(0, ys.min() - my),
-                min(w - 1, xs.max() + mx),
-                min(h - 1, ys.max() + my),
+                *_grown_side(xs.min(), xs.max(), w, rules),
+                *_grown_side(ys.min(), ys.max(), h, rules),
             ],
             dtype=np.float32,
-        )
-    if "point" in parts:
-        points = np.array([interior_point(prev)], dtype=np.float32)
-        labels = np.array([1], dtype=np.int64)
+        )[[0, 2, 1, 3]]
+    pts: list[tuple[int, int]] = [interior_point(prev)] if "point" in parts else []
+    negs = ring_points(prev, rules.neg_clicks, rules.neg_distance) if rules.neg_clicks else []
+    if pts or negs:
+        points = np.array(pts + negs, dtype=np.float32)
+        labels = np.array([1] * len(pts) + [0] * len(negs), dtype=np.int64)
     logits = prev_logits if "mask" in parts else None
     return PromptSpec(points=points, labels=labels, box=box, mask_logits=logits)
 
@@ -234,6 +273,12 @@ def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
         return "no overlap"
     if rec.seed_ratio < rules.min_seed_ratio:
         return "thinned out"
+    if rec.stability < rules.min_stability:
+        return "unstable"
+    if rec.quality_ratio < rules.min_quality_ratio:
+        return "confidence fell"
+    if rec.iou_prev < rules.min_iou_prev:
+        return "drifted"
     return None
 
 
@@ -258,12 +303,13 @@ def _refined_seed(vs: VolumeSession, key: tuple[int, int], rules: PropagationRul
     return refine_seed(vs.model, vs.embedding(key), last.prediction, last.clicks)
 
 
-def _seed_logits(vs: VolumeSession, key: tuple[int, int]) -> torch.Tensor | None:
+def _seed_signals(vs: VolumeSession, key: tuple[int, int]) -> tuple[torch.Tensor | None, float | None]:
+    """The seed slice's low-res logits and predicted IoU (None for a propagated seed: it has no own)."""
     draft = vs._draft
     last = draft.last_predict(key)
     if last is not None and last.prediction is not None:
-        return last.prediction.low_res_logits
-    return draft.propagated_logits(key)
+        return last.prediction.low_res_logits, last.prediction.quality
+    return draft.propagated_logits(key), None
 
 
 def propagate_object(
@@ -283,12 +329,12 @@ def propagate_object(
     result = PropagationResult(axis=AXIS_NAMES[axis], seed=seed)
     planes: dict[tuple[int, int], np.ndarray] = {}
     seed_mask = plane_view(vs._draft.mask, key).copy()
-    seed_logits = _seed_logits(vs, key)
+    seed_logits, seed_quality = _seed_signals(vs, key)
     refined = _refined_seed(vs, key, rules)
     if refined is not None and refined.mask.any():
         planes[key] = refined.mask
         result.logits[seed] = refined.low_res_logits
-        seed_mask, seed_logits = refined.mask, refined.low_res_logits
+        seed_mask, seed_logits, seed_quality = refined.mask, refined.low_res_logits, refined.quality
     done = 0
     for step in steps:
         end, end_reason = ends[step]
@@ -300,7 +346,7 @@ def propagate_object(
                 ahead = list(range(i, end, step))[: rules.batch_size]
                 vs.encode_slices(axis, ahead)
             pred = predict_next(vs.model, vs.embedding((axis, i)), prev, prev_logits, rules, seed_mask)
-            rec = _record(i, pred.mask, prev, pred.quality, seed_area)
+            rec = slice_record(i, pred, prev, seed_area, seed_quality)
             result.records.append(rec)
             done += 1
             if progress is not None:
@@ -326,15 +372,26 @@ def propagate_object(
     return result, planes
 
 
-def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float, seed_area: int) -> SliceRecord:
+def slice_record(
+    index: int, pred: Prediction, prev: np.ndarray, seed_area: int, seed_quality: float | None
+) -> SliceRecord:
+    """The measures the stop rules look at for prediction ``pred`` of slice ``index``; ``prev``: the
+    previous slice's mask; ``seed_quality`` None (a seed without a prediction of its own): ratio 1."""
+    mask = pred.mask
     area = int(mask.sum())
     prev_area = int(prev.sum())
     inter = int(np.logical_and(mask, prev).sum())
+    union = area + prev_area - inter
+    hi, lo = int((pred.logits > 1.0).sum()), int((pred.logits > -1.0).sum())
     return SliceRecord(
         index=index,
         area=area,
-        quality=float(quality),
+        quality=float(pred.quality),
         growth=area / prev_area if prev_area else float("inf"),
         overlap=inter / area if area else 0.0,
         seed_ratio=area / seed_area if seed_area else 0.0,
+        # the +1 mask lies inside the -1 mask, so their IoU is the ratio of their areas
+        stability=hi / lo if lo else 0.0,
+        quality_ratio=float(pred.quality) / seed_quality if seed_quality else 1.0,
+        iou_prev=inter / union if union else 0.0,
     )
