@@ -11,7 +11,7 @@ per-slice oracle (the tight GT box on every slice of the structure) is the ceili
 Writes one JSON line per structure to --out (resumable: structures already there are skipped; --part
 splits the structures between processes, --only runs some kinds, e.g. the oracle alone); with
 --summarise FILES prints the summary as one JSON line (rows of a structure in several files are merged;
---rules gives stop-rule fields, default: PropagationRules()'s).
+--rules gives stop-rule fields, default: each seed kind's measured rules, imis.session.propagation.default_rules).
 
     PYTHONPATH=src:benchmarks python benchmarks/volume_heldout.py --model imis-lite \
         --emb-dir runs/emb/imis-lite --mode '{"prompt": "box+mask"}' --out runs/heldout-imis-lite.jsonl
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from propagation_grid import SPACING_ZYX, charged_slices
 from propagation_grid import record_walk as grid_record_walk
 from tune_propagation import Slices, seed_prediction
 
@@ -36,7 +37,7 @@ from imis.data.brain_templates import heldout_aal_labels, read_aal_names
 from imis.io import read_image
 from imis.models.interactive import PromptSpec
 from imis.prompts import tight_box
-from imis.session.propagation import PropagationRules, SliceRecord, stop_reason
+from imis.session.propagation import PropagationRules, SliceRecord, default_rules, seed_reach, stop_reason
 
 TEMPLATES = Path("/usr/share/mricron/templates")
 
@@ -97,6 +98,11 @@ def assemble(
     seed_mask = _unpack(r["seed_mask"], shape[1:])
     vol[rec["seed"]] = seed_mask
     unstopped = 0
+    per_slice = seed_reach(int(seed_mask.sum()), SPACING_ZYX, 0)
+
+    def reach_of(index: int) -> float:
+        return abs(index - rec["seed"]) * per_slice
+
     for d, step in (("down", -1), ("up", 1)):
         last = None
         for s in r[d]:
@@ -104,6 +110,7 @@ def assemble(
             # (1.0: never a stop); the seed ratio is recomputed for those too
             known = {k: s[k] for k in SliceRecord.__dataclass_fields__ if k in s}
             known["seed_ratio"] = s["area"] / seed_mask.sum()
+            known["reach"] = s.get("reach", reach_of(s["index"]))
             if stop_reason(SliceRecord(**known), rules):
                 last = None
                 break
@@ -113,16 +120,20 @@ def assemble(
             unstopped += 1
             if not charge:  # the flattering cut at the recording's end, for comparison only
                 continue
-            edge = shape[0] if step > 0 else -1
-            vol[last["index"] + step : edge : step] = _unpack(last["mask"], shape[1:])
+            edge = shape[0] - 1 - last["index"] if step > 0 else last["index"]
+            recs = [dict(x, reach=x.get("reach", reach_of(x["index"]))) for x in r[d]]
+            n = charged_slices(recs, edge, rules.max_reach)
+            # explicit indices: a slice stop of -1 would mean the last slice, not "past index 0"
+            charged = [last["index"] + step * t for t in range(1, n + 1)]
+            vol[charged] = _unpack(last["mask"], shape[1:])
     return vol, unstopped
 
 
 def summarise(
-    paths: list[Path], rules: PropagationRules, tolerance: float = 1.0, charge: bool = True
+    paths: list[Path], rules: PropagationRules | None, tolerance: float = 1.0, charge: bool = True
 ) -> dict:
     """Metrics per seed kind; rows of the same structure in several files (e.g. the oracle run on its
-    own) are merged."""
+    own) are merged. ``rules`` None: each seed kind's measured defaults (default_rules)."""
     aal = read_image(TEMPLATES / "aal.nii.gz")
     spacing = tuple(reversed(aal.geometry.spacing))  # (z, y, x) mm
     merged: dict[str, dict] = {}
@@ -139,7 +150,7 @@ def summarise(
             if kind not in row:
                 continue
             gt = aal.array == row["label"]
-            vol, n = assemble(row, kind, gt.shape, rules, charge)
+            vol, n = assemble(row, kind, gt.shape, rules or default_rules(kind), charge)
             unstopped += n
             ms.append(mask_metrics(vol, gt, spacing, tolerance))
             per[row["name"]] = round(ms[-1].dice, 3)
@@ -175,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         "--done-from", type=Path, nargs="*", default=(), help="also skip structures already in these files"
     )
     ap.add_argument("--summarise", type=Path, nargs="+", default=None, help="summarise these JSONL files")
-    ap.add_argument("--rules", default="{}", help="PropagationRules fields as JSON for --summarise")
+    ap.add_argument(
+        "--rules",
+        default=None,
+        help="PropagationRules fields as JSON for --summarise (default: per seed kind)",
+    )
     ap.add_argument("--emb-dir", type=Path, default=None, help="embeddings stored by encode_slices.py")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded CPU)")
     args = ap.parse_args(argv)
@@ -186,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(
                 summarise(
-                    args.summarise, PropagationRules(**json.loads(args.rules)), charge=not args.no_charge
+                    args.summarise,
+                    PropagationRules(**json.loads(args.rules)) if args.rules else None,
+                    charge=not args.no_charge,
                 )
             )
         )

@@ -17,16 +17,18 @@ def _mask(x0: int, y0: int, x1: int, y1: int, shape=(100, 120)) -> np.ndarray:
 
 
 def test_tight_box_is_the_mask_extent():
-    spec = next_prompt(_mask(10, 20, 29, 59), None, PropagationRules(prompt="box", box_margin_frac=0.0))
+    spec = next_prompt(_mask(10, 20, 29, 59), None, PropagationRules(prompt="box", box_margin=0))
     assert spec.box.tolist() == [10, 20, 29, 59]
     assert spec.points is None and spec.mask_logits is None
+    # the measured default grows it by 1 px on each side
+    assert next_prompt(_mask(10, 20, 29, 59), None, PropagationRules()).box.tolist() == [9, 19, 30, 60]
 
 
 def test_proportional_margin_grows_each_side_by_a_share_of_that_side_and_is_clamped():
     # 20 px wide, 40 px tall: 10 % is 2 px in x and 4 px in y
-    rules = PropagationRules(prompt="box", box_margin_frac=0.1)
+    rules = PropagationRules(prompt="box", box_margin=0, box_margin_frac=0.1)
     assert next_prompt(_mask(10, 20, 29, 59), None, rules).box.tolist() == [8, 16, 31, 63]
-    clamped = PropagationRules(prompt="box", box_margin_frac=0.1, box_margin_max=3)
+    clamped = PropagationRules(prompt="box", box_margin=0, box_margin_frac=0.1, box_margin_max=3)
     assert next_prompt(_mask(10, 20, 29, 59), None, clamped).box.tolist() == [8, 17, 31, 62]
     # and never past the image
     assert next_prompt(_mask(0, 0, 119, 99), None, rules).box.tolist() == [0, 0, 119, 99]
@@ -60,7 +62,7 @@ def test_stop_reasons(rec, reason):
 
 
 def test_box_from_seed_ignores_the_previous_mask():
-    rules = PropagationRules(prompt="box+mask", box_from="seed")
+    rules = PropagationRules(prompt="box+mask", box_from="seed", box_margin=0)
     spec = next_prompt(_mask(40, 40, 45, 45), None, rules, seed=_mask(10, 20, 29, 59))
     assert spec.box.tolist() == [10, 20, 29, 59]
     with pytest.raises(PromptError, match="box_from"):
@@ -135,9 +137,28 @@ def test_slice_record_signals():
         ("stability", 0.5, "unstable"),
         ("quality_ratio", 0.5, "confidence fell"),
         ("iou_prev", 0.3, "drifted"),
+        ("reach", 0.6, "too far"),
     ],
 )
 def test_model_signal_stops(field, value, reason):
-    rules = PropagationRules(min_quality=0.0, min_stability=0.7, min_quality_ratio=0.7, min_iou_prev=0.5)
+    rules = PropagationRules(
+        min_quality=0.0, min_stability=0.7, min_quality_ratio=0.7, min_iou_prev=0.5, max_reach=0.5
+    )
     assert stop_reason(SliceRecord(1, 50, 0.9, 1.0, 1.0, 1.0, **{field: value}), rules) == reason
     assert stop_reason(SliceRecord(1, 50, 0.9, 1.0, 1.0, 1.0), rules) is None
+
+
+def test_seed_reach_is_slice_step_over_the_seed_diameter_in_mm():
+    from imis.session.propagation import seed_reach
+
+    # a disc of area pi * 10^2 px at 0.5 mm pixels is 10 mm across; slices 2 mm apart: 0.2 per slice
+    assert seed_reach(round(np.pi * 100), (2.0, 0.5, 0.5), 0) == pytest.approx(0.2, rel=1e-3)
+    assert seed_reach(0, (1.0, 1.0, 1.0), 0) == float("inf")
+
+
+def test_click_seeds_have_their_own_measured_stops():
+    from imis.session.propagation import CLICK_SEED_RULES, default_rules
+
+    assert default_rules("box") == PropagationRules()
+    assert default_rules("click") is CLICK_SEED_RULES
+    assert CLICK_SEED_RULES.prompt == PropagationRules().prompt and CLICK_SEED_RULES != PropagationRules()

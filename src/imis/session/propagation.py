@@ -50,6 +50,9 @@ def plane_view(mask: np.ndarray, key: tuple[int, int]) -> np.ndarray:
 
 __all__ = [
     "AXIS_NAMES",
+    "CLICK_SEED_RULES",
+    "default_rules",
+    "seed_kind",
     "PropagationResult",
     "PropagationRules",
     "SliceRecord",
@@ -57,6 +60,7 @@ __all__ = [
     "predict_next",
     "refine_seed",
     "ring_points",
+    "seed_reach",
     "slice_record",
     "plane_view",
     "propagate_object",
@@ -69,12 +73,14 @@ PROMPT_PARTS = ("box", "mask", "point")
 class PropagationRules:
     """How one slice prompts the next, and when the walk stops (see the module docstring)."""
 
-    # Measured on training AAL structures only (docs/volumes.md, benchmarks/tune_propagation.py): the
-    # previous slice's tight box plus its mask logits tied or beat every other prompt (margins of 10-20 %,
-    # a seed-slice box, an interior click, a lower logit threshold); the stop rules are what moved the 3D
-    # Dice (0.371 -> 0.464 on 8 structures): stop at predicted IoU < 0.5, growth > 1.1x, area < 0.3x seed.
+    # Measured on the 8 training AAL structures only (docs/volumes.md, benchmarks/propagation_grid.py):
+    # the previous slice's box grown by 1 px plus its mask logits; negative ring clicks, an interior
+    # click, a shrunk box and a lower logit threshold did not do better across the structures (chosen by
+    # leave-one-structure-out Dice). Stops for a box seed: predicted IoU < 0.5, growth > 1.1x, area <
+    # 0.2x the seed's, or farther than 0.5 seed diameters (box seed 0.464 -> 0.550 3D Dice); the model's
+    # own stability / IoU-ratio / previous-mask IoU stops added <= 0.002 and are off.
     prompt: str = "box+mask"
-    box_margin: int = 0
+    box_margin: int = 1
     # Margin grown on each side as a share of the box's own width/height (added to box_margin), at most
     # box_margin_max pixels: a fixed margin is too much for a small cross-section and too little for a big one.
     box_margin_frac: float = 0.0
@@ -94,7 +100,7 @@ class PropagationRules:
     min_overlap: float = 0.0
     # Stop once the area falls below this share of the seed slice's: a structure's tail that the walk
     # keeps painting at the old place after the structure itself has moved or thinned out.
-    min_seed_ratio: float = 0.3
+    min_seed_ratio: float = 0.2
     # Negative clicks on a ring ``neg_distance`` px outside the previous mask (0: none), spread evenly by
     # angle around it: they tell the decoder where the structure is not, against leaks into neighbours.
     neg_clicks: int = 0
@@ -105,6 +111,10 @@ class PropagationRules:
     min_stability: float = 0.0
     min_quality_ratio: float = 0.0
     min_iou_prev: float = 0.0
+    # A shape prior, not a model signal: stop once the walk is farther from the seed (mm) than this many
+    # times the seed's equivalent diameter (mm, of a disc of the seed mask's area). Atlas parcels end at
+    # planes the image does not show, so the model keeps segmenting past them; this bounds the walk.
+    max_reach: float = 0.5
     batch_size: int = 4
     max_slices: int | None = None
 
@@ -131,6 +141,26 @@ class PropagationRules:
         return frozenset(self.prompt.split("+"))
 
 
+#: Stop rules measured for a walk from a seed prompted by clicks alone: its mask is smaller and worse
+#: than a box seed's (seed-slice Dice 0.62 vs 0.86 on the training structures), its predicted IoU says
+#: less, and the walk is cut where it thins out below 0.4x the seed; docs/volumes.md.
+CLICK_SEED_RULES = PropagationRules(min_quality=0.0, max_growth=1.3, min_seed_ratio=0.4, max_reach=0.75)
+
+
+def default_rules(seed_kind: str) -> PropagationRules:
+    """The measured rules for a walk from a seed prompted by "box" (or text) or by "click"s alone."""
+    return CLICK_SEED_RULES if seed_kind == "click" else PropagationRules()
+
+
+def seed_kind(vs: VolumeSession, key: tuple[int, int]) -> str:
+    """ "click" when the slice's latest prompt was clicks alone, else "box" (a box, text, or a seed made
+    by an earlier propagation)."""
+    last = vs._draft.last_predict(key) if vs._draft is not None else None
+    if last is not None and last.clicks and last.box is None and last.text is None:
+        return "click"
+    return "box"
+
+
 @dataclass(frozen=True)
 class SliceRecord:
     """What one propagated slice gave: the measures the stop rules look at."""
@@ -144,6 +174,7 @@ class SliceRecord:
     stability: float = 1.0  # IoU of the masks at logits > +1 and > -1
     quality_ratio: float = 1.0  # predicted IoU / the seed slice's
     iou_prev: float = 1.0  # IoU with the previous slice's mask
+    reach: float = 0.0  # distance from the seed slice / the seed's equivalent diameter (both mm)
 
 
 @dataclass
@@ -279,6 +310,8 @@ def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
         return "confidence fell"
     if rec.iou_prev < rules.min_iou_prev:
         return "drifted"
+    if rec.reach > rules.max_reach:
+        return "too far"
     return None
 
 
@@ -340,13 +373,14 @@ def propagate_object(
         end, end_reason = ends[step]
         prev, prev_logits = seed_mask, seed_logits
         seed_area = int(seed_mask.sum())
+        per_slice = seed_reach(seed_area, tuple(reversed(vs.geometry.spacing)), axis)
         stopped: tuple[int | None, str] = (None, end_reason)
         for i in range(seed + step, end, step):
             if (axis, i) not in vs._cache:
                 ahead = list(range(i, end, step))[: rules.batch_size]
                 vs.encode_slices(axis, ahead)
             pred = predict_next(vs.model, vs.embedding((axis, i)), prev, prev_logits, rules, seed_mask)
-            rec = slice_record(i, pred, prev, seed_area, seed_quality)
+            rec = slice_record(i, pred, prev, seed_area, seed_quality, abs(i - seed) * per_slice)
             result.records.append(rec)
             done += 1
             if progress is not None:
@@ -372,11 +406,24 @@ def propagate_object(
     return result, planes
 
 
+def seed_reach(seed_area: int, spacing_zyx: tuple[float, float, float], axis: int) -> float:
+    """mm between slices along ``axis`` over the seed's equivalent diameter in mm (reach per slice)."""
+    pixel_area = float(np.prod([s for a, s in enumerate(spacing_zyx) if a != axis]))
+    diameter = 2.0 * np.sqrt(seed_area * pixel_area / np.pi)
+    return float(spacing_zyx[axis] / diameter) if diameter else float("inf")
+
+
 def slice_record(
-    index: int, pred: Prediction, prev: np.ndarray, seed_area: int, seed_quality: float | None
+    index: int,
+    pred: Prediction,
+    prev: np.ndarray,
+    seed_area: int,
+    seed_quality: float | None,
+    reach: float = 0.0,
 ) -> SliceRecord:
     """The measures the stop rules look at for prediction ``pred`` of slice ``index``; ``prev``: the
-    previous slice's mask; ``seed_quality`` None (a seed without a prediction of its own): ratio 1."""
+    previous slice's mask; ``seed_quality`` None (a seed without a prediction of its own): ratio 1;
+    ``reach``: the slice's distance from the seed over the seed's diameter (:func:`seed_reach` x slices)."""
     mask = pred.mask
     area = int(mask.sum())
     prev_area = int(prev.sum())
@@ -394,4 +441,5 @@ def slice_record(
         stability=hi / lo if lo else 0.0,
         quality_ratio=float(pred.quality) / seed_quality if seed_quality else 1.0,
         iou_prev=inter / union if union else 0.0,
+        reach=reach,
     )
