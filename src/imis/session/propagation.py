@@ -2,8 +2,9 @@
 
 From the seed slice, each direction is walked one slice at a time; slice k+1 is prompted with what
 slice k gave (:class:`PropagationRules` ``prompt``): the tight box of its mask (or of the seed's mask)
-grown by ``box_margin`` pixels plus ``box_margin_frac`` of its side, its low-res mask logits, and/or a positive click at its interior point (the pixel farthest
-from the background). The walk stops at the first slice where
+grown by ``box_margin`` pixels plus ``box_margin_frac`` of its side, its low-res mask logits, and/or a
+positive click at its interior point (the pixel farthest from the background), plus ``neg_clicks``
+negative clicks on a ring outside it. The walk stops at the first slice where
 
 * the prediction is empty or smaller than ``min_area`` pixels (the structure has ended),
 * the model's predicted IoU is below ``min_quality`` (it is unsure it still sees the structure),
@@ -11,16 +12,20 @@ from the background). The walk stops at the first slice where
 * less than ``min_overlap`` of the new mask overlaps the previous one (it jumped to another structure),
 * the area is below ``min_seed_ratio`` times the seed slice's (the tail the walk keeps painting where the
   structure has moved or thinned out),
+* the model's own signals fall (``min_stability``, ``min_quality_ratio``, ``min_iou_prev``; off by default),
+* the walk is farther from the seed than ``max_reach`` seed diameters (a shape prior),
 
 or at the volume's edge, or before the next slice the user prompted (an anchor: a second prompted slice
 bounds the walk). The slice that triggers a stop is left empty, and so is every slice after it up to
 the next anchor, so that re-propagating after a correction replaces what an earlier walk left there.
 Slices are encoded ``batch_size`` at a time ahead of the walk (the encoder dominates the time).
 
-The defaults were measured, not guessed: ``benchmarks/tune_propagation.py`` walks the Colin27 AAL
+The defaults were measured, not guessed: ``benchmarks/propagation_grid.py`` walks the Colin27 AAL
 structures that were in imis-lite's training (never the 24 held-out ones) without stopping, records
-area, predicted IoU, growth, overlap and the intersection with the ground truth on every slice, and
-picks the prompt kind and the thresholds that give the best mean 3D Dice; the table is in docs/volumes.md.
+every slice's signals (:class:`SliceRecord`) and its intersection with the ground truth, scores every
+stop-rule combination of a grid from the records, and the prompt mode was picked by
+leave-one-structure-out Dice; a click-only seed gets its own stops (:data:`CLICK_SEED_RULES`,
+:func:`default_rules`). Tables in docs/volumes.md.
 """
 
 from __future__ import annotations
