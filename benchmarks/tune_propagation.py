@@ -1,4 +1,8 @@
-"""Measure propagation rules on Colin27 AAL structures that were in imis-lite's training.
+"""Measure propagation rules on Colin27 AAL structures that were in imis-lite's training (first round).
+
+Superseded by benchmarks/propagation_grid.py (more prompts and stop signals, leave-one-structure-out
+choice). A mode's unspecified prompt fields take PropagationRules' current defaults (box_margin 1 since
+the second round): pass ``"box_margin": 0`` to repeat the first round.
 
 Never on the 24 held-out structures (imis.data.brain_templates.HELDOUT_AAL_STRUCTURES): this script
 refuses them. For each structure, seed kind (tight box or one interior click on the largest axial

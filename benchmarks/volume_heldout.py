@@ -11,7 +11,7 @@ per-slice oracle (the tight GT box on every slice of the structure) is the ceili
 Writes one JSON line per structure to --out (resumable: structures already there are skipped; --part
 splits the structures between processes, --only runs some kinds, e.g. the oracle alone); with
 --summarise FILES prints the summary as one JSON line (rows of a structure in several files are merged;
---rules gives stop-rule fields, default: PropagationRules()'s).
+--rules gives stop-rule fields, default: each seed kind's measured rules, imis.session.propagation.default_rules).
 
     PYTHONPATH=src:benchmarks python benchmarks/volume_heldout.py --model imis-lite \
         --emb-dir runs/emb/imis-lite --mode '{"prompt": "box+mask"}' --out runs/heldout-imis-lite.jsonl
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from propagation_grid import SPACING_ZYX, charged_slices
+from propagation_grid import record_walk as grid_record_walk
 from tune_propagation import Slices, seed_prediction
 
 from imis.bench.metrics import mask_metrics
@@ -35,7 +37,7 @@ from imis.data.brain_templates import heldout_aal_labels, read_aal_names
 from imis.io import read_image
 from imis.models.interactive import PromptSpec
 from imis.prompts import tight_box
-from imis.session.propagation import PropagationRules, SliceRecord, predict_next, stop_reason
+from imis.session.propagation import PropagationRules, SliceRecord, default_rules, seed_reach, stop_reason
 
 TEMPLATES = Path("/usr/share/mricron/templates")
 
@@ -50,28 +52,12 @@ def _unpack(text: str, shape: tuple[int, int]) -> np.ndarray:
 
 
 def record_walk(model, slices: Slices, gt: np.ndarray, seed_pred, seed: int, step: int, rules, beyond: int):
-    """One unstopped walk (to the structure's end plus ``beyond`` slices, or an empty prediction)."""
-    zs = np.nonzero(gt.any(axis=(1, 2)))[0]
-    last = min(gt.shape[0] - 1, zs.max() + beyond) if step > 0 else max(0, zs.min() - beyond)
-    prev, prev_logits = seed_pred.mask, seed_pred.low_res_logits
-    out = []
-    for i in range(seed + step, last + step, step):
-        pred = predict_next(model, slices[i], prev, prev_logits, rules, seed_pred.mask)
-        area, prev_area = int(pred.mask.sum()), int(prev.sum())
-        out.append(
-            {
-                "index": i,
-                "area": area,
-                "quality": pred.quality,
-                "growth": area / prev_area if prev_area else float("inf"),
-                "overlap": float((pred.mask & prev).sum() / area) if area else 0.0,
-                "mask": _pack(pred.mask),
-            }
-        )
-        if area == 0:
-            break
-        prev, prev_logits = pred.mask, pred.low_res_logits
-    return out
+    """One unstopped walk (to the structure's end plus ``beyond`` slices, or an empty prediction): per
+    slice the stop signals (SliceRecord fields) and the packed mask."""
+    recs = grid_record_walk(model, slices, gt, seed_pred, seed, step, rules, beyond)
+    return [
+        {**{k: v for k, v in r.items() if k not in ("inter", "gt")}, "mask": _pack(r["mask"])} for r in recs
+    ]
 
 
 def run_structure(
@@ -83,6 +69,7 @@ def run_structure(
         pred, _ = seed_prediction(model, slices[seed], gt[seed], kind, rules)
         rec[kind] = {
             "seed_mask": _pack(pred.mask),
+            "seed_quality": pred.quality,
             "down": record_walk(model, slices, gt, pred, seed, -1, rules, beyond) if pred.mask.any() else [],
             "up": record_walk(model, slices, gt, pred, seed, 1, rules, beyond) if pred.mask.any() else [],
         }
@@ -111,12 +98,20 @@ def assemble(
     seed_mask = _unpack(r["seed_mask"], shape[1:])
     vol[rec["seed"]] = seed_mask
     unstopped = 0
+    per_slice = seed_reach(int(seed_mask.sum()), SPACING_ZYX, 0)
+
+    def reach_of(index: int) -> float:
+        return abs(index - rec["seed"]) * per_slice
+
     for d, step in (("down", -1), ("up", 1)):
         last = None
         for s in r[d]:
-            ratio = s["area"] / seed_mask.sum()
-            rec_s = SliceRecord(s["index"], s["area"], s["quality"], s["growth"], s["overlap"], ratio)
-            if stop_reason(rec_s, rules):
+            # records made before the stability / quality-ratio / IoU signals were recorded lack them
+            # (1.0: never a stop); the seed ratio is recomputed for those too
+            known = {k: s[k] for k in SliceRecord.__dataclass_fields__ if k in s}
+            known["seed_ratio"] = s["area"] / seed_mask.sum()
+            known["reach"] = s.get("reach", reach_of(s["index"]))
+            if stop_reason(SliceRecord(**known), rules):
                 last = None
                 break
             last = s
@@ -125,16 +120,20 @@ def assemble(
             unstopped += 1
             if not charge:  # the flattering cut at the recording's end, for comparison only
                 continue
-            edge = shape[0] if step > 0 else -1
-            vol[last["index"] + step : edge : step] = _unpack(last["mask"], shape[1:])
+            edge = shape[0] - 1 - last["index"] if step > 0 else last["index"]
+            recs = [dict(x, reach=x.get("reach", reach_of(x["index"]))) for x in r[d]]
+            n = charged_slices(recs, edge, rules.max_reach)
+            # explicit indices: a slice stop of -1 would mean the last slice, not "past index 0"
+            charged = [last["index"] + step * t for t in range(1, n + 1)]
+            vol[charged] = _unpack(last["mask"], shape[1:])
     return vol, unstopped
 
 
 def summarise(
-    paths: list[Path], rules: PropagationRules, tolerance: float = 1.0, charge: bool = True
+    paths: list[Path], rules: PropagationRules | None, tolerance: float = 1.0, charge: bool = True
 ) -> dict:
     """Metrics per seed kind; rows of the same structure in several files (e.g. the oracle run on its
-    own) are merged."""
+    own) are merged. ``rules`` None: each seed kind's measured defaults (default_rules)."""
     aal = read_image(TEMPLATES / "aal.nii.gz")
     spacing = tuple(reversed(aal.geometry.spacing))  # (z, y, x) mm
     merged: dict[str, dict] = {}
@@ -151,7 +150,7 @@ def summarise(
             if kind not in row:
                 continue
             gt = aal.array == row["label"]
-            vol, n = assemble(row, kind, gt.shape, rules, charge)
+            vol, n = assemble(row, kind, gt.shape, rules or default_rules(kind), charge)
             unstopped += n
             ms.append(mask_metrics(vol, gt, spacing, tolerance))
             per[row["name"]] = round(ms[-1].dice, 3)
@@ -187,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         "--done-from", type=Path, nargs="*", default=(), help="also skip structures already in these files"
     )
     ap.add_argument("--summarise", type=Path, nargs="+", default=None, help="summarise these JSONL files")
-    ap.add_argument("--rules", default="{}", help="PropagationRules fields as JSON for --summarise")
+    ap.add_argument(
+        "--rules",
+        default=None,
+        help="PropagationRules fields as JSON for --summarise (default: per seed kind)",
+    )
     ap.add_argument("--emb-dir", type=Path, default=None, help="embeddings stored by encode_slices.py")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded CPU)")
     args = ap.parse_args(argv)
@@ -198,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(
                 summarise(
-                    args.summarise, PropagationRules(**json.loads(args.rules)), charge=not args.no_charge
+                    args.summarise,
+                    PropagationRules(**json.loads(args.rules)) if args.rules else None,
+                    charge=not args.no_charge,
                 )
             )
         )

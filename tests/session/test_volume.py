@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +159,43 @@ def test_batched_encoding_matches_one_at_a_time(model, colin):
         one = model.encode(img)
         assert emb.features.shape == one.features.shape and emb.frame == one.frame
         assert torch.allclose(emb.features, one.features, atol=1e-4)
+
+
+def test_reach_stop_and_model_signals_on_a_short_walk(session, thalamus, colin):
+    """The shape-prior stop ends the walk at the reach asked for; every visited slice carries the model's
+    own signals; the default prompt (box + mask + interior click) keeps the thalamus."""
+    from imis.session.propagation import default_rules, seed_reach
+
+    gt, k = thalamus
+    session.reset()
+    session.set_slice("z", k)
+    pred = session.predict(box=tight_box(gt[k]))
+    per_slice = seed_reach(int(pred.mask.sum()), tuple(reversed(colin[0].geometry.spacing)), 0)
+    only_reach = dict(min_quality=0.0, min_seed_ratio=0.0, max_growth=float("inf"), min_stability=0.0)
+    rules = replace(default_rules("box"), max_reach=2.5 * per_slice, **only_reach, min_quality_ratio=0.0)
+    res = session.propagate(rules=rules)
+    assert res.slices == [k - 2, k - 1, k + 1, k + 2]
+    assert res.stops == {"down": (k - 3, "too far"), "up": (k + 3, "too far")}
+    for r in res.records:
+        assert 0.0 < r.stability <= 1.0 and 0.0 < r.iou_prev <= 1.0 and r.quality_ratio > 0.0
+        assert r.reach == pytest.approx(abs(r.index - k) * per_slice)
+    vol = session.object_mask
+    assert all(dice(vol[i], gt[i]) > 0.6 for i in res.slices)
+    assert not vol[k + 3].any() and not vol[k - 3].any()
+    session.reset()
+
+
+def test_click_seed_gets_the_click_rules(session, thalamus):
+    from imis.prompts import center_click
+    from imis.session.propagation import CLICK_SEED_RULES, default_rules, seed_kind
+
+    gt, k = thalamus
+    session.reset()
+    session.set_slice("z", k)
+    c = center_click(gt[k])
+    session.predict(clicks=[(c.x, c.y, True)])
+    assert seed_kind(session, (0, k)) == "click"
+    assert default_rules("click") is CLICK_SEED_RULES
+    session.predict(box=tight_box(gt[k]))
+    assert seed_kind(session, (0, k)) == "box"
+    session.reset()

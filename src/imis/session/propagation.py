@@ -2,8 +2,9 @@
 
 From the seed slice, each direction is walked one slice at a time; slice k+1 is prompted with what
 slice k gave (:class:`PropagationRules` ``prompt``): the tight box of its mask (or of the seed's mask)
-grown by ``box_margin`` pixels plus ``box_margin_frac`` of its side, its low-res mask logits, and/or a positive click at its interior point (the pixel farthest
-from the background). The walk stops at the first slice where
+grown by ``box_margin`` pixels plus ``box_margin_frac`` of its side, its low-res mask logits, and/or a
+positive click at its interior point (the pixel farthest from the background), plus ``neg_clicks``
+negative clicks on a ring outside it. The walk stops at the first slice where
 
 * the prediction is empty or smaller than ``min_area`` pixels (the structure has ended),
 * the model's predicted IoU is below ``min_quality`` (it is unsure it still sees the structure),
@@ -11,16 +12,20 @@ from the background). The walk stops at the first slice where
 * less than ``min_overlap`` of the new mask overlaps the previous one (it jumped to another structure),
 * the area is below ``min_seed_ratio`` times the seed slice's (the tail the walk keeps painting where the
   structure has moved or thinned out),
+* the model's own signals fall (``min_stability``, ``min_quality_ratio``, ``min_iou_prev``; off by default),
+* the walk is farther from the seed than ``max_reach`` seed diameters (a shape prior),
 
 or at the volume's edge, or before the next slice the user prompted (an anchor: a second prompted slice
 bounds the walk). The slice that triggers a stop is left empty, and so is every slice after it up to
 the next anchor, so that re-propagating after a correction replaces what an earlier walk left there.
 Slices are encoded ``batch_size`` at a time ahead of the walk (the encoder dominates the time).
 
-The defaults were measured, not guessed: ``benchmarks/tune_propagation.py`` walks the Colin27 AAL
+The defaults were measured, not guessed: ``benchmarks/propagation_grid.py`` walks the Colin27 AAL
 structures that were in imis-lite's training (never the 24 held-out ones) without stopping, records
-area, predicted IoU, growth, overlap and the intersection with the ground truth on every slice, and
-picks the prompt kind and the thresholds that give the best mean 3D Dice; the table is in docs/volumes.md.
+every slice's signals (:class:`SliceRecord`) and its intersection with the ground truth, scores every
+stop-rule combination of a grid from the records, and the prompt mode was picked by
+leave-one-structure-out Dice; a click-only seed gets its own stops (:data:`CLICK_SEED_RULES`,
+:func:`default_rules`). Tables in docs/volumes.md.
 """
 
 from __future__ import annotations
@@ -50,12 +55,18 @@ def plane_view(mask: np.ndarray, key: tuple[int, int]) -> np.ndarray:
 
 __all__ = [
     "AXIS_NAMES",
+    "CLICK_SEED_RULES",
+    "default_rules",
+    "seed_kind",
     "PropagationResult",
     "PropagationRules",
     "SliceRecord",
     "next_prompt",
     "predict_next",
     "refine_seed",
+    "ring_points",
+    "seed_reach",
+    "slice_record",
     "plane_view",
     "propagate_object",
 ]
@@ -67,12 +78,14 @@ PROMPT_PARTS = ("box", "mask", "point")
 class PropagationRules:
     """How one slice prompts the next, and when the walk stops (see the module docstring)."""
 
-    # Measured on training AAL structures only (docs/volumes.md, benchmarks/tune_propagation.py): the
-    # previous slice's tight box plus its mask logits tied or beat every other prompt (margins of 10-20 %,
-    # a seed-slice box, an interior click, a lower logit threshold); the stop rules are what moved the 3D
-    # Dice (0.371 -> 0.464 on 8 structures): stop at predicted IoU < 0.5, growth > 1.1x, area < 0.3x seed.
+    # Measured on the 8 training AAL structures only (docs/volumes.md, benchmarks/propagation_grid.py):
+    # the previous slice's box grown by 1 px plus its mask logits; negative ring clicks, an interior
+    # click, a shrunk box and a lower logit threshold did not do better across the structures (chosen by
+    # leave-one-structure-out Dice). Stops for a box seed: predicted IoU < 0.5, growth > 1.1x, area <
+    # 0.2x the seed's, or farther than 0.5 seed diameters (box seed 0.464 -> 0.550 3D Dice); the model's
+    # own stability / IoU-ratio / previous-mask IoU stops added <= 0.002 and are off.
     prompt: str = "box+mask"
-    box_margin: int = 0
+    box_margin: int = 1
     # Margin grown on each side as a share of the box's own width/height (added to box_margin), at most
     # box_margin_max pixels: a fixed margin is too much for a small cross-section and too little for a big one.
     box_margin_frac: float = 0.0
@@ -92,7 +105,21 @@ class PropagationRules:
     min_overlap: float = 0.0
     # Stop once the area falls below this share of the seed slice's: a structure's tail that the walk
     # keeps painting at the old place after the structure itself has moved or thinned out.
-    min_seed_ratio: float = 0.3
+    min_seed_ratio: float = 0.2
+    # Negative clicks on a ring ``neg_distance`` px outside the previous mask (0: none), spread evenly by
+    # angle around it: they tell the decoder where the structure is not, against leaks into neighbours.
+    neg_clicks: int = 0
+    neg_distance: int = 3
+    # Stops on the model's own signals (0 = off): the mask's stability between the logit thresholds
+    # +-1 (IoU of the two masks, as SAM's stability score), the predicted IoU relative to the seed
+    # slice's, and the IoU with the previous slice's mask (a structure changes slowly between slices).
+    min_stability: float = 0.0
+    min_quality_ratio: float = 0.0
+    min_iou_prev: float = 0.0
+    # A shape prior, not a model signal: stop once the walk is farther from the seed (mm) than this many
+    # times the seed's equivalent diameter (mm, of a disc of the seed mask's area). Atlas parcels end at
+    # planes the image does not show, so the model keeps segmenting past them; this bounds the walk.
+    max_reach: float = 0.5
     batch_size: int = 4
     max_slices: int | None = None
 
@@ -111,10 +138,32 @@ class PropagationRules:
             raise PromptError(f"propagation box_from {self.box_from!r}: 'previous' or 'seed'")
         if self.batch_size < 1:
             raise PromptError("propagation batch_size must be >= 1")
+        if self.neg_clicks < 0 or self.neg_distance < 1:
+            raise PromptError("propagation neg_clicks must be >= 0 and neg_distance >= 1")
 
     @property
     def parts(self) -> frozenset[str]:
         return frozenset(self.prompt.split("+"))
+
+
+#: Stop rules measured for a walk from a seed prompted by clicks alone: its mask is smaller and worse
+#: than a box seed's (seed-slice Dice 0.62 vs 0.86 on the training structures), its predicted IoU says
+#: less, and the walk is cut where it thins out below 0.4x the seed; docs/volumes.md.
+CLICK_SEED_RULES = PropagationRules(min_quality=0.0, max_growth=1.3, min_seed_ratio=0.4, max_reach=0.75)
+
+
+def default_rules(seed_kind: str) -> PropagationRules:
+    """The measured rules for a walk from a seed prompted by "box" (or text) or by "click"s alone."""
+    return CLICK_SEED_RULES if seed_kind == "click" else PropagationRules()
+
+
+def seed_kind(vs: VolumeSession, key: tuple[int, int]) -> str:
+    """ "click" when the slice's latest prompt was clicks alone, else "box" (a box, text, or a seed made
+    by an earlier propagation)."""
+    last = vs._draft.last_predict(key) if vs._draft is not None else None
+    if last is not None and last.clicks and last.box is None and last.text is None:
+        return "click"
+    return "box"
 
 
 @dataclass(frozen=True)
@@ -127,6 +176,10 @@ class SliceRecord:
     growth: float  # area / previous area
     overlap: float  # |mask & previous| / |mask|
     seed_ratio: float = 1.0  # area / the seed slice's area
+    stability: float = 1.0  # IoU of the masks at logits > +1 and > -1
+    quality_ratio: float = 1.0  # predicted IoU / the seed slice's
+    iou_prev: float = 1.0  # IoU with the previous slice's mask
+    reach: float = 0.0  # distance from the seed slice / the seed's equivalent diameter (both mm)
 
 
 @dataclass
@@ -158,6 +211,32 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
+def _grown_side(lo: int, hi: int, size: int, rules: PropagationRules) -> tuple[int, int]:
+    """One side of the box, grown (or, with negative margins, shrunk) by the rules' margin and kept
+    inside the image; a shrink never turns the side inside out (it stops at the middle)."""
+    m = min(rules.box_margin_max, round(rules.box_margin + rules.box_margin_frac * (hi - lo + 1)))
+    a, b = max(0, lo - m), min(size - 1, hi + m)
+    if a > b:
+        a = b = (lo + hi) // 2
+    return a, b
+
+
+def ring_points(mask: np.ndarray, n: int, distance: int) -> list[tuple[int, int]]:
+    """Up to ``n`` (x, y) background pixels at ``distance`` px (Euclidean, rounded) outside ``mask``,
+    evenly spread by angle around the mask's centroid; fewer where the ring leaves the image."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(~mask)
+    ys, xs = np.nonzero(np.rint(dist) == distance)
+    if len(xs) == 0:
+        return []
+    cy, cx = np.argwhere(mask).mean(axis=0)
+    angle = np.arctan2(ys - cy, xs - cx)
+    order = np.argsort(angle, kind="stable")
+    picks = order[(np.arange(n) * len(order)) // n] if len(order) >= n else order
+    return [(int(xs[i]), int(ys[i])) for i in picks]
+
+
 def next_prompt(
     prev: np.ndarray,
     prev_logits: torch.Tensor | None,
@@ -171,22 +250,18 @@ def next_prompt(
     if "box" in parts:
         ys, xs = np.nonzero(seed if rules.box_from == "seed" and seed is not None else prev)
         h, w = prev.shape
-        mx, my = (
-            min(rules.box_margin_max, round(rules.box_margin + rules.box_margin_frac * (hi - lo + 1)))
-            for lo, hi in ((xs.min(), xs.max()), (ys.min(), ys.max()))
-        )
         box = np.array(
             [
-                max(0, xs.min() - mx),
-                max(0, ys.min() - my),
-                min(w - 1, xs.max() + mx),
-                min(h - 1, ys.max() + my),
+                *_grown_side(xs.min(), xs.max(), w, rules),
+                *_grown_side(ys.min(), ys.max(), h, rules),
             ],
             dtype=np.float32,
-        )
-    if "point" in parts:
-        points = np.array([interior_point(prev)], dtype=np.float32)
-        labels = np.array([1], dtype=np.int64)
+        )[[0, 2, 1, 3]]
+    pts: list[tuple[int, int]] = [interior_point(prev)] if "point" in parts else []
+    negs = ring_points(prev, rules.neg_clicks, rules.neg_distance) if rules.neg_clicks else []
+    if pts or negs:
+        points = np.array(pts + negs, dtype=np.float32)
+        labels = np.array([1] * len(pts) + [0] * len(negs), dtype=np.int64)
     logits = prev_logits if "mask" in parts else None
     return PromptSpec(points=points, labels=labels, box=box, mask_logits=logits)
 
@@ -234,6 +309,14 @@ def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
         return "no overlap"
     if rec.seed_ratio < rules.min_seed_ratio:
         return "thinned out"
+    if rec.stability < rules.min_stability:
+        return "unstable"
+    if rec.quality_ratio < rules.min_quality_ratio:
+        return "confidence fell"
+    if rec.iou_prev < rules.min_iou_prev:
+        return "drifted"
+    if rec.reach > rules.max_reach:
+        return "too far"
     return None
 
 
@@ -258,12 +341,13 @@ def _refined_seed(vs: VolumeSession, key: tuple[int, int], rules: PropagationRul
     return refine_seed(vs.model, vs.embedding(key), last.prediction, last.clicks)
 
 
-def _seed_logits(vs: VolumeSession, key: tuple[int, int]) -> torch.Tensor | None:
+def _seed_signals(vs: VolumeSession, key: tuple[int, int]) -> tuple[torch.Tensor | None, float | None]:
+    """The seed slice's low-res logits and predicted IoU (None for a propagated seed: it has no own)."""
     draft = vs._draft
     last = draft.last_predict(key)
     if last is not None and last.prediction is not None:
-        return last.prediction.low_res_logits
-    return draft.propagated_logits(key)
+        return last.prediction.low_res_logits, last.prediction.quality
+    return draft.propagated_logits(key), None
 
 
 def propagate_object(
@@ -283,24 +367,25 @@ def propagate_object(
     result = PropagationResult(axis=AXIS_NAMES[axis], seed=seed)
     planes: dict[tuple[int, int], np.ndarray] = {}
     seed_mask = plane_view(vs._draft.mask, key).copy()
-    seed_logits = _seed_logits(vs, key)
+    seed_logits, seed_quality = _seed_signals(vs, key)
     refined = _refined_seed(vs, key, rules)
     if refined is not None and refined.mask.any():
         planes[key] = refined.mask
         result.logits[seed] = refined.low_res_logits
-        seed_mask, seed_logits = refined.mask, refined.low_res_logits
+        seed_mask, seed_logits, seed_quality = refined.mask, refined.low_res_logits, refined.quality
     done = 0
     for step in steps:
         end, end_reason = ends[step]
         prev, prev_logits = seed_mask, seed_logits
         seed_area = int(seed_mask.sum())
+        per_slice = seed_reach(seed_area, tuple(reversed(vs.geometry.spacing)), axis)
         stopped: tuple[int | None, str] = (None, end_reason)
         for i in range(seed + step, end, step):
             if (axis, i) not in vs._cache:
                 ahead = list(range(i, end, step))[: rules.batch_size]
                 vs.encode_slices(axis, ahead)
             pred = predict_next(vs.model, vs.embedding((axis, i)), prev, prev_logits, rules, seed_mask)
-            rec = _record(i, pred.mask, prev, pred.quality, seed_area)
+            rec = slice_record(i, pred, prev, seed_area, seed_quality, abs(i - seed) * per_slice)
             result.records.append(rec)
             done += 1
             if progress is not None:
@@ -326,15 +411,40 @@ def propagate_object(
     return result, planes
 
 
-def _record(index: int, mask: np.ndarray, prev: np.ndarray, quality: float, seed_area: int) -> SliceRecord:
+def seed_reach(seed_area: int, spacing_zyx: tuple[float, float, float], axis: int) -> float:
+    """mm between slices along ``axis`` over the seed's equivalent diameter in mm (reach per slice)."""
+    pixel_area = float(np.prod([s for a, s in enumerate(spacing_zyx) if a != axis]))
+    diameter = 2.0 * np.sqrt(seed_area * pixel_area / np.pi)
+    return float(spacing_zyx[axis] / diameter) if diameter else float("inf")
+
+
+def slice_record(
+    index: int,
+    pred: Prediction,
+    prev: np.ndarray,
+    seed_area: int,
+    seed_quality: float | None,
+    reach: float = 0.0,
+) -> SliceRecord:
+    """The measures the stop rules look at for prediction ``pred`` of slice ``index``; ``prev``: the
+    previous slice's mask; ``seed_quality`` None (a seed without a prediction of its own): ratio 1;
+    ``reach``: the slice's distance from the seed over the seed's diameter (:func:`seed_reach` x slices)."""
+    mask = pred.mask
     area = int(mask.sum())
     prev_area = int(prev.sum())
     inter = int(np.logical_and(mask, prev).sum())
+    union = area + prev_area - inter
+    hi, lo = int((pred.logits > 1.0).sum()), int((pred.logits > -1.0).sum())
     return SliceRecord(
         index=index,
         area=area,
-        quality=float(quality),
+        quality=float(pred.quality),
         growth=area / prev_area if prev_area else float("inf"),
         overlap=inter / area if area else 0.0,
         seed_ratio=area / seed_area if seed_area else 0.0,
+        # the +1 mask lies inside the -1 mask, so their IoU is the ratio of their areas
+        stability=hi / lo if lo else 0.0,
+        quality_ratio=float(pred.quality) / seed_quality if seed_quality else 1.0,
+        iou_prev=inter / union if union else 0.0,
+        reach=reach,
     )

@@ -48,7 +48,9 @@ from imis.session.propagation import (
     AXIS_NAMES,
     PropagationResult,
     PropagationRules,
+    default_rules,
     propagate_object,
+    seed_kind,
 )
 from imis.session.propagation import plane_view as _view
 from imis.session.session import Box, Click, _check_box, _check_point
@@ -373,7 +375,8 @@ class VolumeSession:
 
         direction: "both", "up" (increasing index) or "down"; progress(done, total) is called after each
         slice (total is the most slices it may visit). Stops where the structure ends (see the rules),
-        at the volume's edge, or before the next slice the user prompted.
+        at the volume's edge, or before the next slice the user prompted. Without ``rules``, the rules
+        measured for the seed's prompt: a box (or text) or clicks alone (``default_rules``).
         """
         key = self._require_slice()
         if direction not in ("both", "up", "down"):
@@ -383,7 +386,7 @@ class VolumeSession:
                 f"nothing to propagate: the object is empty on slice {AXIS_NAMES[key[0]]}={key[1]}; "
                 "prompt it there first"
             )
-        rules = rules or PropagationRules()
+        rules = rules or default_rules(seed_kind(self, key))
         result, planes = propagate_object(self, key, direction, rules, progress)
         self.apply_planes("propagate", key, planes, result=result)
         return result
