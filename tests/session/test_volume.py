@@ -196,6 +196,10 @@ def test_click_seed_gets_the_click_rules(session, thalamus):
     session.predict(clicks=[(c.x, c.y, True)])
     assert seed_kind(session, (0, k)) == "click"
     assert default_rules("click") is CLICK_SEED_RULES
+    # a limit (the app's) keeps the seed's rules
+    res = session.propagate(direction="up", max_slices=1)
+    assert res.rules == replace(CLICK_SEED_RULES, max_slices=1) and len(res.slices) <= 2
+    session.undo()
     session.predict(box=tight_box(gt[k]))
     assert seed_kind(session, (0, k)) == "box"
     session.reset()

@@ -24,7 +24,7 @@ from imis.app.document import (
 )
 from imis.errors import InputError, PromptError
 from imis.io import ImageData
-from imis.session import PropagationRules, VolumeSession
+from imis.session import VolumeSession
 
 
 class VolumeDocument(Document):
@@ -93,7 +93,8 @@ class VolumeDocument(Document):
         """Fill the active object from (axis, index) through the volume, at most `max_slices` each way."""
         axis, index = self.check_plane(axis, index)
         self.vs.set_slice(axis, index)
-        result = self.vs.propagate(rules=PropagationRules(max_slices=max_slices), progress=progress)
+        # the rules measured for how this slice was prompted (box or clicks), with the app's limit
+        result = self.vs.propagate(progress=progress, max_slices=max_slices)
         self.redo_depth = 0
         return len(result.slices)
 

@@ -186,10 +186,12 @@ class SliceRecord:
 class PropagationResult:
     """axis/seed: where the walk started; slices: indices filled (sorted); stops: per direction
     ("up" = increasing index, "down") the index where it stopped (None at the volume's edge or an
-    anchor) and why; records: every slice visited; logits: the low-res logits of the filled slices."""
+    anchor) and why; records: every slice visited; logits: the low-res logits of the filled slices;
+    rules: the rules the walk ran with."""
 
     axis: str
     seed: int
+    rules: PropagationRules | None = None
     slices: list[int] = field(default_factory=list)
     stops: dict[str, tuple[int | None, str]] = field(default_factory=dict)
     records: list[SliceRecord] = field(default_factory=list)
@@ -364,7 +366,7 @@ def propagate_object(
     steps = [s for d, s in (("down", -1), ("up", 1)) if direction in (d, "both")]
     ends = {s: _walk_end(vs, axis, seed, s, rules) for s in steps}
     total = sum(abs(ends[s][0] - seed) - 1 for s in steps)
-    result = PropagationResult(axis=AXIS_NAMES[axis], seed=seed)
+    result = PropagationResult(axis=AXIS_NAMES[axis], seed=seed, rules=rules)
     planes: dict[tuple[int, int], np.ndarray] = {}
     seed_mask = plane_view(vs._draft.mask, key).copy()
     seed_logits, seed_quality = _seed_signals(vs, key)

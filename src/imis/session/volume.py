@@ -35,7 +35,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -370,13 +370,15 @@ class VolumeSession:
         direction: str = "both",
         rules: PropagationRules | None = None,
         progress: Callable[[int, int], None] | None = None,
+        max_slices: int | None = None,
     ) -> PropagationResult:
         """Segment the neighbouring slices from the draft's mask on the current slice (one undoable step).
 
         direction: "both", "up" (increasing index) or "down"; progress(done, total) is called after each
         slice (total is the most slices it may visit). Stops where the structure ends (see the rules),
         at the volume's edge, or before the next slice the user prompted. Without ``rules``, the rules
-        measured for the seed's prompt: a box (or text) or clicks alone (``default_rules``).
+        measured for the seed's prompt: a box (or text) or clicks alone (``default_rules``);
+        ``max_slices``: at most that many slices each way (replaces the rules' own limit).
         """
         key = self._require_slice()
         if direction not in ("both", "up", "down"):
@@ -387,6 +389,8 @@ class VolumeSession:
                 "prompt it there first"
             )
         rules = rules or default_rules(seed_kind(self, key))
+        if max_slices is not None:
+            rules = replace(rules, max_slices=max_slices)
         result, planes = propagate_object(self, key, direction, rules, progress)
         self.apply_planes("propagate", key, planes, result=result)
         return result
