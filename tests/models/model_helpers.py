@@ -97,3 +97,21 @@ def small_imis_kwargs(c: dict) -> dict:
         text_num_layers=t["num_hidden_layers"],
         text_num_heads=t["num_attention_heads"],
     )
+
+
+def small_registry_model(name: str):
+    """(spec, model) of registry entry ``name`` at its architecture's small size, random weights
+    (seeded); the spec's input size follows the small build."""
+    import dataclasses
+
+    from imis.models.registry import REGISTRY, model_from_spec
+
+    spec = REGISTRY[name]
+    small_kwargs = {**spec.arch_kwargs, **spec.architecture.small_kwargs}
+    torch.manual_seed(0)
+    net = spec.build(**small_kwargs)
+    size = int(net.prompt_encoder.input_image_size[0])
+    spec = dataclasses.replace(
+        spec, arch_kwargs=small_kwargs, preprocess=dataclasses.replace(spec.preprocess, input_size=size)
+    )
+    return spec, model_from_spec(spec, net)

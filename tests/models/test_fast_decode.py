@@ -3,17 +3,17 @@ masks, on every registry model that takes it (small random builds) and on real L
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gc
 
 import numpy as np
 import pytest
 import torch
+from model_helpers import small_registry_model
 
 from imis.models.fast_decode import ImageSideCache, supports_fast_decode
 from imis.models.interactive import InteractiveModel, PromptSpec, requested_prompt_types
-from imis.models.registry import REGISTRY, model_from_spec
+from imis.models.registry import REGISTRY
 
 PROMPTS = {
     "click": PromptSpec(points=np.array([[40.0, 52.0]], np.float32), labels=np.array([1])),
@@ -29,15 +29,7 @@ PROMPTS = {
 
 @functools.cache
 def _small(name: str) -> InteractiveModel:
-    spec = REGISTRY[name]
-    kwargs = {**spec.arch_kwargs, **spec.architecture.small_kwargs}
-    torch.manual_seed(0)
-    net = spec.build(**kwargs)
-    size = int(net.prompt_encoder.input_image_size[0])
-    spec = dataclasses.replace(
-        spec, arch_kwargs=kwargs, preprocess=dataclasses.replace(spec.preprocess, input_size=size)
-    )
-    return model_from_spec(spec, net)
+    return small_registry_model(name)[1]
 
 
 def _plain(model: InteractiveModel) -> InteractiveModel:

@@ -4,11 +4,10 @@ and predictions (random weights: the real ones are tested in test_registry.py an
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
+from model_helpers import small_registry_model
 
 from imis.models.formats import load_strict
 from imis.models.interactive import PromptableModel, PromptSpec
@@ -17,7 +16,6 @@ from imis.models.registry import (
     LAYOUTS,
     REGISTRY,
     load_model,
-    model_from_spec,
     save_checkpoint,
     spec_for_architecture,
 )
@@ -26,15 +24,7 @@ from imis.models.registry import (
 @pytest.fixture(scope="module", params=sorted(REGISTRY))
 def small(request):
     """(spec, model) of one registry entry at its architecture's small size, random weights (seeded)."""
-    spec = REGISTRY[request.param]
-    small_kwargs = {**spec.arch_kwargs, **spec.architecture.small_kwargs}
-    torch.manual_seed(0)
-    net = spec.build(**small_kwargs)
-    size = int(net.prompt_encoder.input_image_size[0])
-    spec = dataclasses.replace(
-        spec, arch_kwargs=small_kwargs, preprocess=dataclasses.replace(spec.preprocess, input_size=size)
-    )
-    return spec, model_from_spec(spec, net)
+    return small_registry_model(request.param)
 
 
 def test_spec_is_consistent(small):
