@@ -46,6 +46,27 @@ def wait_idle(page, timeout_ms: int = 120_000) -> None:
     page.wait_for_function("window.imis && window.imis.idle()", timeout=timeout_ms)
 
 
+def open_upload(page, server: str, image: Path) -> None:
+    """A fresh page (saved state cleared) with ``image`` uploaded and decoded."""
+    _fresh(page, server)
+    page.set_input_files("#upload", str(image))
+    wait_idle(page)
+
+
+def open_listed(page, server: str, name: str, depth: int) -> None:
+    """A fresh page with the data folder's volume ``name`` (``depth`` slices) opened from the list."""
+    _fresh(page, server)
+    page.locator("#files li", has_text=name).click()
+    wait_idle(page)
+    page.wait_for_function(f"window.imis.S.doc && window.imis.S.doc.shape[0] === {int(depth)}")
+
+
+def _fresh(page, server: str) -> None:
+    page.goto(server)
+    page.evaluate("localStorage.clear()")
+    page.reload()
+
+
 def screen_point(page, x: float, y: float) -> tuple[float, float]:
     """Page coordinates of image pixel (x, y) of the plane shown (follows zoom, pan and flips)."""
     sx, sy = page.evaluate("([x, y]) => window.imis.viewer.toScreen(x + 0.5, y + 0.5)", [x, y])

@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from tests.app.conftest import AAL, COLIN, shot
-from tests.app.helpers import drag_path, lasso_around, wait_idle
+from tests.app.helpers import drag_path, lasso_around, open_listed, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 STRUCTURES = (37, 38, 77, 78)  # hippocampus L/R, thalamus L/R (aal.nii.txt)
@@ -43,12 +43,7 @@ def test_3d_view_renders_and_turns(page, server, tmp_path):
     part.CopyInformation(aal_img)
     sitk.WriteImage(part, str(tmp_path / "aal_part.nii.gz"))
 
-    page.goto(server)
-    page.evaluate("localStorage.clear()")
-    page.reload()
-    page.locator("#files li", has_text="ch2.nii.gz").click()
-    wait_idle(page)
-    page.wait_for_function("window.imis.S.doc && window.imis.S.doc.shape[0] === 181")
+    open_listed(page, server, "ch2.nii.gz", 181)
     page.set_input_files("#import", str(tmp_path / "aal_part.nii.gz"))
     wait_idle(page)
     page.wait_for_function("window.imis.S.objects.length === 5")  # 4 imported + the new empty one

@@ -22,6 +22,7 @@ from tests.app.helpers import (
     export,
     interior_point,
     label_count,
+    open_upload,
     wait_idle,
 )
 
@@ -37,11 +38,7 @@ def test_btcv_slice_workflow(page, server, btcv_dir, tmp_path):
     liver = btcv_label(btcv_dir, BTCV_CASE, LIVER)
     spleen = btcv_label(btcv_dir, BTCV_CASE, SPLEEN)
     kidney = btcv_label(btcv_dir, BTCV_CASE, KIDNEY_LEFT)
-    page.goto(server)
-    page.evaluate("localStorage.clear()")
-    page.reload()
-    page.set_input_files("#upload", str(btcv_dir / "image" / f"{BTCV_CASE}.png"))
-    wait_idle(page)
+    open_upload(page, server, btcv_dir / "image" / f"{BTCV_CASE}.png")
     assert "imis-lite" in page.inner_text("#model") and "Apache-2.0" in page.inner_text("#model")
 
     # 1. one positive click on the liver

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from tests.app.conftest import AAL, COLIN, shot
-from tests.app.helpers import bbox, dice, drag_box, export, label_count, wait_idle
+from tests.app.helpers import bbox, dice, drag_box, export, label_count, open_listed, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 THALAMUS_L = 77  # AAL value of Thalamus_L (aal.nii.txt: "77 Thalamus_L 7101")
@@ -31,12 +31,7 @@ def set_slice(page, index: int) -> None:
 
 
 def test_colin27_volume_workflow(page, server, atlas, tmp_path):
-    page.goto(server)
-    page.evaluate("localStorage.clear()")
-    page.reload()
-    page.locator("#files li", has_text="ch2.nii.gz").click()
-    wait_idle(page)
-    page.wait_for_function("window.imis.S.doc && window.imis.S.doc.shape[0] === 181")
+    open_listed(page, server, "ch2.nii.gz", 181)
     assert "181" in page.inner_text("#doc-name")
 
     # scroll the axial view with the wheel

@@ -17,6 +17,7 @@ from tests.app.helpers import (
     export,
     label_count,
     lasso_around,
+    open_upload,
     stroke_inside,
     wait_idle,
 )
@@ -31,11 +32,7 @@ def _labels(page, tmp_path):
 def test_scribble_and_lasso_in_the_page(page, server, btcv_dir, tmp_path):
     liver = btcv_label(btcv_dir, BTCV_CASE, LIVER)
     spleen = btcv_label(btcv_dir, BTCV_CASE, SPLEEN)
-    page.goto(server)
-    page.evaluate("localStorage.clear()")
-    page.reload()
-    page.set_input_files("#upload", str(btcv_dir / "image" / f"{BTCV_CASE}.png"))
-    wait_idle(page)
+    open_upload(page, server, btcv_dir / "image" / f"{BTCV_CASE}.png")
 
     page.keyboard.press("s")
     assert page.locator('#tools button[data-tool="scribble"]').get_attribute("class") == "on"
