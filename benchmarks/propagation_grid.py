@@ -31,9 +31,8 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
-from tune_propagation import Slices, seed_prediction
+from tune_propagation import Slices, recording_arguments, seed_prediction, training_structures
 
-from imis.data.brain_templates import HELDOUT_AAL_STRUCTURES, read_aal_names
 from imis.io import read_image
 from imis.models.interactive import PromptSpec
 from imis.prompts import tight_box
@@ -238,27 +237,16 @@ def dice_with(w: dict, rules: PropagationRules) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="imis-lite")
-    ap.add_argument("--structures", default=",".join(TRAIN_STRUCTURES))
-    ap.add_argument("--modes", default="[{}]", help="JSON list of PropagationRules prompt-field objects")
-    ap.add_argument("--kinds", default="box,click", help="seed kinds: box,click")
-    ap.add_argument("--beyond", type=int, default=4, help="slices recorded past the structure's end")
+    recording_arguments(ap, ",".join(TRAIN_STRUCTURES), "[{}]", "box,click")
     ap.add_argument("--rules", default=None, help="also score this JSON stop rule set per mode")
     ap.add_argument("--cache", type=Path, default=Path("runs/propagation_grid"), help="records per mode")
-    ap.add_argument("--emb-dir", type=Path, default=None, help="embeddings stored by encode_slices.py")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded CPU)")
     args = ap.parse_args(argv)
     import torch
 
     from imis.models import load_model
 
     torch.set_num_threads(args.threads)
-    names = read_aal_names(TEMPLATES / "aal.nii.txt")
-    held = {f"{s}_{side}" for s in HELDOUT_AAL_STRUCTURES for side in "LR"}
-    wanted = [s.strip() for s in args.structures.split(",")]
-    bad = [s for s in wanted if s in held or s not in names.values()]
-    if bad:
-        sys.exit(f"--structures: {bad} are held out of training or not AAL names; tune on training ones")
+    names, wanted = training_structures(args.structures)
     modes = json.loads(args.modes)
     unknown = [k for m in modes for k in m if k not in PROMPT_FIELDS]
     if unknown:

@@ -203,17 +203,33 @@ def choose(walks: list[dict]) -> dict:
     return best
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def recording_arguments(ap: argparse.ArgumentParser, structures: str, modes: str, kinds: str) -> None:
+    """The options of a script that records propagation walks (this one and propagation_grid.py)."""
     ap.add_argument("--model", default="imis-lite")
-    ap.add_argument("--structures", default=",".join(TUNE_STRUCTURES))
-    ap.add_argument("--modes", default='[{"prompt": "box+mask"}]', help="JSON list of prompt-field objects")
-    ap.add_argument("--kinds", default="box", help="seed kinds: box,click")
+    ap.add_argument("--structures", default=structures)
+    ap.add_argument("--modes", default=modes, help="JSON list of PropagationRules prompt-field objects")
+    ap.add_argument("--kinds", default=kinds, help="seed kinds: box,click")
     ap.add_argument("--beyond", type=int, default=4, help="slices recorded past the structure's end")
-    ap.add_argument("--out", type=Path, default=None, help="write every record here (JSON)")
-    ap.add_argument("--combine", type=Path, nargs="+", default=None, help="choose from these --out files")
     ap.add_argument("--emb-dir", type=Path, default=None, help="embeddings stored by encode_slices.py")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded CPU)")
+
+
+def training_structures(arg: str) -> tuple[dict, list[str]]:
+    """(AAL id -> name, the structures named in ``arg``); exits when one is held out or not AAL's."""
+    names = read_aal_names(TEMPLATES / "aal.nii.txt")
+    held = {f"{s}_{side}" for s in HELDOUT_AAL_STRUCTURES for side in "LR"}
+    wanted = [s.strip() for s in arg.split(",")]
+    bad = [s for s in wanted if s in held or s not in names.values()]
+    if bad:
+        sys.exit(f"--structures: {bad} are held out of training or not AAL names; tune on training ones")
+    return names, wanted
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    recording_arguments(ap, ",".join(TUNE_STRUCTURES), '[{"prompt": "box+mask"}]', "box")
+    ap.add_argument("--out", type=Path, default=None, help="write every record here (JSON)")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None, help="choose from these --out files")
     args = ap.parse_args(argv)
     if args.combine:
         walks = [w for p in args.combine for w in json.loads(p.read_text())["walks"]]
@@ -224,12 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     from imis.models import load_model
 
     torch.set_num_threads(args.threads)
-    names = read_aal_names(TEMPLATES / "aal.nii.txt")
-    held = {f"{s}_{side}" for s in HELDOUT_AAL_STRUCTURES for side in "LR"}
-    wanted = [s.strip() for s in args.structures.split(",")]
-    bad = [s for s in wanted if s in held or s not in names.values()]
-    if bad:
-        sys.exit(f"--structures: {bad} are held out of training or not AAL names; tune on training ones")
+    names, wanted = training_structures(args.structures)
     image, aal = read_image(TEMPLATES / "ch2.nii.gz"), read_image(TEMPLATES / "aal.nii.gz")
     model = load_model(args.model)
     slices = Slices(model, image.array, args.emb_dir)
