@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from imis.automask.generate import generate_candidates
+from imis.automask.memory import retain_freed_memory
 from imis.automask.pipeline import native_regions, select_masks
 from imis.automask.settings import AutomaskSettings
 from imis.data.formats import imed
@@ -193,6 +194,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # as an `imis automask` worker does; the official generator below runs in the same process with it
+    retained = retain_freed_memory()
     settings = AutomaskSettings(
         points_per_side=args.points_per_side,
         iou_thresh=args.iou_thresh,
@@ -218,6 +221,7 @@ def main() -> None:
         images=[e.stem for e in entries], torch_threads=args.threads, cpu=platform.processor() or "cpu"
     )
     res["loadavg_at_start"] = [round(v, 2) for v in load]
+    res["malloc_retains_freed_memory"] = retained  # both sides
     runs = {}
     for p in args.precisions:
         m = load_automask_model(args.model, None, "cpu", "torch", p)

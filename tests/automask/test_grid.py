@@ -107,5 +107,5 @@ def test_factored_image_tokens_equal_the_plain_transformers(lite, lite_embedding
         src = lite_embedding.features.expand(len(points), -1, -1, -1) + dense
         pe = net.prompt_encoder.get_dense_pe().expand(len(points), -1, -1, -1)
         _, keys = dec.transformer(src, pe, tokens)
-    assert state.image.coef.shape[1] < keys.shape[-1]  # fewer coefficients than channels per token
+    assert state.image.rows < keys.shape[-1]  # fewer coefficients than channels per token
     np.testing.assert_allclose(state.keys.numpy(), keys.numpy(), atol=2e-4)

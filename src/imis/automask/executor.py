@@ -60,7 +60,9 @@ class Worker:
         import torch
 
         from imis.automask.loading import load_automask_model
+        from imis.automask.memory import retain_freed_memory
 
+        retain_freed_memory()  # a batch job with the same working set from one batch to the next
         if ref.threads:
             torch.set_num_threads(ref.threads)
         self.model = load_automask_model(ref.name, ref.checkpoint, ref.device, ref.backend, ref.precision)

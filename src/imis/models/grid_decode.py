@@ -4,29 +4,31 @@
 image tokens of 256 channels for every prompt. Here the image tokens of each prompt are kept in a
 factored form instead (:class:`Factored`):
 
-    keys_i = scale_i * base_i + coef_i . basis
+    keys_i = scale_i * (base_i + coef_i . basis)
 
 ``base`` (N, D) is shared by every prompt of the image; per prompt there is a scale per token, a few
 coefficients per token (one per (token, head) pair of each image->token attention, plus one per
 LayerNorm) and a small basis (K, D). That is exact, not an approximation:
 
-* an image->token attention adds sum_{t,h} a_ith (W_o^h v_th + b_o / H) to token i: the weights a_i
-  are new coefficients and the (t, h) update vectors a new part of the basis;
+* an image->token attention adds sum_{t,h} a_ith (W_o^h v_th + b_o / H) to token i: the weights
+  a_i / scale_i are new coefficients and the (t, h) update vectors a new part of the basis;
 * a LayerNorm subtracts a per-token mean and divides by a per-token deviation; both are computed
-  from the factors (the centred base's norm, its products with the basis, the basis' Gram matrix),
-  and the result is again scale * base' + coef' . basis' with base' = centred base * gamma (shared)
-  and basis' = [centred basis * gamma; beta];
+  from the factors (the centred base's norm, its products with the basis, the basis' Gram matrix).
+  The deviation only changes the scale (the coefficients are relative to it, so they are not
+  rewritten), base' = centred base * gamma and basis' = centred basis * gamma, and beta joins the
+  basis with coefficient 1 / scale';
 * an attention that reads the image tokens needs their projections W (keys_i + pe_i): W base and
   W pe are per-image matrices computed once (:class:`Stage`), W basis is tiny, so per prompt only
   products of the (K, N) coefficients with (K, tokens x heads) matrices remain.
 
 Per prompt the passes run over K x N coefficients (K = 114 for SAM's two layers: 2 x (7 tokens x 8
 heads + 1)) instead of N x 256 image tokens, and the image tokens are formed only for the masks
-that are asked for (`masks_for`: the 4x upscaling needs them). On a CPU the decode stays
-memory-bound (elementwise passes and small batched products); measured side by side with the
-previous path (image tokens updated per prompt) it takes 0.76-0.86x the CPU time per click (README).
-Outputs equal the plain decoder's up to float rounding (tests bound it). The per-image part
-(`SharedImage`) is about 13 embeddings' worth of memory (it was 3.5).
+that are asked for (`masks_for`: the 4x upscaling needs them). On a CPU the decode is bound by passes
+over memory, so the layout avoids them: the coefficients are kept as one contiguous block per layer
+(never concatenated), per-head products are one matrix product with block-diagonal queries (a product
+over 16 channels per head is slow and its output needs a transposing copy), biases are folded into the
+per-image matrices. Outputs equal the plain decoder's up to float rounding (tests bound it). The
+per-image part (`SharedImage`) is about 13 embeddings' worth of memory.
 
 Only click (and box) prompts without mask or text input take this path; anything else goes through
 `PromptableSegmenter.decode`.
@@ -49,19 +51,20 @@ __all__ = ["Factored", "GridDecode", "SharedImage", "Stage", "decode_clicks", "m
 @dataclass
 class Stage:
     """Per-image tensors of the image tokens entering one decoder layer (or the final attention):
-    ``base`` (N, D), its per-token centred version and squared norm (for the LayerNorm that follows
-    the layer), and the projections (no bias) of base and of the positional code through the
-    attentions that read the image tokens, per head: (H, c, N), the values (H, N, c); None where the
-    layer has no image->token attention."""
+    ``base`` (N, D), its per-token centred version (transposed: (D, N), the layout of the LayerNorm's
+    product with the basis) and squared norm (for the LayerNorm that follows the layer), and the projections of base and of the positional code through the attentions that
+    read the image tokens: head-major channels by tokens (C, N) for scores, tokens by channels (N, C)
+    for the values; the image->token queries of the positional code carry the query bias. None where
+    the layer has no image->token attention."""
 
     base: torch.Tensor
-    centred: torch.Tensor
+    centred_t: torch.Tensor  # (D, N)
     sqnorm: torch.Tensor  # (N,) float32
-    t2i_k: torch.Tensor
-    t2i_v: torch.Tensor
-    pe_k: torch.Tensor
-    i2t_q: torch.Tensor | None
-    pe_q: torch.Tensor | None
+    t2i_k: torch.Tensor  # (C, N)
+    t2i_v: torch.Tensor  # (N, C)
+    pe_k: torch.Tensor  # (C, N)
+    i2t_q: torch.Tensor | None  # (C, N)
+    pe_q: torch.Tensor | None  # (C, N), bias included
 
 
 @dataclass
@@ -74,29 +77,37 @@ class SharedImage:
     pe: torch.Tensor
     k0: torch.Tensor  # first layer token->image keys (N, C)
     v0: torch.Tensor  # first layer token->image values (N, C)
-    q0: torch.Tensor  # first layer image->token queries (N, C)
+    q0: torch.Tensor  # first layer image->token queries, bias included (C, N)
     hw: tuple[int, int]
-    stages: list[Stage] | None = None
-    src_centred: torch.Tensor | None = None
-    src_sqnorm: torch.Tensor | None = None
-    q0_heads: torch.Tensor | None = None  # q0 as (H, c, N)
+    stages: list[Stage]
+    src_centred_t: torch.Tensor  # (D, N)
+    src_sqnorm: torch.Tensor
 
 
 @dataclass
 class Factored:
-    """Image tokens of B prompts: keys[b, i] = scale[b, 0, i] * base[i] + coef[b, :, i] @ basis[b]."""
+    """Image tokens of B prompts: keys[b, i] = scale[b, 0, i] * (base[i] + sum over the blocks of
+    coef[b, :, i] @ basis[b]). One (coef (B, k, N), basis (B, k, D)) block per decoder layer, each
+    contiguous (batched products would copy a slice of a larger tensor)."""
 
     scale: torch.Tensor  # (B, 1, N)
-    coef: torch.Tensor  # (B, K, N)
-    basis: torch.Tensor  # (B, K, D)
+    blocks: list[tuple[torch.Tensor, torch.Tensor]]
     base: torch.Tensor  # (N, D), shared
+
+    @property
+    def rows(self) -> int:
+        """Coefficients per image token."""
+        return sum(c.shape[1] for c, _ in self.blocks)
 
     def dense(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The (B or len(rows), N, D) image tokens."""
-        s, c, b = self.scale, self.coef, self.basis
-        if rows is not None:
-            s, c, b = s[rows], c[rows], b[rows]
-        return torch.baddbmm(s.transpose(1, 2) * self.base, c.transpose(1, 2), b)
+        s = self.scale if rows is None else self.scale[rows]
+        x = self.base.expand(s.shape[0], -1, -1)
+        for coef, basis in self.blocks:
+            if rows is not None:
+                coef, basis = coef[rows], basis[rows]
+            x = torch.baddbmm(x, coef.transpose(1, 2), basis)
+        return x * s.transpose(1, 2)
 
 
 @dataclass
@@ -122,28 +133,27 @@ def _split(attn: Attention) -> tuple[int, int]:
 
 
 def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) tokens -> each centred over its channels, transposed (D, N), and its squared norm (N,)."""
     xc = x - x.mean(dim=-1, keepdim=True)
-    return xc, xc.float().square().sum(-1)
+    return xc.t().contiguous(), xc.float().square().sum(-1)
 
 
-def _heads_last(x: torch.Tensor, nh: int) -> torch.Tensor:
-    """(N, H*c) projections -> (H, c, N) contiguous: the layout the per-head products read."""
-    return x.view(x.shape[0], nh, -1).permute(1, 2, 0).contiguous()
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    return x.t().contiguous()
 
 
 def _stage(base: torch.Tensor, pe: torch.Tensor, t2i: Attention, i2t: Attention | None) -> Stage:
-    centred, sqnorm = _centre(base)
-    nh = t2i.num_heads
-    wq = i2t.q_proj.weight if i2t is not None else None
+    centred_t, sqnorm = _centre(base)
+    wk = t2i.k_proj.weight
     return Stage(
         base=base,
-        centred=centred,
+        centred_t=centred_t,
         sqnorm=sqnorm,
-        t2i_k=_heads_last(base @ t2i.k_proj.weight.t(), nh),
-        t2i_v=(base @ t2i.v_proj.weight.t()).view(base.shape[0], nh, -1).transpose(0, 1).contiguous(),
-        pe_k=_heads_last(pe @ t2i.k_proj.weight.t(), nh),
-        i2t_q=None if wq is None else _heads_last(base @ wq.t(), i2t.num_heads),
-        pe_q=None if wq is None else _heads_last(pe @ wq.t(), i2t.num_heads),
+        t2i_k=_channels_first(base @ wk.t()),
+        t2i_v=(base @ t2i.v_proj.weight.t()).contiguous(),
+        pe_k=_channels_first(pe @ wk.t()),
+        i2t_q=None if i2t is None else _channels_first(base @ i2t.q_proj.weight.t()),
+        pe_q=None if i2t is None else _channels_first(i2t.q_proj(pe)),
     )
 
 
@@ -160,19 +170,18 @@ def shared_image(net, features: torch.Tensor) -> SharedImage:
     t2i, i2t = first.cross_attn_token_to_image, first.cross_attn_image_to_token
     k0 = t2i.k_proj(src + pe)
     v0 = t2i.v_proj(src)
-    q0 = i2t.q_proj(src + pe)
-    src_centred, src_sqnorm = _centre(src)
-    stages, centred = [], src_centred
+    q0 = _channels_first(i2t.q_proj(src + pe))
+    src_centred_t, src_sqnorm = _centre(src)
+    stages, centred_t = [], src_centred_t
     for i in range(1, len(layers) + 1):
-        base = centred * layers[i - 1].norm4.weight  # the LayerNorm closing layer i - 1, its gain
+        base = centred_t.t() * layers[i - 1].norm4.weight  # the LayerNorm closing layer i - 1, its gain
         if i < len(layers):
             st = _stage(base, pe, layers[i].cross_attn_token_to_image, layers[i].cross_attn_image_to_token)
         else:
             st = _stage(base, pe, dec.transformer.final_attn_token_to_image, None)
         stages.append(st)
-        centred = st.centred
-    q0_heads = _heads_last(q0, i2t.num_heads)
-    return SharedImage(src, pe, k0, v0, q0, (h, w), stages, src_centred, src_sqnorm, q0_heads)
+        centred_t = st.centred_t
+    return SharedImage(src, pe, k0, v0, q0, (h, w), stages, src_centred_t, src_sqnorm)
 
 
 def _t2i_shared(attn: Attention, q_tok: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -186,23 +195,38 @@ def _t2i_shared(attn: Attention, q_tok: torch.Tensor, k: torch.Tensor, v: torch.
     return attn.out_proj(out.transpose(0, 1).reshape(b, t, nh * c))
 
 
-def _per_head(shared: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
-    """Per-head products of shared (H, c, N) projections with per-prompt (B, T, H, c) vectors ->
-    (B, T, H, N) (a view of a head-major result)."""
+def _block_diagonal(vecs: torch.Tensor) -> torch.Tensor:
+    """(B, T, H, c) per-head vectors -> (B*T*H, H*c): row (b, t, h) holds vecs[b, t, h] in head h's
+    columns and zeros elsewhere, so one product with (H*c, N) head-major projections gives every
+    (token, head) row without a per-head batched product (slow over c = 16 on a CPU) or a transpose."""
     b, t, nh, c = vecs.shape
-    out = torch.bmm(vecs.permute(2, 0, 1, 3).reshape(nh, b * t, c), shared)  # (H, B*T, N)
-    return out.view(nh, b, t, -1).permute(1, 2, 0, 3)
+    eye = torch.eye(nh, dtype=vecs.dtype, device=vecs.device)
+    return (vecs.unsqueeze(3) * eye[:, :, None]).reshape(b * t * nh, nh * c)
 
 
-def _add_via_coef(
-    scores: torch.Tensor, state: Factored, weight: torch.Tensor, vecs: torch.Tensor
-) -> torch.Tensor:
-    """scores (B, T, H, N) + coef_i . (basis W_h^T v_th) for every image token i, as (B, T*H, N)
-    ((t, h) rows), with (B, T, H, c) vectors v."""
+def _head_scores(shared: torch.Tensor, vecs: torch.Tensor) -> torch.Tensor:
+    """Per-head products of shared (C, N) projections with (B, T, H, c) vectors -> (B, T*H, N)."""
+    b, t, nh, _ = vecs.shape
+    return (_block_diagonal(vecs) @ shared).view(b, t * nh, -1)
+
+
+def _head_values(weights: torch.Tensor, values: torch.Tensor, t: int, nh: int) -> torch.Tensor:
+    """(B, T*H, N) attention weights of (token, head) rows over shared (N, C) values -> (B, T, H, c):
+    one product over all heads, then each row's own head."""
+    b = weights.shape[0]
+    full = (weights.reshape(b * t * nh, -1) @ values).view(b, t, nh, nh, -1)
+    return full.diagonal(dim1=2, dim2=3).transpose(2, 3)
+
+
+def _scores(state: Factored, pe_part: torch.Tensor, base_part: torch.Tensor, weight, vecs) -> torch.Tensor:
+    """pe_part + scale * (base_part + sum_blocks coef . (basis W_h^T v_th)) for (B, T*H, N) parts and
+    (B, T, H, c) vectors v, in place in the parts."""
     b, t, nh, c = vecs.shape
-    proj = (state.basis @ weight.t()).view(b, -1, nh, c)  # (B, K, H, c)
-    m = torch.einsum("bkhc,bthc->bthk", proj, vecs).reshape(b, t * nh, -1)
-    return torch.baddbmm(scores.reshape(b, t * nh, -1), m, state.coef)
+    for coef, basis in state.blocks:
+        proj = (basis @ weight.t()).view(b, -1, nh, c)  # (B, k, H, c)
+        m = torch.einsum("bkhc,bthc->bthk", proj, vecs).reshape(b, t * nh, -1)
+        base_part.baddbmm_(m, coef)
+    return pe_part.addcmul_(state.scale, base_part)
 
 
 def _t2i(attn: Attention, q_tok: torch.Tensor, state: Factored, stage: Stage) -> torch.Tensor:
@@ -210,15 +234,22 @@ def _t2i(attn: Attention, q_tok: torch.Tensor, state: Factored, stage: Stage) ->
     b, t, _ = q_tok.shape
     nh, c = _split(attn)
     q = attn.q_proj(q_tok).view(b, t, nh, c) * (1.0 / math.sqrt(c))
-    # key bias and pe-free constants are the same for every image token: they cancel in the softmax
-    scores = torch.addcmul(_per_head(stage.pe_k, q), state.scale.unsqueeze(1), _per_head(stage.t2i_k, q))
-    a = _add_via_coef(scores, state, attn.k_proj.weight, q).softmax(dim=-1)  # (B, T*H, N)
-    # values: sum_i a_i (scale_i W_v base_i + coef_i W_v basis) + b_v
-    a_s = (a * state.scale).view(b, t, nh, -1).permute(2, 0, 1, 3).reshape(nh, b * t, -1)
-    out = torch.bmm(a_s, stage.t2i_v).view(nh, b, t, c).permute(1, 2, 0, 3)  # (B, T, H, c)
-    ac = torch.bmm(a, state.coef.transpose(1, 2)).view(b, t, nh, -1)  # (B, T, H, K)
-    fv = (state.basis @ attn.v_proj.weight.t()).view(b, -1, nh, c)
-    out = out + torch.einsum("bthk,bkhc->bthc", ac, fv)
+    # the key bias is the same for every image token: it cancels in the softmax
+    bd = _block_diagonal(q)
+    scores = _scores(
+        state,
+        (bd @ stage.pe_k).view(b, t * nh, -1),
+        (bd @ stage.t2i_k).view(b, t * nh, -1),
+        attn.k_proj.weight,
+        q,
+    )
+    a = scores.softmax(dim=-1).mul_(state.scale)  # weights times the scale: both value parts need it
+    # values: sum_i a_i s_i (W_v base_i + coef_i . W_v basis) + b_v (the weights sum to 1)
+    out = _head_values(a, stage.t2i_v, t, nh)
+    for coef, basis in state.blocks:
+        ac = torch.bmm(a, coef.transpose(1, 2)).view(b, t, nh, -1)  # (B, T, H, k)
+        fv = (basis @ attn.v_proj.weight.t()).view(b, -1, nh, c)
+        out = out + torch.einsum("bthk,bkhc->bthc", ac, fv)
     return attn.out_proj(out.reshape(b, t, nh * c) + attn.v_proj.bias)
 
 
@@ -232,60 +263,61 @@ def _update_vectors(attn: Attention, tok: torch.Tensor) -> torch.Tensor:
     return u + attn.out_proj.bias / nh
 
 
-def _i2t_weights(attn: Attention, tok_pe: torch.Tensor, state: Factored, stage: Stage) -> torch.Tensor:
-    """Image->token attention weights (B, T*H, N) of factored image tokens (keys + pe as queries)."""
-    b, t, _ = tok_pe.shape
-    nh, c = _split(attn)
-    k = attn.k_proj(tok_pe).view(b, t, nh, c) * (1.0 / math.sqrt(c))
-    scores = torch.addcmul(_per_head(stage.pe_q, k), state.scale.unsqueeze(1), _per_head(stage.i2t_q, k))
-    scores = _add_via_coef(scores, state, attn.q_proj.weight, k)
-    scores += torch.einsum("bthc,hc->bth", k, attn.q_proj.bias.view(nh, c)).reshape(b, t * nh, 1)
-    return _softmax_tokens(scores, nh)
-
-
-def _softmax_tokens(scores: torch.Tensor, heads: int) -> torch.Tensor:
-    """Softmax over the tokens of (B, T*H, N) logits ((t, h) rows), in place. Written out: torch's
-    softmax over a small non-last axis is several times slower on a CPU than these passes."""
+def _softmax_tokens(scores: torch.Tensor, heads: int, out: torch.Tensor, scale=None) -> None:
+    """Softmax over the tokens of (B, T*H, N) logits ((t, h) rows), divided by ``scale`` (B, 1, N)
+    when given (coefficients are relative to it), written to ``out``. Written out: torch's softmax
+    over a small non-last axis is several times slower on a CPU than these passes."""
     b, r, n = scores.shape
     x = scores.view(b, r // heads, heads, n)
     x.sub_(x.amax(dim=1, keepdim=True)).exp_()
-    x.div_(x.sum(dim=1, keepdim=True))
-    return scores
+    den = x.sum(dim=1, keepdim=True)
+    if scale is not None:
+        den.mul_(scale.view(b, 1, 1, n))
+    torch.div(x, den, out=out.view(b, r // heads, heads, n))
 
 
-def _layer_norm(state: Factored, norm: torch.nn.LayerNorm, centred, sqnorm, next_base) -> Factored:
-    """LayerNorm of factored image tokens. With x_i = s_i base_i + e_i . basis and the base centred
-    per token (base_c): x_i - mean = s_i base_c_i + e_i . basis_c, and its squared norm is
-    s^2 |base_c|^2 + 2 s e . (basis base_c) + e^T (basis_c basis_c^T) e (basis_c . base_c = basis .
-    base_c, base_c summing to 0). The result: scale s / sigma on next_base = base_c * gamma, coef
-    [e / sigma, 1] on basis [basis_c * gamma, beta]."""
-    b, k, n = state.coef.shape
-    d = state.basis.shape[-1]
-    basis_c = state.basis - state.basis.mean(dim=-1, keepdim=True)
-    # 2 s e . cross + e^T G e = e . (2 s cross + G e): one product with the coefficients
-    cross = (state.basis.reshape(b * k, d) @ centred.t()).view(b, k, n).mul_(2 * state.scale)
-    gram = torch.bmm(basis_c, basis_c.transpose(1, 2))
-    rest = torch.baddbmm(cross, gram, state.coef).mul_(state.coef).sum(1).float()  # (B, N)
+def _new_block(weights_rows: int, update: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An empty block for one layer: ``weights_rows`` coefficient rows to fill, then one zero row that
+    the LayerNorm closing the layer sets to its beta (basis) and 1 / scale (coefficient)."""
+    b, _, d = update.shape
+    coef = torch.empty(b, weights_rows + 1, n, dtype=update.dtype, device=update.device)
+    coef[:, -1] = 0
+    basis = torch.cat([update, update.new_zeros(b, 1, d)], dim=1)
+    return coef, basis
+
+
+def _layer_norm(state: Factored, norm: torch.nn.LayerNorm, centred_t, sqnorm, next_base) -> Factored:
+    """LayerNorm of factored image tokens. With x_i = s_i (base_i + e_i . basis) and the base centred
+    per token (base_c): x_i - mean = s_i (base_c_i + e_i . basis_c), whose squared norm over s_i^2 is
+    |base_c|^2 + 2 e . (basis base_c) + e^T (basis_c basis_c^T) e (basis_c . base_c = basis . base_c,
+    base_c summing to 0). The result: scale s / sigma on next_base = base_c * gamma and basis_c * gamma
+    with the coefficients unchanged, and beta in the last block's spare row with coefficient
+    1 / (s / sigma)."""
+    b, n = state.scale.shape[0], state.scale.shape[-1]
+    d = next_base.shape[-1]
+    blocks = state.blocks
+    centred_basis = [basis - basis.mean(dim=-1, keepdim=True) for _, basis in blocks]
+    rest = torch.zeros(b, n, dtype=torch.float32, device=state.scale.device)
+    for i, (coef, basis) in enumerate(blocks):
+        # 2 e . cross + e^T G e = e . (2 cross + G e): one product with the coefficients per block pair
+        z = (basis.reshape(-1, d) @ centred_t).view(b, -1, n)
+        for j, (coef_j, _) in enumerate(blocks):
+            gram = torch.bmm(centred_basis[i], centred_basis[j].transpose(1, 2))
+            z.baddbmm_(gram, coef_j, beta=2.0 if j == 0 else 1.0)
+        rest += z.mul_(coef).sum(1)
     s = state.scale[:, 0].float()
-    var = (s.square() * sqnorm + rest) / d
-    inv = torch.rsqrt(var.clamp(min=0) + norm.eps).to(state.coef.dtype).unsqueeze(1)  # (B, 1, N)
-    coef = torch.empty(b, k + 1, n, dtype=state.coef.dtype, device=state.coef.device)
-    torch.mul(state.coef, inv, out=coef[:, :k])  # one pass: scaled and moved into the grown tensor
-    coef[:, k] = 1
-    beta = norm.bias.to(state.basis.dtype).expand(b, 1, d)
-    basis = torch.cat([basis_c * norm.weight, beta], dim=1)
-    return Factored(state.scale * inv, coef, basis, next_base)
-
-
-def _append(coef: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Coefficients (B, k, N) followed by ``rows`` (B, r, N), contiguous (the batched products
-    that read them would copy a strided view each time)."""
-    return torch.cat([coef, rows], dim=1)
+    inv = torch.rsqrt((s.square() * (sqnorm + rest) / d).clamp(min=0) + norm.eps)
+    scale = (s * inv).to(state.scale.dtype).unsqueeze(1)  # (B, 1, N)
+    new_blocks = [(coef, cb * norm.weight) for (coef, _), cb in zip(blocks, centred_basis, strict=True)]
+    coef, basis = new_blocks[-1]
+    torch.reciprocal(scale[:, 0], out=coef[:, -1])
+    basis[:, -1] = norm.bias.to(basis.dtype)
+    return Factored(scale, new_blocks, next_base)
 
 
 def _tokens_first_layer(layer: TwoWayAttentionBlock, tok_pe: torch.Tensor, shared: SharedImage):
-    """First block: its image side is shared; returns the tokens and the image tokens' update weights
-    (B, T*H, N) and vectors (B, T*H, D)."""
+    """First block: its image side is shared; returns the tokens and the image tokens' first block
+    (the image->token weights as coefficients, the update vectors as basis)."""
     queries = layer.norm1(layer.self_attn(tok_pe, tok_pe, tok_pe))
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
     queries = layer.norm2(queries + _t2i_shared(t2i, queries + tok_pe, shared.k0, shared.v0))
@@ -293,8 +325,23 @@ def _tokens_first_layer(layer: TwoWayAttentionBlock, tok_pe: torch.Tensor, share
     b, t, _ = queries.shape
     nh, c = _split(i2t)
     k = i2t.k_proj(queries + tok_pe).view(b, t, nh, c) * (1.0 / math.sqrt(c))
-    weights = _softmax_tokens(_per_head(shared.q0_heads, k).reshape(b, t * nh, -1), nh)
-    return queries, weights, _update_vectors(i2t, queries)
+    coef, basis = _new_block(t * nh, _update_vectors(i2t, queries), shared.q0.shape[-1])
+    _softmax_tokens(_head_scores(shared.q0, k), nh, coef[:, :-1])
+    return queries, (coef, basis)
+
+
+def _i2t_block(attn: Attention, queries, tok_pe, state: Factored, stage: Stage):
+    """Image->token attention of a later layer on factored image tokens (keys + pe as queries): its
+    weights over the scale as a new block of coefficients, its update vectors as the block's basis."""
+    b, t, _ = queries.shape
+    nh, c = _split(attn)
+    k = attn.k_proj(queries + tok_pe).view(b, t, nh, c) * (1.0 / math.sqrt(c))
+    bd = _block_diagonal(k)
+    pe_part = (bd @ stage.pe_q).view(b, t * nh, -1)  # the query bias is in pe_q
+    scores = _scores(state, pe_part, (bd @ stage.i2t_q).view(b, t * nh, -1), attn.q_proj.weight, k)
+    coef, basis = _new_block(t * nh, _update_vectors(attn, queries), scores.shape[-1])
+    _softmax_tokens(scores, nh, coef[:, :-1], state.scale)
+    return coef, basis
 
 
 def decode_clicks(net, shared: SharedImage, sparse: torch.Tensor) -> GridDecode:
@@ -313,23 +360,21 @@ def decode_clicks(net, shared: SharedImage, sparse: torch.Tensor) -> GridDecode:
         out_tokens.append(dec.semantic_tokens.weight)
     out_tokens = torch.cat(out_tokens).to(sparse.dtype)
     tok_pe = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-    queries, weights, update = _tokens_first_layer(tr.layers[0], tok_pe, shared)
-    ones = torch.ones(b, 1, weights.shape[-1], dtype=sparse.dtype, device=sparse.device)
+    queries, block = _tokens_first_layer(tr.layers[0], tok_pe, shared)
+    ones = torch.ones(b, 1, shared.src.shape[0], dtype=sparse.dtype, device=sparse.device)
     depth = len(tr.layers)
-    state = Factored(ones, weights, update, shared.src)
-    centred, sqnorm = shared.src_centred, shared.src_sqnorm
+    state = Factored(ones, [block], shared.src)
+    centred_t, sqnorm = shared.src_centred_t, shared.src_sqnorm
     for i in range(1, depth + 1):
         stage = shared.stages[i - 1]  # the image tokens entering layer i (i == depth: the final attention)
-        state = _layer_norm(state, tr.layers[i - 1].norm4, centred, sqnorm, stage.base)
+        state = _layer_norm(state, tr.layers[i - 1].norm4, centred_t, sqnorm, stage.base)
         if i == depth:
             break
         layer = tr.layers[i]
         queries = _later_layer(layer, queries, tok_pe, state, stage)
-        i2t = layer.cross_attn_image_to_token
-        weights = _i2t_weights(i2t, queries + tok_pe, state, stage)
-        basis = torch.cat([state.basis, _update_vectors(i2t, queries)], dim=1)
-        state = Factored(state.scale, _append(state.coef, weights), basis, state.base)
-        centred, sqnorm = stage.centred, stage.sqnorm
+        block = _i2t_block(layer.cross_attn_image_to_token, queries, tok_pe, state, stage)
+        state = Factored(state.scale, [*state.blocks, block], state.base)
+        centred_t, sqnorm = stage.centred_t, stage.sqnorm
     n_out = 1 + dec.num_mask_tokens  # the IoU token and the mask tokens feed the heads
     q = queries[:, :n_out]
     final = shared.stages[-1]
