@@ -14,8 +14,6 @@ from pathlib import Path
 from imis.console import print_table
 from imis.errors import ImisError, InputError, PromptError
 
-DEFAULT_MODEL = "imis-lite"  # falls back to litemedsam where imis-lite's weights are not installed
-
 EPILOG_SEGMENT = """\
 examples:
   imis segment ct.png --box 60,190,315,385 -o liver.png --overlay liver_overlay.png --overlay-scale 2
@@ -119,15 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--axis", choices=["z", "y", "x"], default=None, help="slicing axis of a volume (default z)"
     )
     seg.add_argument("--slice", type=int, default=None, dest="slice_index", help="slice index of a volume")
-    seg.add_argument(
-        "--model",
-        default=None,
-        help=f"registry model (default {DEFAULT_MODEL}, or litemedsam where its weights are missing); "
-        "see `imis models`",
+    from imis.runtime_options import (
+        add_checkpoint_argument,
+        add_model_arguments,
+        add_runtime_arguments,
+        add_zoom_argument,
     )
-    seg.add_argument(
-        "--checkpoint", type=Path, default=None, help="weight file for models without embedded weights"
-    )
+
+    add_model_arguments(seg)
     seg.add_argument("--box", type=_parse_box, default=None, help="x0,y0,x1,y1 in native pixels")
     seg.add_argument("--click", type=_parse_click, action="append", default=[], help="x,y[,+|-]; repeatable")
     seg.add_argument("--text", default=None, help="target name or free text (models that take text)")
@@ -166,8 +163,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--name", default=None, help="name of the object (DICOM SEG segment label)")
     seg.add_argument("--label", type=int, default=None, help="label value of the object (default: next free)")
-    from imis.runtime_options import add_runtime_arguments, add_zoom_argument
-
     add_runtime_arguments(seg, device_help="torch device (cpu, cuda, cuda:1)")
     add_zoom_argument(seg)
     seg.set_defaults(func=cmd_segment)
@@ -181,9 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("model", help="registry model (see `imis models`)")
     exp.add_argument("--format", choices=["onnx"], default="onnx", help="export format (onnx)")
     exp.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="folder to write")
-    exp.add_argument(
-        "--checkpoint", type=Path, default=None, help="weight file for models without embedded weights"
-    )
+    add_checkpoint_argument(exp)
     exp.add_argument("--opset", type=int, default=None, help="ONNX opset, 18-23 (default 18)")
     exp.add_argument(
         "--quantize", choices=["int8"], default=None, help="also write encoder.int8.onnx (int8 weights)"
@@ -266,19 +259,14 @@ def _add_serve(sub) -> None:
     )
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    srv.add_argument(
-        "--model", default=None, help=f"registry model (default {DEFAULT_MODEL}); see `imis models`"
-    )
-    srv.add_argument(
-        "--checkpoint", type=Path, default=None, help="weight file for models without embedded weights"
-    )
+    from imis.runtime_options import add_model_arguments, add_runtime_arguments, add_zoom_argument
+
+    add_model_arguments(srv)
     srv.add_argument("--token", default=None, help="access token required by the API (default: $IMIS_TOKEN)")
     srv.add_argument("--max-upload-mb", type=float, default=512, help="largest upload accepted (default 512)")
     srv.add_argument(
         "--max-sessions", type=int, default=16, help="documents kept in memory (LRU, default 16)"
     )
-    from imis.runtime_options import add_runtime_arguments, add_zoom_argument
-
     add_runtime_arguments(srv, device_help="torch device (cpu, cuda)")
     add_zoom_argument(srv)
     srv.set_defaults(func=cmd_serve)
