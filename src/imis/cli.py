@@ -69,6 +69,20 @@ examples:
 """
 
 
+EPILOG_MODELS = """\
+examples:
+  imis models                          # the table: name, prompts, input recipe, license, weights
+  imis models --vocabulary imis-lite   # the target names imis-lite's text prompts were trained on
+"""
+
+EPILOG_DEMO = """\
+examples:
+  imis demo --shared ../shared --out runs/demo          # what `make run` does
+  imis demo --models litemedsam,grabcut --limit-images 2 --out runs/demo-quick
+  imis demo --resume --out runs/demo                    # finish an interrupted demo
+"""
+
+
 def _parse_box(text: str) -> tuple[float, float, float, float]:
     parts = text.replace(" ", "").split(",")
     if len(parts) != 4:
@@ -188,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="list the model registry and whether weights are available",
         description="List every registry model (prompts it takes, input recipe, license, weights) and the "
         "weight-free baselines that `imis bench` runs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_MODELS,
     )
     mod.add_argument(
         "--vocabulary",
@@ -203,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark every registry model with weights available and the GrabCut and random-walker "
         "baselines on btcv-demo's test split and a prepared Colin27+AAL set (single and iterative protocols); "
         "print the leaderboard; write the reports.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_DEMO,
     )
     from imis import demo as demo_module
 

@@ -66,6 +66,12 @@ examples:
   imis report runs/single runs/iter -o runs/leaderboard.md
 """
 
+REPORT_EPILOG = """\
+examples:
+  imis report runs/bench-single                     # rewrite one run's reports, print its table
+  imis report runs/bench-single runs/bench-iter -o runs/leaderboard.md   # several runs, one table
+"""
+
 
 SPLITS = ("test", "train")
 
@@ -312,6 +318,8 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         help="aggregate benchmark runs into one table",
         description="Rewrite each RUN_DIR's summary.json, results.csv, leaderboard.md and figures, "
         "and print one table merging all runs (run, dataset, protocol, model, prompt kind, Dice).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=REPORT_EPILOG,
     )
     r.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="directories written by imis bench"
