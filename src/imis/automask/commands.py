@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from imis.automask.settings import NMS_SCORES, NO_GT, AutomaskSettings
-from imis.cli_options import add_executor_arguments, positive_int
+from imis.cli_options import add_executor_arguments, add_progress_argument, positive_int
 from imis.runtime_options import add_model_arguments, add_runtime_arguments
 
 __all__ = ["cmd_automask", "register_automask_command"]
@@ -121,7 +121,7 @@ def register_automask_command(sub) -> None:
     )
     r.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker")
     r.add_argument("--overwrite", action="store_true", help="regenerate finished and released imasks")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(r)
     p.set_defaults(func=cmd_automask)
 
 

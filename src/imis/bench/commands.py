@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from imis.bench.volume import VOLUME_PROTOCOLS
+from imis.cli_options import add_progress_argument
 from imis.errors import InputError
 
 __all__ = ["cmd_bench", "cmd_report", "parse_checkpoints", "register_bench_commands"]
@@ -311,7 +312,7 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         b, default_precision="fp32", device_help="torch device of the learned models (default cpu)"
     )
     add_zoom_argument(b)  # the learned models only; baselines run as they are
-    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(b)
     b.set_defaults(func=cmd_bench)
     r = subparsers.add_parser(
         "report",
