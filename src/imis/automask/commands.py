@@ -142,6 +142,19 @@ NO_GT_DEFAULTED = (
 )
 
 
+# Settings whose option has the field's name (--points-per-side -> points_per_side) and one default.
+SAME_NAMED_SETTINGS = (
+    "points_per_side",
+    "nms",
+    "nms_kind",
+    "max_area",
+    "outputs",
+    "box_overlap",
+    "morphology",
+    "batch_size",
+)
+
+
 def _add_no_gt_defaulted_arguments(group) -> None:
     """The NO_GT_DEFAULTED options, each with its paper default and its --no-gt default in the help."""
     for flag, field_name, kind, what in NO_GT_DEFAULTED:
@@ -151,29 +164,25 @@ def _add_no_gt_defaulted_arguments(group) -> None:
         group.add_argument(flag, default=None, help=help_text, **typed)
 
 
+def settings_from_args(args: argparse.Namespace) -> AutomaskSettings:
+    """The run's settings: the options given, the others at the paper's defaults or, with --no-gt, at
+    the segment-everything ones."""
+    chosen = {
+        field_name: getattr(args, flag[2:].replace("-", "_")) for flag, field_name, *_ in NO_GT_DEFAULTED
+    }
+    common = {name: getattr(args, name) for name in SAME_NAMED_SETTINGS}
+    if args.no_gt:
+        return AutomaskSettings.segment_everything(**chosen, **common)
+    return AutomaskSettings(**{k: v for k, v in chosen.items() if v is not None}, **common)
+
+
 def cmd_automask(args: argparse.Namespace) -> int:
     from imis.automask.loading import runtime_tag
     from imis.automask.run import run_automask
     from imis.console import print_table
     from imis.models.registry import default_model_name
 
-    chosen = {
-        field_name: getattr(args, flag[2:].replace("-", "_")) for flag, field_name, *_ in NO_GT_DEFAULTED
-    }
-    common = dict(
-        points_per_side=args.points_per_side,
-        nms=args.nms,
-        nms_kind=args.nms_kind,
-        max_area=args.max_area,
-        outputs=args.outputs,
-        box_overlap=args.box_overlap,
-        morphology=args.morphology,
-        batch_size=args.batch_size,
-    )
-    if args.no_gt:  # options left out take the segment-everything defaults
-        settings = AutomaskSettings.segment_everything(**chosen, **common)
-    else:  # options left out take the paper's defaults
-        settings = AutomaskSettings(**{k: v for k, v in chosen.items() if v is not None}, **common)
+    settings = settings_from_args(args)
     model = args.model or ("litemedsam" if args.checkpoint else default_model_name())
     runtime_tag(model, args.backend, args.precision, args.device)  # bad combinations fail here, once
     summary = run_automask(
