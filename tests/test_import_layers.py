@@ -29,6 +29,7 @@ RANKS = {
     "automask": 5,
     "app": 6,
     "cli": 6,
+    "cli_help": 6,  # the help texts of cli.py's subcommands
     "demo": 6,
 }
 
