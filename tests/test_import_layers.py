@@ -29,6 +29,7 @@ RANKS = {
     "automask": 5,
     "app": 6,
     "cli": 6,
+    "cli_help": 6,  # the help texts of cli.py's subcommands
     "demo": 6,
 }
 
@@ -135,6 +136,14 @@ def _write(root: Path, files: dict[str, str]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
     return root
+
+
+def test_every_stage_package_is_ranked_and_every_rank_is_a_real_part():
+    # the stages of the preamble each have a rank, and RANKS names no part that is gone (a renamed
+    # stage would otherwise keep a stale entry while its new name fails only when first imported)
+    parts = {m.split(".")[1] if "." in m else "" for m in import_graph()}
+    assert {"io", "data", "automask", "models", "session", "train", "bench", "app"} <= parts
+    assert parts == set(RANKS)
 
 
 def test_the_checks_see_a_lazy_cycle_and_an_upward_import(tmp_path):

@@ -1,4 +1,4 @@
-"""argparse pieces that the subcommands of several stages share (`imis prepare` in data, `imis automask`):
+"""argparse pieces that the subcommands of several stages share (`imis prepare` in data, `imis automask`, ...):
 below the stages, like :mod:`imis.console`, so that each command module can use them without importing
 another stage's."""
 
@@ -21,6 +21,15 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
     return v
+
+
+PROGRESS_HELP = "no progress bars (for logs and scripts)"
+
+
+def add_progress_argument(parser, help_text: str = PROGRESS_HELP) -> None:
+    """--no-progress, as every command that shows progress bars takes it (prepare, prepare-templates,
+    stats, automask, bench, demo); ``args.no_progress`` is True when given."""
+    parser.add_argument("--no-progress", action="store_true", help=help_text)
 
 
 def add_executor_arguments(parser, workers_help: str) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from imis.cli_options import add_progress_argument
 from imis.errors import ImisError, InputError
 
 COLIN_DIR = Path("/usr/share/mricron/templates")
@@ -362,7 +363,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="keep the predictions of an earlier (interrupted) demo in OUT"
     )
     ap.add_argument("--limit-images", type=int, default=None, help="only the first N images (quick checks)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar while preparing")
+    add_progress_argument(ap, "no progress bar while preparing")
 
 
 def _check_models(names: list[str]) -> None:

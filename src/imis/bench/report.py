@@ -203,6 +203,17 @@ def _csv_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _save_dice_figure(plt: Any, fig: Any, ax: Any, path: Path, legend: bool) -> Path:
+    """Finish a Dice figure as every report figure is (y from 0 to 1, 100 dpi), write it, free it."""
+    ax.set_ylim(0, 1)
+    if legend:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _figures(summary: dict[str, Any], fig_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -224,12 +235,7 @@ def _figures(summary: dict[str, Any], fig_dir: Path) -> list[Path]:
             ax.bar(np.arange(len(single)) + i * width, vals, width, label=model)
         ax.set_xticks(np.arange(len(single)) + 0.4 - width / 2, single)
         ax.set_ylabel("Dice (mask level)")
-        ax.set_ylim(0, 1)
-        ax.legend()
-        fig.tight_layout()
-        written.append(fig_dir / "dice_by_prompt.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
+        written.append(_save_dice_figure(plt, fig, ax, fig_dir / "dice_by_prompt.png", legend=True))
     if curves:  # Fig. 6: Dice vs interactions (image level for imis-paper, as the paper reports it)
         fig, ax = plt.subplots(figsize=(6, 4))
         level = "dice_mask" if list(curves) == ["iterative"] else "dice_image"
@@ -239,12 +245,7 @@ def _figures(summary: dict[str, Any], fig_dir: Path) -> list[Path]:
                 ax.plot(ks, [res[model][f"{base}@{k}"][level] for k in ks], marker="o", label=label)
         ax.set_xlabel("interactions")
         ax.set_ylabel("Dice (mask level)" if level == "dice_mask" else "Dice (image level)")
-        ax.set_ylim(0, 1)
-        ax.legend()
-        fig.tight_layout()
-        written.append(fig_dir / "dice_vs_interactions.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
+        written.append(_save_dice_figure(plt, fig, ax, fig_dir / "dice_vs_interactions.png", legend=True))
     # per anatomical group: the box kind (single) or the last interaction (iterative)
     for model in models:
         seq = _curves(res[model])
@@ -257,12 +258,8 @@ def _figures(summary: dict[str, Any], fig_dir: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(by)), 4))
         ax.bar(list(by), [v["dice_mask"] or 0.0 for v in by.values()])
         ax.set_title(f"{model}, {kinds[0]}: Dice per anatomical group")
-        ax.set_ylim(0, 1)
-        fig.tight_layout()
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
-        written.append(fig_dir / f"dice_by_group_{safe}.png")
-        fig.savefig(written[-1], dpi=100)
-        plt.close(fig)
+        written.append(_save_dice_figure(plt, fig, ax, fig_dir / f"dice_by_group_{safe}.png", legend=False))
     return written
 
 

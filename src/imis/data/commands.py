@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from imis.cli_options import add_progress_argument
+
 __all__ = ["cmd_stats", "register_stats_command"]
 
 EPILOG_STATS = """\
@@ -37,7 +39,7 @@ def register_stats_command(subparsers: argparse._SubParsersAction) -> argparse.A
     p.add_argument(
         "--vocabulary", type=Path, default=None, metavar="YAML", help="extend the built-in target vocabulary"
     )
-    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=cmd_stats)
     return p
 

@@ -91,6 +91,19 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise InputError(f"{path}: JSON nested too deeply") from None
 
 
+def read_json_object(path: str | os.PathLike, what: str, not_found: str) -> dict:
+    """:func:`read_json` of a file that must hold a JSON object (a dataset's ``dataset.json``);
+    ``not_found``: what a missing file means, said in the error (``not an MSD / nnU-Net raw folder``)."""
+    from imis.errors import InputError
+
+    if not Path(path).is_file():
+        raise InputError(f"{path}: not found ({not_found})")
+    meta = read_json(path, what)
+    if not isinstance(meta, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
 @contextmanager
 def content_errors(path: str | os.PathLike) -> Iterator[None]:
     """Turn a TypeError / ValueError / ... met while interpreting a parsed file into an InputError naming it."""

@@ -114,6 +114,21 @@ def check_prompt_support(name: str, prompt_types: frozenset[str], prompts: Promp
     return wanted
 
 
+def check_decodable(name: str, prompt_types: frozenset[str], prompts: PromptSpec) -> None:
+    """:func:`check_prompt_support`, and at least a click, a box or a text: a previous mask alone names
+    no object. What every model's ``check_supported`` asks (PyTorch and ONNX Runtime alike)."""
+    if not check_prompt_support(name, prompt_types, prompts) - {"mask"}:
+        raise PromptError("no prompt given: pass at least a click, a box or a text")
+
+
+def check_text_support(name: str, prompt_types: frozenset[str], text_fn: Callable | None) -> None:
+    """Raise PromptError unless the model takes text and has the text encoder to embed it."""
+    if "text" not in prompt_types or text_fn is None:
+        raise PromptError(
+            f"model {name!r} does not take text prompts (it takes: {', '.join(sorted(prompt_types))})"
+        )
+
+
 def fast_bf16_available(device: str | torch.device) -> bool:
     """Whether bfloat16 autocast is a speed-up here: a CUDA GPU with bf16, or a CPU with AMX / AVX512-BF16.
 
@@ -210,19 +225,14 @@ class InteractiveModel:
         return self.net.encode_image(x)
 
     def text_embedding(self, text: str) -> torch.Tensor:
-        if "text" not in self.prompt_types or self._text_fn is None:
-            raise PromptError(
-                f"model {self.name!r} does not take text prompts (it takes: {', '.join(sorted(self.prompt_types))})"
-            )
+        check_text_support(self.name, self.prompt_types, self._text_fn)
         if text not in self._text_cache:
             with torch.inference_mode():
                 self._text_cache[text] = self._text_fn(text).to(self.device)
         return self._text_cache[text]
 
     def check_supported(self, prompts: PromptSpec) -> None:
-        wanted = check_prompt_support(self.name, self.prompt_types, prompts)
-        if not wanted - {"mask"}:
-            raise PromptError("no prompt given: pass at least a click, a box or a text")
+        check_decodable(self.name, self.prompt_types, prompts)
 
     @torch.inference_mode()
     def decode(

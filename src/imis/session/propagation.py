@@ -61,6 +61,8 @@ __all__ = [
     "PropagationResult",
     "PropagationRules",
     "SliceRecord",
+    "STOP_RULES",
+    "stop_reason",
     "next_prompt",
     "predict_next",
     "refine_seed",
@@ -181,6 +183,12 @@ class SliceRecord:
     iou_prev: float = 1.0  # IoU with the previous slice's mask
     reach: float = 0.0  # distance from the seed slice / the seed's equivalent diameter (both mm)
 
+    @classmethod
+    def from_row(cls, row: dict) -> SliceRecord:
+        """The record in a recorded JSON row (benchmarks' walk records): keys that are not measures are
+        ignored, and a measure a row lacks takes its default, which never stops a walk."""
+        return cls(**{k: row[k] for k in cls.__dataclass_fields__ if k in row})
+
 
 @dataclass
 class PropagationResult:
@@ -297,28 +305,30 @@ def refine_seed(
     return model.decode(embedding, spec)
 
 
+# The stop rules in the order they are checked (the first that fires names the stop): the record's
+# measure, the rules' threshold, whether the walk stops when the measure is "below" or "above" it, and
+# the reason reported. One table, so that a new signal is one line here and one field on each dataclass.
+STOP_RULES = (
+    ("area", "min_area", "below", "too small"),
+    ("quality", "min_quality", "below", "low confidence"),
+    ("growth", "max_growth", "above", "size jump"),
+    ("overlap", "min_overlap", "below", "no overlap"),
+    ("seed_ratio", "min_seed_ratio", "below", "thinned out"),
+    ("stability", "min_stability", "below", "unstable"),
+    ("quality_ratio", "min_quality_ratio", "below", "confidence fell"),
+    ("iou_prev", "min_iou_prev", "below", "drifted"),
+    ("reach", "max_reach", "above", "too far"),
+)
+
+
 def stop_reason(rec: SliceRecord, rules: PropagationRules) -> str | None:
-    """Which rule stops the walk at this slice, or None to go on."""
+    """Which rule stops the walk at this slice ("empty", or a reason of :data:`STOP_RULES`), or None."""
     if rec.area == 0:
         return "empty"
-    if rec.area < rules.min_area:
-        return "too small"
-    if rec.quality < rules.min_quality:
-        return "low confidence"
-    if rec.growth > rules.max_growth:
-        return "size jump"
-    if rec.overlap < rules.min_overlap:
-        return "no overlap"
-    if rec.seed_ratio < rules.min_seed_ratio:
-        return "thinned out"
-    if rec.stability < rules.min_stability:
-        return "unstable"
-    if rec.quality_ratio < rules.min_quality_ratio:
-        return "confidence fell"
-    if rec.iou_prev < rules.min_iou_prev:
-        return "drifted"
-    if rec.reach > rules.max_reach:
-        return "too far"
+    for measure, threshold, side, reason in STOP_RULES:
+        value, limit = getattr(rec, measure), getattr(rules, threshold)
+        if value < limit if side == "below" else value > limit:
+            return reason
     return None
 
 

@@ -41,7 +41,7 @@ from imis.data.formats.imed_write import (
 )
 from imis.data.sample import Sample
 from imis.errors import InputError
-from imis.io.files import read_json
+from imis.io.files import read_json_object
 
 __all__ = [
     "COMPRESS_LEVEL",
@@ -124,11 +124,7 @@ def _read_dataset(root: str | Path) -> ImedDataset:
     """Parse ``root/dataset.json`` (entries only; no image is opened)."""
     root = Path(root)
     meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise InputError(f"{meta_path}: not found (not an IMed-361M dataset folder)")
-    meta = read_json(meta_path, "dataset.json")
-    if not isinstance(meta, dict):
-        raise InputError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(meta_path, "dataset.json", "not an IMed-361M dataset folder")
     try:
         labels = {int(k): str(v) for k, v in meta.get("labels", {}).items() if int(k) != 0}
     except (TypeError, ValueError, AttributeError):

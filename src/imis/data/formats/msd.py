@@ -179,13 +179,9 @@ def _read_dataset(root: str | Path) -> MsdDataset:
     """Parse an MSD / nnU-Net raw folder (``dataset.json`` and file listing; no volume is read)."""
     root = Path(root)
     meta_path = root / "dataset.json"
-    if not meta_path.is_file():
-        raise InputError(f"{meta_path}: not found (not an MSD / nnU-Net raw folder)")
-    from imis.io.files import read_json
+    from imis.io.files import read_json_object
 
-    meta = read_json(meta_path, "dataset.json")
-    if not isinstance(meta, dict):
-        raise InputError(f"{meta_path}: expected a JSON object")
+    meta = read_json_object(meta_path, "dataset.json", "not an MSD / nnU-Net raw folder")
     labels, regions, style = _parse_labels(meta.get("labels"), meta_path)
     raw_channels = meta.get("channel_names") or meta.get("modality") or {}
     try:

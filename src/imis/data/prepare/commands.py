@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from imis.cli_options import add_executor_arguments, positive_int
+from imis.cli_options import add_executor_arguments, add_progress_argument, positive_int
 from imis.errors import InputError
 
 __all__ = ["cmd_prepare", "cmd_prepare_templates", "cmd_restack", "register_prepare_commands"]
@@ -150,7 +150,7 @@ def register_prepare_commands(subparsers) -> None:
         p,
         "cases prepared in parallel: processes on this machine (default 1); with --executor ray, tasks in flight",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(p)
     p.set_defaults(func=cmd_prepare)
 
     t = subparsers.add_parser(
@@ -185,7 +185,7 @@ def register_prepare_commands(subparsers) -> None:
         help="btcv-demo folder to list beside (read in place; default $IMIS_SHARED/data/btcv-demo or "
         "../shared/data/btcv-demo when present)",
     )
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(t)
     t.set_defaults(func=cmd_prepare_templates)
 
     r = subparsers.add_parser(

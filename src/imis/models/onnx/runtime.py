@@ -15,14 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imis.errors import CheckpointError, PromptError
+from imis.errors import CheckpointError
 from imis.models.interactive import (
     Embedding,
     InteractiveModel,
     MultimaskPolicy,
     Prediction,
     PromptSpec,
-    check_prompt_support,
+    check_decodable,
+    check_text_support,
 )
 from imis.models.onnx.graphs import LABEL_BOX_BR, LABEL_BOX_TL, LABEL_PAD, LABEL_TEXT
 from imis.models.onnx.manifest import META_MODEL, META_ROLE, META_WEIGHTS, read_manifest
@@ -123,10 +124,7 @@ class OnnxInteractiveModel:
         return Embedding(torch.from_numpy(feats), frame)
 
     def text_embedding(self, text: str) -> np.ndarray:
-        if "text" not in self.prompt_types or self._text_fn is None:
-            raise PromptError(
-                f"model {self.name!r} does not take text prompts (it takes: {', '.join(sorted(self.prompt_types))})"
-            )
+        check_text_support(self.name, self.prompt_types, self._text_fn)
         if text not in self._text_cache:
             with torch.inference_mode():
                 vec = self._text_fn(text).float().cpu().numpy().reshape(1, -1)
@@ -134,9 +132,7 @@ class OnnxInteractiveModel:
         return self._text_cache[text]
 
     def check_supported(self, prompts: PromptSpec) -> None:
-        wanted = check_prompt_support(self.name, self.prompt_types, prompts)
-        if not wanted - {"mask"}:
-            raise PromptError("no prompt given: pass at least a click, a box or a text")
+        check_decodable(self.name, self.prompt_types, prompts)
 
     def decode(
         self,
