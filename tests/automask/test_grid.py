@@ -109,3 +109,17 @@ def test_factored_image_tokens_equal_the_plain_transformers(lite, lite_embedding
         _, keys = dec.transformer(src, pe, tokens)
     assert state.image.rows < keys.shape[-1]  # fewer coefficients than channels per token
     np.testing.assert_allclose(state.keys.numpy(), keys.numpy(), atol=2e-4)
+
+
+@pytest.mark.parametrize("offset", [0.0, 200.0, -200.0])  # in range, overflowing, all underflowing
+def test_token_softmax_falls_back_where_exponentials_leave_the_range(offset):
+    from imis.models.grid_decode import _softmax_tokens
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 7 * 8, 50, generator=gen) * 4 + offset
+    out = torch.empty(2, 7 * 8, 50)
+    scale = torch.rand(2, 1, 50, generator=gen) + 0.5
+    _softmax_tokens(lambda: logits.clone(), 8, out, scale)
+    ref = torch.softmax(logits.view(2, 7, 8, 50), dim=1).view(2, 56, 50) / scale
+    assert torch.isfinite(out).all()
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)

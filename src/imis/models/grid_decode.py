@@ -45,7 +45,16 @@ import torch.nn.functional as F
 from imis.models.mask_decoder import MaskDecoder
 from imis.models.transformer import Attention, TwoWayAttentionBlock
 
-__all__ = ["Factored", "GridDecode", "SharedImage", "Stage", "decode_clicks", "masks_for", "shared_image"]
+__all__ = [
+    "Block",
+    "Factored",
+    "GridDecode",
+    "SharedImage",
+    "Stage",
+    "decode_clicks",
+    "masks_for",
+    "shared_image",
+]
 
 
 @dataclass
@@ -82,28 +91,43 @@ class SharedImage:
     stages: list[Stage]
     src_centred_t: torch.Tensor  # (D, N)
     src_sqnorm: torch.Tensor
+    cross: dict[tuple[int, int], torch.Tensor]  # (LayerNorm s, block l) -> (C + 2, N), see _cross_tables
+
+
+@dataclass
+class Block:
+    """The coefficients one decoder layer's image->token attention added, for B prompts: coef (B, k, N)
+    on basis (B, k, D), k = tokens x heads + 1 (the spare row takes the beta of the LayerNorm closing
+    the layer). ``query`` (B, k, C + 2) is what the LayerNorms' products of the basis with the base are
+    computed from: each row's value vector in its head's columns, then 1 for the output bias, then 1 on
+    the spare row for the beta (`_cross_tables`)."""
+
+    coef: torch.Tensor
+    basis: torch.Tensor
+    query: torch.Tensor
 
 
 @dataclass
 class Factored:
     """Image tokens of B prompts: keys[b, i] = scale[b, 0, i] * (base[i] + sum over the blocks of
-    coef[b, :, i] @ basis[b]). One (coef (B, k, N), basis (B, k, D)) block per decoder layer, each
-    contiguous (batched products would copy a slice of a larger tensor)."""
+    coef[b, :, i] @ basis[b]). One :class:`Block` per decoder layer, each contiguous (batched products
+    would copy a slice of a larger tensor)."""
 
     scale: torch.Tensor  # (B, 1, N)
-    blocks: list[tuple[torch.Tensor, torch.Tensor]]
+    blocks: list[Block]
     base: torch.Tensor  # (N, D), shared
 
     @property
     def rows(self) -> int:
         """Coefficients per image token."""
-        return sum(c.shape[1] for c, _ in self.blocks)
+        return sum(blk.coef.shape[1] for blk in self.blocks)
 
     def dense(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The (B or len(rows), N, D) image tokens."""
         s = self.scale if rows is None else self.scale[rows]
         x = self.base.expand(s.shape[0], -1, -1)
-        for coef, basis in self.blocks:
+        for blk in self.blocks:
+            coef, basis = blk.coef, blk.basis
             if rows is not None:
                 coef, basis = coef[rows], basis[rows]
             x = torch.baddbmm(x, coef.transpose(1, 2), basis)
@@ -181,7 +205,38 @@ def shared_image(net, features: torch.Tensor) -> SharedImage:
             st = _stage(base, pe, dec.transformer.final_attn_token_to_image, None)
         stages.append(st)
         centred_t = st.centred_t
-    return SharedImage(src, pe, k0, v0, q0, (h, w), stages, src_centred_t, src_sqnorm)
+    centred_in = [src_centred_t] + [st.centred_t for st in stages[:-1]]  # entering LayerNorm s
+    cross = _cross_tables(layers, centred_in, src.dtype)
+    return SharedImage(src, pe, k0, v0, q0, (h, w), stages, src_centred_t, src_sqnorm, cross)
+
+
+def _cross_tables(layers, centred_in: list[torch.Tensor], dtype) -> dict[tuple[int, int], torch.Tensor]:
+    """Per-image tables for the LayerNorms' products basis . base_c (B x k x N per block, the largest
+    product of the decode) from the blocks' value vectors (B x k x C, C = 128 < D = 256).
+
+    A row of block l is u = W_o^h v + b_o / H (the update of (token, head) with value v), mapped by each
+    later LayerNorm j < s to T_j(u) = centre(u) * gamma_j, a linear map whose adjoint is
+    y -> centre(y * gamma_j). So at LayerNorm s, with q_l = T_l^T ... T_{s-1}^T base_c (N, D):
+    T(u) . base_c = v . (W_o^h^T q_l) + (b_o / H) . q_l, and the spare row's beta_l (set by LayerNorm l)
+    gives beta_l . q_{l+1}. Table (s, l) stacks q_l W_o (C rows), q_l . b_o / H and beta_l . q_{l+1}
+    (zeros while s == l: the spare row is still empty) as (C + 2, N)."""
+    tables = {}
+    for s, centred_t in enumerate(centred_in):
+        q = {s: centred_t.t().float()}
+        for j in range(s - 1, -1, -1):
+            y = q[j + 1] * layers[j].norm4.weight.float()
+            q[j] = y - y.mean(dim=-1, keepdim=True)
+        for blk in range(s + 1):
+            attn = layers[blk].cross_attn_image_to_token
+            out = attn.out_proj
+            spare = q[blk + 1] @ layers[blk].norm4.bias.float() if blk < s else q[blk].new_zeros(len(q[blk]))
+            rows = [
+                q[blk] @ out.weight.float(),
+                (q[blk] @ out.bias.float() / attn.num_heads)[:, None],
+                spare[:, None],
+            ]
+            tables[(s, blk)] = torch.cat(rows, dim=1).t().to(dtype).contiguous()
+    return tables
 
 
 def _t2i_shared(attn: Attention, q_tok: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -222,10 +277,10 @@ def _scores(state: Factored, pe_part: torch.Tensor, base_part: torch.Tensor, wei
     """pe_part + scale * (base_part + sum_blocks coef . (basis W_h^T v_th)) for (B, T*H, N) parts and
     (B, T, H, c) vectors v, in place in the parts."""
     b, t, nh, c = vecs.shape
-    for coef, basis in state.blocks:
-        proj = (basis @ weight.t()).view(b, -1, nh, c)  # (B, k, H, c)
+    for blk in state.blocks:
+        proj = (blk.basis @ weight.t()).view(b, -1, nh, c)  # (B, k, H, c)
         m = torch.einsum("bkhc,bthc->bthk", proj, vecs).reshape(b, t * nh, -1)
-        base_part.baddbmm_(m, coef)
+        base_part.baddbmm_(m, blk.coef)
     return pe_part.addcmul_(state.scale, base_part)
 
 
@@ -246,72 +301,91 @@ def _t2i(attn: Attention, q_tok: torch.Tensor, state: Factored, stage: Stage) ->
     a = scores.softmax(dim=-1).mul_(state.scale)  # weights times the scale: both value parts need it
     # values: sum_i a_i s_i (W_v base_i + coef_i . W_v basis) + b_v (the weights sum to 1)
     out = _head_values(a, stage.t2i_v, t, nh)
-    for coef, basis in state.blocks:
-        ac = torch.bmm(a, coef.transpose(1, 2)).view(b, t, nh, -1)  # (B, T, H, k)
-        fv = (basis @ attn.v_proj.weight.t()).view(b, -1, nh, c)
+    for blk in state.blocks:
+        ac = torch.bmm(a, blk.coef.transpose(1, 2)).view(b, t, nh, -1)  # (B, T, H, k)
+        fv = (blk.basis @ attn.v_proj.weight.t()).view(b, -1, nh, c)
         out = out + torch.einsum("bthk,bkhc->bthc", ac, fv)
     return attn.out_proj(out.reshape(b, t, nh * c) + attn.v_proj.bias)
 
 
-def _update_vectors(attn: Attention, tok: torch.Tensor) -> torch.Tensor:
+def _update_vectors(attn: Attention, tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T*H, D): what a unit of attention from image token to (token t, head h) adds to it,
-    W_o^h v_th plus the output bias spread over the heads (each head's weights sum to 1)."""
+    W_o^h v_th plus the output bias spread over the heads (each head's weights sum to 1); and the
+    values v (B, T, H, c)."""
     b, t, _ = tok.shape
     nh, c = _split(attn)
     wo = attn.out_proj.weight.view(-1, nh, c)  # (D, H, c)
-    u = torch.einsum("bthc,dhc->bthd", attn.v_proj(tok).view(b, t, nh, c), wo).reshape(b, t * nh, -1)
-    return u + attn.out_proj.bias / nh
+    v = attn.v_proj(tok).view(b, t, nh, c)
+    u = torch.einsum("bthc,dhc->bthd", v, wo).reshape(b, t * nh, -1)
+    return u + attn.out_proj.bias / nh, v
 
 
-def _softmax_tokens(scores: torch.Tensor, heads: int, out: torch.Tensor, scale=None) -> None:
-    """Softmax over the tokens of (B, T*H, N) logits ((t, h) rows), divided by ``scale`` (B, 1, N)
-    when given (coefficients are relative to it), written to ``out``. Written out: torch's softmax
-    over a small non-last axis is several times slower on a CPU than these passes."""
+def _softmax_tokens(scores_fn, heads: int, out: torch.Tensor, scale=None) -> None:
+    """Softmax over the tokens of the (B, T*H, N) logits that ``scores_fn()`` makes ((t, h) rows),
+    divided by ``scale`` (B, 1, N) when given (coefficients are relative to it), written to ``out``.
+    Written out: torch's softmax over a small non-last axis is several times slower on a CPU than
+    these passes. The exponentials are taken without subtracting the maximum first (two passes over
+    the logits fewer); where that overflows, or every token of a head underflows, the sums show it
+    and the logits are made again and normalised the safe way."""
+    scores = scores_fn()
     b, r, n = scores.shape
     x = scores.view(b, r // heads, heads, n)
-    x.sub_(x.amax(dim=1, keepdim=True)).exp_()
-    den = x.sum(dim=1, keepdim=True)
+    den = x.exp_().sum(dim=1, keepdim=True)
+    if not (torch.isfinite(den).all() and (den > 0).all()):
+        x = scores_fn().view(b, r // heads, heads, n)
+        den = x.sub_(x.amax(dim=1, keepdim=True)).exp_().sum(dim=1, keepdim=True)
     if scale is not None:
         den.mul_(scale.view(b, 1, 1, n))
     torch.div(x, den, out=out.view(b, r // heads, heads, n))
 
 
-def _new_block(weights_rows: int, update: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """An empty block for one layer: ``weights_rows`` coefficient rows to fill, then one zero row that
-    the LayerNorm closing the layer sets to its beta (basis) and 1 / scale (coefficient)."""
-    b, _, d = update.shape
-    coef = torch.empty(b, weights_rows + 1, n, dtype=update.dtype, device=update.device)
+def _new_block(attn: Attention, tokens: torch.Tensor, n: int) -> Block:
+    """An empty block for one layer's image->token attention: tokens x heads coefficient rows to fill,
+    then one zero row that the LayerNorm closing the layer sets to its beta (basis) and 1 / scale
+    (coefficient)."""
+    update, v = _update_vectors(attn, tokens)
+    b, r, d = update.shape
+    coef = torch.empty(b, r + 1, n, dtype=update.dtype, device=update.device)
     coef[:, -1] = 0
     basis = torch.cat([update, update.new_zeros(b, 1, d)], dim=1)
-    return coef, basis
+    cw = v.shape[-1] * v.shape[-2]
+    query = update.new_zeros(b, r + 1, cw + 2)
+    query[:, :r, :cw] = _block_diagonal(v).view(b, r, cw)
+    query[:, :r, cw] = 1
+    query[:, r, cw + 1] = 1
+    return Block(coef, basis, query)
 
 
-def _layer_norm(state: Factored, norm: torch.nn.LayerNorm, centred_t, sqnorm, next_base) -> Factored:
+def _layer_norm(
+    state: Factored, norm: torch.nn.LayerNorm, cross: list[torch.Tensor], sqnorm, next_base
+) -> Factored:
     """LayerNorm of factored image tokens. With x_i = s_i (base_i + e_i . basis) and the base centred
     per token (base_c): x_i - mean = s_i (base_c_i + e_i . basis_c), whose squared norm over s_i^2 is
     |base_c|^2 + 2 e . (basis base_c) + e^T (basis_c basis_c^T) e (basis_c . base_c = basis . base_c,
-    base_c summing to 0). The result: scale s / sigma on next_base = base_c * gamma and basis_c * gamma
-    with the coefficients unchanged, and beta in the last block's spare row with coefficient
-    1 / (s / sigma)."""
+    base_c summing to 0; ``cross`` holds each block's table for basis . base_c, `_cross_tables`). The
+    result: scale s / sigma on next_base = base_c * gamma and basis_c * gamma with the coefficients
+    unchanged, and beta in the last block's spare row with coefficient 1 / (s / sigma)."""
     b, n = state.scale.shape[0], state.scale.shape[-1]
     d = next_base.shape[-1]
     blocks = state.blocks
-    centred_basis = [basis - basis.mean(dim=-1, keepdim=True) for _, basis in blocks]
+    centred_basis = [blk.basis - blk.basis.mean(dim=-1, keepdim=True) for blk in blocks]
     rest = torch.zeros(b, n, dtype=torch.float32, device=state.scale.device)
-    for i, (coef, basis) in enumerate(blocks):
+    for i, (blk, table) in enumerate(zip(blocks, cross, strict=True)):
         # 2 e . cross + e^T G e = e . (2 cross + G e): one product with the coefficients per block pair
-        z = (basis.reshape(-1, d) @ centred_t).view(b, -1, n)
-        for j, (coef_j, _) in enumerate(blocks):
+        z = (blk.query.view(-1, table.shape[0]) @ table).view(b, -1, n)
+        for j, other in enumerate(blocks):
             gram = torch.bmm(centred_basis[i], centred_basis[j].transpose(1, 2))
-            z.baddbmm_(gram, coef_j, beta=2.0 if j == 0 else 1.0)
-        rest += z.mul_(coef).sum(1)
+            z.baddbmm_(gram, other.coef, beta=2.0 if j == 0 else 1.0)
+        rest += z.mul_(blk.coef).sum(1)
     s = state.scale[:, 0].float()
     inv = torch.rsqrt((s.square() * (sqnorm + rest) / d).clamp(min=0) + norm.eps)
     scale = (s * inv).to(state.scale.dtype).unsqueeze(1)  # (B, 1, N)
-    new_blocks = [(coef, cb * norm.weight) for (coef, _), cb in zip(blocks, centred_basis, strict=True)]
-    coef, basis = new_blocks[-1]
-    torch.reciprocal(scale[:, 0], out=coef[:, -1])
-    basis[:, -1] = norm.bias.to(basis.dtype)
+    new_blocks = [
+        Block(blk.coef, cb * norm.weight, blk.query) for blk, cb in zip(blocks, centred_basis, strict=True)
+    ]
+    last = new_blocks[-1]
+    torch.reciprocal(scale[:, 0], out=last.coef[:, -1])
+    last.basis[:, -1] = norm.bias.to(last.basis.dtype)
     return Factored(scale, new_blocks, next_base)
 
 
@@ -325,9 +399,9 @@ def _tokens_first_layer(layer: TwoWayAttentionBlock, tok_pe: torch.Tensor, share
     b, t, _ = queries.shape
     nh, c = _split(i2t)
     k = i2t.k_proj(queries + tok_pe).view(b, t, nh, c) * (1.0 / math.sqrt(c))
-    coef, basis = _new_block(t * nh, _update_vectors(i2t, queries), shared.q0.shape[-1])
-    _softmax_tokens(_head_scores(shared.q0, k), nh, coef[:, :-1])
-    return queries, (coef, basis)
+    block = _new_block(i2t, queries, shared.q0.shape[-1])
+    _softmax_tokens(lambda: _head_scores(shared.q0, k), nh, block.coef[:, :-1])
+    return queries, block
 
 
 def _i2t_block(attn: Attention, queries, tok_pe, state: Factored, stage: Stage):
@@ -337,11 +411,14 @@ def _i2t_block(attn: Attention, queries, tok_pe, state: Factored, stage: Stage):
     nh, c = _split(attn)
     k = attn.k_proj(queries + tok_pe).view(b, t, nh, c) * (1.0 / math.sqrt(c))
     bd = _block_diagonal(k)
-    pe_part = (bd @ stage.pe_q).view(b, t * nh, -1)  # the query bias is in pe_q
-    scores = _scores(state, pe_part, (bd @ stage.i2t_q).view(b, t * nh, -1), attn.q_proj.weight, k)
-    coef, basis = _new_block(t * nh, _update_vectors(attn, queries), scores.shape[-1])
-    _softmax_tokens(scores, nh, coef[:, :-1], state.scale)
-    return coef, basis
+
+    def scores():
+        pe_part = (bd @ stage.pe_q).view(b, t * nh, -1)  # the query bias is in pe_q
+        return _scores(state, pe_part, (bd @ stage.i2t_q).view(b, t * nh, -1), attn.q_proj.weight, k)
+
+    block = _new_block(attn, queries, state.scale.shape[-1])
+    _softmax_tokens(scores, nh, block.coef[:, :-1], state.scale)
+    return block
 
 
 def decode_clicks(net, shared: SharedImage, sparse: torch.Tensor) -> GridDecode:
@@ -364,17 +441,18 @@ def decode_clicks(net, shared: SharedImage, sparse: torch.Tensor) -> GridDecode:
     ones = torch.ones(b, 1, shared.src.shape[0], dtype=sparse.dtype, device=sparse.device)
     depth = len(tr.layers)
     state = Factored(ones, [block], shared.src)
-    centred_t, sqnorm = shared.src_centred_t, shared.src_sqnorm
+    sqnorm = shared.src_sqnorm
     for i in range(1, depth + 1):
         stage = shared.stages[i - 1]  # the image tokens entering layer i (i == depth: the final attention)
-        state = _layer_norm(state, tr.layers[i - 1].norm4, centred_t, sqnorm, stage.base)
+        cross = [shared.cross[(i - 1, blk)] for blk in range(i)]
+        state = _layer_norm(state, tr.layers[i - 1].norm4, cross, sqnorm, stage.base)
         if i == depth:
             break
         layer = tr.layers[i]
         queries = _later_layer(layer, queries, tok_pe, state, stage)
         block = _i2t_block(layer.cross_attn_image_to_token, queries, tok_pe, state, stage)
         state = Factored(state.scale, [*state.blocks, block], state.base)
-        centred_t, sqnorm = stage.centred_t, stage.sqnorm
+        sqnorm = stage.sqnorm
     n_out = 1 + dec.num_mask_tokens  # the IoU token and the mask tokens feed the heads
     q = queries[:, :n_out]
     final = shared.stages[-1]
