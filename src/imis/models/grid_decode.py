@@ -122,6 +122,11 @@ class Factored:
         """Coefficients per image token."""
         return sum(blk.coef.shape[1] for blk in self.blocks)
 
+    def select(self, rows: torch.Tensor) -> Factored:
+        """The image tokens of prompts ``rows`` only."""
+        blocks = [Block(b.coef[rows], b.basis[rows], b.query[rows]) for b in self.blocks]
+        return Factored(self.scale[rows], blocks, self.base)
+
     def dense(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The (B or len(rows), N, D) image tokens."""
         s = self.scale if rows is None else self.scale[rows]
@@ -138,14 +143,19 @@ class Factored:
 class GridDecode:
     """Decoder state of a batch of prompts after the IoU head.
 
-    iou: (B, T) predicted IoU of every output token; tokens: (B, T, D) the mask tokens' outputs;
-    image: the image tokens after the transformer, factored (``keys`` forms them: (B, N, D)).
+    iou: (B, T) predicted IoU of every output token; image: the image tokens after the transformer,
+    factored (``keys`` forms them: (B, N, D)). The IoU head reads only the IoU token, so the final
+    token->image attention runs for it alone; the mask tokens' (``pending`` (B, T, D) and their
+    prompt part ``pending_pe``) is finished in `masks_for`, for the few prompts whose masks are asked
+    for. ``final`` is the per-image side of that attention.
     """
 
     iou: torch.Tensor
-    tokens: torch.Tensor
     hw: tuple[int, int]
     image: Factored
+    pending: torch.Tensor
+    pending_pe: torch.Tensor
+    final: Stage
 
     @property
     def keys(self) -> torch.Tensor:
@@ -453,13 +463,12 @@ def decode_clicks(net, shared: SharedImage, sparse: torch.Tensor) -> GridDecode:
         block = _i2t_block(layer.cross_attn_image_to_token, queries, tok_pe, state, stage)
         state = Factored(state.scale, [*state.blocks, block], state.base)
         sqnorm = stage.sqnorm
-    n_out = 1 + dec.num_mask_tokens  # the IoU token and the mask tokens feed the heads
-    q = queries[:, :n_out]
     final = shared.stages[-1]
-    attn = _t2i(tr.final_attn_token_to_image, q + tok_pe[:, :n_out], state, final)
-    q = tr.norm_final_attn(q + attn)
+    q = queries[:, :1]  # the IoU token: all the IoU head reads
+    q = tr.norm_final_attn(q + _t2i(tr.final_attn_token_to_image, q + tok_pe[:, :1], state, final))
     iou = dec.iou_prediction_head(q[:, 0])
-    return GridDecode(iou=iou, tokens=q[:, 1:], hw=shared.hw, image=state)
+    n_out = 1 + dec.num_mask_tokens
+    return GridDecode(iou, shared.hw, state, queries[:, 1:n_out], tok_pe[:, 1:n_out], final)
 
 
 def _later_layer(layer: TwoWayAttentionBlock, queries, tok_pe, state: Factored, stage: Stage):
@@ -474,11 +483,16 @@ def masks_for(net, state: GridDecode, rows: torch.Tensor, outputs: torch.Tensor)
     """Low-res mask logits (K, 4h, 4w) of output ``outputs[k]`` of prompt ``rows[k]`` (same frame as
     `MaskDecoder`'s ``low_res_masks``)."""
     dec: MaskDecoder = net.mask_decoder
+    tr = dec.transformer
     mlps = dec.output_hypernetworks_mlps
-    tokens = state.tokens[rows, outputs]  # (K, D)
+    prompts, back = rows.unique(return_inverse=True)
+    image = state.image.select(prompts)
+    q, q_pe = state.pending[prompts], state.pending_pe[prompts]
+    q = tr.norm_final_attn(q + _t2i(tr.final_attn_token_to_image, q + q_pe, image, state.final))
+    tokens = q[back, outputs]  # (K, D)
     hyper = torch.empty(len(rows), dec.transformer_dim // 8, dtype=tokens.dtype, device=tokens.device)
     for o in outputs.unique().tolist():
         sel = outputs == o
         hyper[sel] = mlps[o](tokens[sel])
     h, w = state.hw
-    return dec._upscale_and_project(state.image.dense(rows), h, w, hyper[:, None])[:, 0]
+    return dec._upscale_and_project(image.dense(back), h, w, hyper[:, None])[:, 0]
