@@ -381,11 +381,12 @@ def _layer_norm(
     centred_basis = [blk.basis - blk.basis.mean(dim=-1, keepdim=True) for blk in blocks]
     rest = torch.zeros(b, n, dtype=torch.float32, device=state.scale.device)
     for i, (blk, table) in enumerate(zip(blocks, cross, strict=True)):
-        # 2 e . cross + e^T G e = e . (2 cross + G e): one product with the coefficients per block pair
+        # 2 e . cross + e^T G e = sum over blocks i of e_i . (2 cross_i + G_ii e_i + 2 sum_{j > i} G_ij e_j)
+        # (G symmetric: each pair of blocks once)
         z = (blk.query.view(-1, table.shape[0]) @ table).view(b, -1, n)
-        for j, other in enumerate(blocks):
+        for j in range(i, len(blocks)):
             gram = torch.bmm(centred_basis[i], centred_basis[j].transpose(1, 2))
-            z.baddbmm_(gram, other.coef, beta=2.0 if j == 0 else 1.0)
+            z.baddbmm_(gram, blocks[j].coef, beta=2.0 if j == i else 1.0, alpha=1.0 if j == i else 2.0)
         rest += z.mul_(blk.coef).sum(1)
     s = state.scale[:, 0].float()
     inv = torch.rsqrt((s.square() * (sqnorm + rest) / d).clamp(min=0) + norm.eps)
