@@ -13,6 +13,7 @@ only the masks that survive NMS are brought to the native resolution (`logits_to
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,49 +143,79 @@ def grid_net(model: InteractiveModel) -> DecoderNet:
     return cached
 
 
-@torch.inference_mode()
 def generate_candidates(
     model: InteractiveModel, embedding: Embedding, settings: AutomaskSettings
 ) -> Candidates:
-    """Decode the click grid against ``embedding`` and keep the confident, stable masks."""
+    """Decode the click grid against ``embedding`` and keep the confident, stable masks.
+
+    On a CPU the batches are decoded by as many Python threads as torch has intra-op threads, each
+    running its operations on one thread (torch releases the GIL inside them): the decode is a long
+    chain of mid-sized operations, and splitting each across the cores cost 15-20% more time than
+    giving each core its own batch (benchmarks/automask.py). The candidates come out in grid order
+    either way."""
     net = grid_net(model)
     h, w = embedding.frame.orig_hw
     points = point_grid(settings.points_per_side, h, w)
     coords = torch.from_numpy(embedding.frame.to_input(points))[:, None].to(model.device)
-    labels = torch.ones(len(points), 1, dtype=torch.int64, device=model.device)
-    shared = shared_image(net, embedding.features.to(net.dtype))
     tokens = output_tokens(model, settings.outputs, net.mask_decoder.num_mask_tokens)
-    tok = torch.tensor(tokens, dtype=torch.long)
-    kept: dict[str, list] = {k: [] for k in ("logits", "masks", "iou", "stab", "row", "out")}
-    valid = None
-    for start in range(0, len(points), settings.batch_size):
-        sl = slice(start, start + settings.batch_size)
-        sparse, _ = net.prompt_encoder((coords[sl], labels[sl]), None, None, None)
-        state = decode_clicks(net, shared, sparse.to(net.dtype))
-        iou = state.iou[:, tok].float().cpu()
-        rows, cols = torch.nonzero(iou >= settings.iou_thresh, as_tuple=True)
-        if not len(rows):
-            continue
-        logits = masks_for(net, state, rows.to(model.device), tok[cols].to(model.device)).float().cpu()
-        if valid is None:
-            valid = low_res_valid(embedding, tuple(logits.shape[-2:]))
-        inner = logits[:, : valid[0], : valid[1]]
-        stab = stability_score(inner, settings.mask_threshold, settings.stability_offset)
-        ok = stab >= settings.stability_thresh
-        kept["logits"].append(logits[ok])
-        kept["masks"].append(inner[ok] > settings.mask_threshold)
-        kept["iou"].append(iou[rows[ok], cols[ok]])
-        kept["stab"].append(stab[ok])
-        kept["row"].append(rows[ok] + start)
-        kept["out"].append(tok[cols[ok]])
+    starts = range(0, len(points), settings.batch_size)
+    with torch.inference_mode():
+        shared = shared_image(net, embedding.features.to(net.dtype))
+
+    def batch(start: int) -> dict[str, torch.Tensor] | None:
+        with torch.inference_mode():
+            return _decode_batch(
+                net, shared, coords[start : start + settings.batch_size], tokens, embedding, settings
+            )
+
+    workers = torch.get_num_threads() if coords.device.type == "cpu" else 1
+    if workers > 1 and len(starts) > 1:
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(batch, starts))
+        finally:
+            torch.set_num_threads(workers)
+    else:
+        results = [batch(start) for start in starts]
+    kept = [(start, r) for start, r in zip(starts, results, strict=True) if r is not None]
     cand = _gather(kept, points)
     if len(cand):
         cand.cell = click_cells(cand.point, embedding, tuple(cand.logits.shape[-2:]))
     return cand
 
 
-def _gather(kept: dict[str, list], points: np.ndarray) -> Candidates:
-    if not kept["iou"]:
+def _decode_batch(net: DecoderNet, shared, coords, tokens: list[int], embedding: Embedding, settings):
+    """One batch of clicks: IoU of every output token, masks of the confident ones, stability filter.
+    None when nothing passes."""
+    labels = torch.ones(len(coords), 1, dtype=torch.int64, device=coords.device)
+    sparse, _ = net.prompt_encoder((coords, labels), None, None, None)
+    state = decode_clicks(net, shared, sparse.to(net.dtype))
+    tok = torch.tensor(tokens, dtype=torch.long)
+    iou = state.iou[:, tok].float().cpu()
+    rows, cols = torch.nonzero(iou >= settings.iou_thresh, as_tuple=True)
+    if not len(rows):
+        return None
+    logits = masks_for(net, state, rows.to(coords.device), tok[cols].to(coords.device)).float().cpu()
+    valid = low_res_valid(embedding, tuple(logits.shape[-2:]))
+    inner = logits[:, : valid[0], : valid[1]]
+    stab = stability_score(inner, settings.mask_threshold, settings.stability_offset)
+    ok = stab >= settings.stability_thresh
+    if not ok.any():
+        return None
+    return {
+        "logits": logits[ok],
+        "masks": inner[ok] > settings.mask_threshold,
+        "iou": iou[rows[ok], cols[ok]],
+        "stab": stab[ok],
+        "row": rows[ok],
+        "out": tok[cols[ok]],
+    }
+
+
+def _gather(kept: list[tuple[int, dict[str, torch.Tensor]]], points: np.ndarray) -> Candidates:
+    """Per-batch results (batch start, what it kept), in grid order, as one :class:`Candidates`."""
+    if not kept:
         empty = torch.zeros(0, 1, 1)
         return Candidates(
             empty,
@@ -196,13 +227,13 @@ def _gather(kept: dict[str, list], points: np.ndarray) -> Candidates:
             len(points),
             np.zeros((0, 2), np.int64),
         )
-    rows = torch.cat(kept["row"]).numpy()
+    rows = torch.cat([r["row"] + start for start, r in kept]).numpy()
     return Candidates(
-        logits=torch.cat(kept["logits"]),
-        masks=torch.cat(kept["masks"]),
-        iou=torch.cat(kept["iou"]).numpy().astype(np.float64),
-        stability=torch.cat(kept["stab"]).numpy().astype(np.float64),
+        logits=torch.cat([r["logits"] for _, r in kept]),
+        masks=torch.cat([r["masks"] for _, r in kept]),
+        iou=torch.cat([r["iou"] for _, r in kept]).numpy().astype(np.float64),
+        stability=torch.cat([r["stab"] for _, r in kept]).numpy().astype(np.float64),
         point=points[rows],
-        output=torch.cat(kept["out"]).numpy().astype(np.int64),
+        output=torch.cat([r["out"] for _, r in kept]).numpy().astype(np.int64),
         decoded=len(points),
     )
