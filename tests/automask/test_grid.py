@@ -123,3 +123,23 @@ def test_token_softmax_falls_back_where_exponentials_leave_the_range(offset):
     ref = torch.softmax(logits.view(2, 7, 8, 50), dim=1).view(2, 56, 50) / scale
     assert torch.isfinite(out).all()
     np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_threaded_batches_give_the_single_threaded_candidates(lite, lite_embedding):
+    """Two cores: one Python thread per batch, single-threaded operations; the same candidates in the
+    same order as one thread, and torch's thread count is back afterwards."""
+    settings = AutomaskSettings(points_per_side=6, iou_thresh=0.4, stability_thresh=0, batch_size=5)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = generate.generate_candidates(lite, lite_embedding, settings)
+        torch.set_num_threads(2)
+        two = generate.generate_candidates(lite, lite_embedding, settings)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(one) >= 3
+    np.testing.assert_array_equal(one.point, two.point)
+    np.testing.assert_array_equal(one.output, two.output)
+    np.testing.assert_array_equal(one.iou, two.iou)
+    assert torch.equal(one.masks, two.masks)
