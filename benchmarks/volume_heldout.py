@@ -1,8 +1,8 @@
 """3D Dice / NSD@1mm / HD95 on the 24 Colin27 AAL structures held out of imis-lite's training.
 
-Per structure: the largest cross-section (``--seed-axis largest``: over the z, y and x slices by mm^2,
-imis.prompts.seed.largest_section; ``z``: the largest axial slice, the earlier protocol; the axis is
-recorded per structure) is prompted with the tight box (or one click at the interior point) of the
+Per structure: the largest cross-section (``--seed-axis z``, the default: the largest axial slice;
+``largest``: over the z, y and x slices by mm^2, imis.prompts.seed.largest_section; the axis is recorded
+per structure) is prompted with the tight box (or one click at the interior point) of the
 ground truth, then propagated both ways along that axis. Walks are recorded *unstopped* (to the
 structure's end plus --beyond slices, or an empty prediction) with each slice's mask, predicted IoU,
 growth and overlap; the stop rules (imis.session.propagation) only truncate a walk, so applying the
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--beyond", type=int, default=4)
     ap.add_argument(
-        "--seed-axis", choices=SEED_AXES, default="largest", help="where the seed section is looked for"
+        "--seed-axis", choices=SEED_AXES, default="z", help="where the seed section is looked for"
     )
     ap.add_argument("--refine", default=None, help="RefineOptions fields as JSON: also refine orthogonally")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="encoder precision")

@@ -295,16 +295,16 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--seed-axis",
         choices=SEED_AXES,
-        default="largest",
-        help="volume protocols: where the seed slice is looked for: the largest cross-section over z, y, x "
-        "(mm^2; default) or one axis (z: the earlier axial-only choice)",
+        default="z",
+        help="volume protocols: where the seed slice is looked for: one axis (default z, the largest axial "
+        "slice) or 'largest', the largest cross-section over z, y, x by mm^2 (docs/volumes.md)",
     )
     b.add_argument(
         "--refine",
         choices=REFINES,
-        default="none",
-        help="volume protocols: after propagating, 'orthogonal' re-segments the mask along the other two "
-        "axes and keeps the majority (docs/volumes.md)",
+        default="orthogonal",
+        help="volume protocols: after propagating, 'orthogonal' (default) re-segments the mask along the "
+        "other two axes from its tight boxes and keeps the majority of the three; 'none' (docs/volumes.md)",
     )
     b.add_argument(
         "--cases",
