@@ -9,6 +9,7 @@ API (stable; the app and `imis segment --propagate` are built on it)::
     pred = vs.add_click(120, 200, positive=False) # refine the same slice; previous logits fed back
     res = vs.propagate(progress=lambda done, total: ...)   # neighbouring slices, both directions
     vs.set_slice("z", 52); vs.add_click(...); vs.propagate()  # a correction re-propagates from there
+    vs.refine_orthogonal()                        # optional: re-segment along the other two axes, majority vote
     vs.undo(); vs.redo()                          # per object, across slices (a propagation is one step)
     label = vs.commit(name="liver")               # paint into the label map; returns the label value
     vs.label_map                                  # (z, y, x) uint16 copy; vs.objects: [ObjectInfo]
