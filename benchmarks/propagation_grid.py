@@ -36,6 +36,7 @@ from tune_propagation import Slices, recording_arguments, seed_prediction, train
 from imis.io import read_image
 from imis.models.interactive import PromptSpec
 from imis.prompts import tight_box
+from imis.prompts.seed import SEED_AXES, largest_section, seed_axes
 from imis.session.propagation import PropagationRules, default_rules, predict_next, seed_reach, slice_record
 
 TEMPLATES = Path("/usr/share/mricron/templates")
@@ -113,17 +114,24 @@ def oracle_dice(model, slices, gt: np.ndarray) -> float:
     return 2 * inter / (area + int(gt.sum()))
 
 
-def record_mode(model, slices, aal, by_name, structures, mode: dict, kinds, beyond: int) -> list[dict]:
-    """Walks of every structure and seed kind for one prompt mode (masks dropped)."""
+def record_mode(
+    model, slices, aal, by_name, structures, mode: dict, kinds, beyond: int, seed_axis: str = "z"
+) -> list[dict]:
+    """Walks of every structure and seed kind for one prompt mode (masks dropped). ``slices``: one
+    :class:`Slices` per array axis; ``seed_axis``: where the seed section is looked for
+    (imis.prompts.seed.SEED_AXES); the walk runs along the seed's axis, recorded in the volume
+    moved so that axis comes first (Colin27's voxels are isotropic, so the reach needs no other change)."""
     rules = PropagationRules(**mode)
     walks = []
     for s in structures:
-        gt = aal == by_name[s]
-        seed = int(np.argmax(gt.sum(axis=(1, 2))))
+        ax, seed, _ = largest_section(aal == by_name[s], SPACING_ZYX, seed_axes(seed_axis))
+        gt = np.moveaxis(aal == by_name[s], ax, 0)
         for kind in kinds:
-            pred, _ = seed_prediction(slices.model, slices[seed], gt[seed], kind, rules)
+            pred, _ = seed_prediction(model, slices[ax][seed], gt[seed], kind, rules)
             w = {
                 "structure": s,
+                "axis": "zyx"[ax],
+                "seed": seed,
                 "kind": kind,
                 "gt_total": int(gt.sum()),
                 "seed_area": int(pred.mask.sum()),
@@ -131,7 +139,9 @@ def record_mode(model, slices, aal, by_name, structures, mode: dict, kinds, beyo
             }
             for d, step in (("down", -1), ("up", 1)):
                 recs = (
-                    record_walk(model, slices, gt, pred, seed, step, rules, beyond) if pred.mask.any() else []
+                    record_walk(model, slices[ax], gt, pred, seed, step, rules, beyond)
+                    if pred.mask.any()
+                    else []
                 )
                 w[d] = [{k: v for k, v in r.items() if k != "mask"} for r in recs]
                 end = recs[-1]["index"] if recs else seed
@@ -150,11 +160,15 @@ def charged_slices(recs: list[dict], edge: int, max_reach: float) -> int:
     return max(0, min(edge, allowed - len(recs)))
 
 
-def cache_tag(model: str, mode: dict, structures: list[str], kinds: tuple[str, ...], beyond: int) -> str:
-    """Records' file name: from every prompt field as resolved (a changed default is a new recording)."""
+def cache_tag(
+    model: str, mode: dict, structures: list[str], kinds: tuple[str, ...], beyond: int, seed_axis: str = "z"
+) -> str:
+    """Records' file name: from every prompt field as resolved (a changed default is a new recording)
+    and the seed-axis choice (the axial one keeps the earlier rounds' names)."""
     rules = PropagationRules(**mode)
     resolved = json.dumps({f: getattr(rules, f) for f in sorted(PROMPT_FIELDS)})
-    return hashlib.sha1(f"{model} {resolved} {structures} {kinds} {beyond}".encode()).hexdigest()[:12]
+    axis = "" if seed_axis == "z" else f" seed_axis={seed_axis}"
+    return hashlib.sha1(f"{model} {resolved} {structures} {kinds} {beyond}{axis}".encode()).hexdigest()[:12]
 
 
 def fill_reach(walks: list[dict]) -> None:
@@ -239,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     recording_arguments(ap, ",".join(TRAIN_STRUCTURES), "[{}]", "box,click")
     ap.add_argument("--rules", default=None, help="also score this JSON stop rule set per mode")
+    ap.add_argument(
+        "--seed-axis", choices=SEED_AXES, default="z", help="where the seed section is looked for"
+    )
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="encoder precision")
     ap.add_argument("--cache", type=Path, default=Path("runs/propagation_grid"), help="records per mode")
     args = ap.parse_args(argv)
     import torch
@@ -260,18 +278,21 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {v: k for k, v in names.items()}
     args.cache.mkdir(parents=True, exist_ok=True)
     out: dict = {"benchmark": "propagation_grid", "model": args.model, "structures": wanted, "modes": {}}
+    out["seed_axis"] = args.seed_axis
     t0 = time.perf_counter()
     for mode in modes:
         key = json.dumps(mode, sort_keys=True)
-        tag = cache_tag(args.model, mode, wanted, kinds, args.beyond)
+        tag = cache_tag(args.model, mode, wanted, kinds, args.beyond, args.seed_axis)
         cache = args.cache / f"{tag}.json"
         if cache.exists():
             walks = json.loads(cache.read_text())["walks"]
         else:
             if model is None:
-                model = load_model(args.model)
-                slices = Slices(model, image.array, args.emb_dir)
-            walks = record_mode(model, slices, aal.array, by_name, wanted, mode, kinds, args.beyond)
+                model = load_model(args.model, dtype=torch.bfloat16 if args.precision == "bf16" else None)
+                slices = [Slices(model, image.array, args.emb_dir, ax) for ax in range(3)]
+            walks = record_mode(
+                model, slices, aal.array, by_name, wanted, mode, kinds, args.beyond, args.seed_axis
+            )
             cache.write_text(json.dumps({"mode": mode, "walks": walks}))
             print(f"{key}: recorded, {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         fill_reach(walks)

@@ -74,14 +74,18 @@ NO_STOP = {
 
 
 class Slices:
-    """Slice embeddings of one volume: stored ones from --emb-dir, the rest encoded when first asked."""
+    """Slice embeddings of one volume along one axis (``np.take(volume, k, axis)``, as VolumeSession
+    slices it): stored ones from --emb-dir (encode_slices.py names them {axis}{k:03d}.pt), the rest
+    encoded when first asked."""
 
-    def __init__(self, model, volume: np.ndarray, emb_dir: Path | None) -> None:
+    def __init__(self, model, volume: np.ndarray, emb_dir: Path | None, axis: int = 0) -> None:
         self.model, self.volume, self.emb_dir, self.cache = model, volume, emb_dir, {}
+        self.axis = axis
 
     def __getitem__(self, k: int):
         if k not in self.cache:
-            f = self.emb_dir / f"z{k:03d}.pt" if self.emb_dir is not None else None
+            name = f"{'zyx'[self.axis]}{k:03d}.pt"
+            f = self.emb_dir / name if self.emb_dir is not None else None
             if f is not None and f.exists():
                 import torch
 
@@ -91,7 +95,7 @@ class Slices:
                 d = torch.load(f, weights_only=True)
                 self.cache[k] = Embedding(d["features"], Frame(*d["frame"]))
             else:
-                self.cache[k] = self.model.encode(np.ascontiguousarray(self.volume[k]))
+                self.cache[k] = self.model.encode(np.ascontiguousarray(np.take(self.volume, k, self.axis)))
         return self.cache[k]
 
 

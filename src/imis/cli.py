@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="volumes: propagate the mask through the neighbouring slices and write a whole-volume label map",
     )
     seg.add_argument(
+        "--refine",
+        choices=["none", "orthogonal"],
+        default="none",
+        help="volumes, with --propagate: re-segment the propagated mask along the other two axes from its "
+        "tight boxes and keep the majority of the three (docs/volumes.md)",
+    )
+    seg.add_argument(
         "--labels",
         type=Path,
         default=None,
@@ -265,6 +272,8 @@ def _check_segment_args(args: argparse.Namespace) -> None:
         raise PromptError("no prompt given: pass --box, --click and/or --text")
     if not 1 <= args.overlay_scale <= 16:
         raise InputError(f"--overlay-scale must be from 1 to 16, got {args.overlay_scale}")
+    if args.refine != "none" and not args.propagate:
+        raise InputError(f"--refine {args.refine}: refines a propagation; add --propagate")
     if args.model is not None:
         from imis.bench.baselines import BASELINES
         from imis.models.registry import get_spec
@@ -430,6 +439,8 @@ def _segment_volume(args: argparse.Namespace, data) -> int:
                 bar.refresh()
 
             result = session.propagate(progress=progress)
+        if args.refine == "orthogonal":
+            session.refine_orthogonal()
     label = session.commit(label=args.label, name=args.name or args.text)
     labels = session.label_map
     if dicom_out:

@@ -55,10 +55,27 @@ def test_dataset_layouts(thalamus_msd, tmp_path):
         read_volume_dataset(tmp_path)
 
 
+def test_unknown_seed_axis_or_refinement_is_refused(thalamus_msd, tmp_path, capsys):
+    from imis.bench.volume import VolumeBenchConfig, run_volume_bench
+
+    argv = ["bench", "--models", "imis-lite", "--data", str(thalamus_msd), "--protocol", "volume"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--seed-axis", "w", "-o", str(tmp_path / "r")])
+    assert "argument --seed-axis: invalid choice: 'w'" in capsys.readouterr().err
+    config = VolumeBenchConfig(models=("imis-lite",), data=thalamus_msd, seed_axis="w")
+    with pytest.raises(InputError, match=r"^--seed-axis: seed axis 'w': one of largest, z, y, x$"):
+        run_volume_bench(config, tmp_path / "r", progress=False)
+    config = VolumeBenchConfig(models=("imis-lite",), data=thalamus_msd, refine="twice")
+    with pytest.raises(InputError, match=r"^--refine 'twice': one of none, orthogonal$"):
+        run_volume_bench(config, tmp_path / "r", progress=False)
+
+
 def test_volume_protocols(thalamus_msd, tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["bench", "--models", "imis-lite", "--data", str(thalamus_msd), "--protocol", "volume"]
-    assert main([*argv, "--nsd-tolerance", "1", "--no-progress", "-o", str(run)]) == 0
+    # refinement re-encodes the other axes' slices (tested in tests/session/test_volume.py): off here
+    fast = ["--refine", "none", "--seed-axis", "largest"]
+    assert main([*argv, *fast, "--nsd-tolerance", "1", "--no-progress", "-o", str(run)]) == 0
     res = json.loads((run / "summary.json").read_text())["results"]
     assert set(res) == {"imis-lite / box", "imis-lite / click", "imis-lite / text"}
     assert res["imis-lite / box"]["dice"] > 0.7, res
@@ -66,8 +83,11 @@ def test_volume_protocols(thalamus_msd, tmp_path, capsys):
         res["imis-lite / box"]["hd95_median_mm"]
     )
     assert "| imis-lite / box | 1 |" in capsys.readouterr().out
+    # the seed is the largest section over z, y, x: on five axial slices that is an axial one, recorded
+    rows = [json.loads(x) for x in (run / "volume_results.jsonl").read_text().splitlines()]
+    assert {r["axis"] for r in rows} == {"z"} and all(0 <= r["seed"] < 5 for r in rows)
     it = tmp_path / "iter"
     argv = ["bench", "--models", "imis-lite", "--data", str(thalamus_msd), "--protocol", "volume-iterative"]
-    assert main([*argv, "--max-interactions", "2", "--no-progress", "-o", str(it)]) == 0
+    assert main([*argv, "--refine", "none", "--max-interactions", "2", "--no-progress", "-o", str(it)]) == 0
     res = json.loads((it / "summary.json").read_text())["results"]["imis-lite / box"]
     assert len(res["dice_per_interaction"]) == 2 and res["dice_per_interaction"][0] > 0.7

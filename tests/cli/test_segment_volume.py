@@ -53,6 +53,12 @@ def test_slice_out_of_range_is_refused(tmp_path, capsys):
     _fails(capsys, argv, out, "slice index 181 is out of range for axis z")
 
 
+def test_refine_without_propagate_is_refused(tmp_path, capsys):
+    out = tmp_path / "labels.nii.gz"
+    argv = ["segment", str(TEMPLATES / "ch2.nii.gz"), "--slice", "78", "--box", "67,92,90,121"]
+    _fails(capsys, [*argv, "--refine", "orthogonal", "-o", str(out)], out, "--refine orthogonal: refines a")
+
+
 def test_series_with_missing_slices_is_refused(tmp_path, capsys):
     out = tmp_path / "seg.dcm"
     argv = [

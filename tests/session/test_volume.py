@@ -203,3 +203,55 @@ def test_click_seed_gets_the_click_rules(session, thalamus):
     session.predict(box=tight_box(gt[k]))
     assert seed_kind(session, (0, k)) == "box"
     session.reset()
+
+
+def test_orthogonal_refinement_is_one_undoable_step_in_the_volume_geometry(
+    session, thalamus, colin, tmp_path
+):
+    """A short walk through a small part of the thalamus, then orthogonal refinement: the mask stays on
+    the volume's voxel grid (its label map is written and read back with the input's geometry), the
+    refinement is one undo step, and only the slices it changed are recorded."""
+    from imis.io import write_label_map
+    from imis.session.orthogonal import RefineOptions
+
+    gt, k = thalamus
+    session.reset()
+    session.set_slice("z", k)
+    x0, y0, x1, y1 = tight_box(gt[k])
+    # a 6 x 6 px box inside the thalamus keeps the other axes' slices (and their encodes) few
+    cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+    session.predict(box=(cx - 3, cy - 3, cx + 3, cy + 3))
+    no_stop = dict(min_quality=0.0, max_growth=float("inf"), min_seed_ratio=0.0, max_reach=float("inf"))
+    session.propagate(rules=PropagationRules(max_slices=1, **no_stop))
+    walked = session.object_mask
+    assert walked[k - 1 : k + 2].any(axis=(1, 2)).all()
+    refined = session.refine_orthogonal(RefineOptions(combine="vote"))
+    assert refined.shape == walked.shape and np.array_equal(session.object_mask, refined)
+    assert refined.any() and dice(refined, walked) > 0.5  # a consensus of the walk, not a new object
+    action = session.history[-1]
+    assert action.kind == "refine" and all(a == 0 for a, _ in action.planes)
+    assert session.undo() and np.array_equal(session.object_mask, walked)
+    assert session.redo() and np.array_equal(session.object_mask, refined)
+    label = session.commit(name="thalamus part")
+    out = write_label_map(tmp_path / "refined.nii.gz", session.label_map, reference=colin[0])
+    back = read_image(out)
+    assert back.array.shape == colin[0].array.shape
+    assert np.allclose(back.geometry.origin, colin[0].geometry.origin)
+    assert np.allclose(back.geometry.direction, colin[0].geometry.direction)
+    assert np.array_equal(back.array == label, refined)
+    session.remove(label)
+
+
+def test_refinement_refuses_an_empty_object_and_unknown_options(session):
+    from imis.session.orthogonal import RefineOptions
+
+    session.reset()
+    session.set_slice("z", 90)
+    with pytest.raises(PromptError, match="nothing to refine"):
+        session.refine_orthogonal()
+    with pytest.raises(PromptError, match=r"refine combine 'mean': one of vote, orthogonal-and"):
+        RefineOptions(combine="mean")
+    with pytest.raises(InputError, match="axis 'w'"):
+        session.predict(box=(100, 100, 110, 110))
+        session.refine_orthogonal(axis="w")
+    session.reset()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from imis.bench.volume import VOLUME_PROTOCOLS
+from imis.bench.volume import REFINES, VOLUME_PROTOCOLS
 from imis.cli_options import add_progress_argument
 from imis.errors import InputError
+from imis.prompts.seed import SEED_AXES
 
 __all__ = ["cmd_bench", "cmd_report", "parse_checkpoints", "register_bench_commands"]
 
@@ -36,8 +37,8 @@ protocols:
              by predicted IoU; report the image-level Dice (see docs/protocols.md)
 
   volume     3D (imis.bench.volume): per structure of a volume dataset (nnU-Net/MSD raw folder or
-             an image,label pair list) a box / click / text on its largest axial slice, propagation,
-             then 3D Dice, NSD (--nsd-tolerance mm) and HD95 with the voxel spacing
+             an image,label pair list) a box / click / text on its largest slice (--seed-axis),
+             propagation (--refine), then 3D Dice, NSD (--nsd-tolerance mm) and HD95 with the spacing
   volume-iterative  the box start, then correction clicks on the worst slice, re-propagated
 
 --data DATASET[:SPLIT] is a folder made by `imis prepare`; without a split the test split is used.
@@ -298,6 +299,20 @@ def register_bench_commands(subparsers: argparse._SubParsersAction) -> None:
         "masks and prompts unchanged): invert, gamma, noise or t2like (see docs/protocols.md)",
     )
     b.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    b.add_argument(
+        "--seed-axis",
+        choices=SEED_AXES,
+        default="z",
+        help="volume protocols: where the seed slice is looked for: one axis (default z, the largest axial "
+        "slice) or 'largest', the largest cross-section over z, y, x by mm^2 (docs/volumes.md)",
+    )
+    b.add_argument(
+        "--refine",
+        choices=REFINES,
+        default="orthogonal",
+        help="volume protocols: after propagating, 'orthogonal' (default) re-segments the mask along the "
+        "other two axes from its tight boxes and keeps the majority of the three; 'none' (docs/volumes.md)",
+    )
     b.add_argument(
         "--cases",
         default=None,

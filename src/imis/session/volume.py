@@ -9,6 +9,7 @@ API (stable; the app and `imis segment --propagate` are built on it)::
     pred = vs.add_click(120, 200, positive=False) # refine the same slice; previous logits fed back
     res = vs.propagate(progress=lambda done, total: ...)   # neighbouring slices, both directions
     vs.set_slice("z", 52); vs.add_click(...); vs.propagate()  # a correction re-propagates from there
+    vs.refine_orthogonal()                        # optional: re-segment along the other two axes, majority vote
     vs.undo(); vs.redo()                          # per object, across slices (a propagation is one step)
     label = vs.commit(name="liver")               # paint into the label map; returns the label value
     vs.label_map                                  # (z, y, x) uint16 copy; vs.objects: [ObjectInfo]
@@ -44,6 +45,7 @@ from imis.errors import InputError, PromptError
 from imis.io.geometry import Geometry
 from imis.io.image import ImageData
 from imis.models.interactive import Embedding, InteractiveModel, Prediction, PromptSpec
+from imis.session.orthogonal import RefineOptions, refine_orthogonal
 from imis.session.propagation import (
     AXIS_NAMES,
     PropagationResult,
@@ -65,8 +67,8 @@ Key = tuple[int, int]  # (array axis, slice index)
 class SliceAction:
     """One undoable step of an object: the planes it changed, before and after.
 
-    kind: "predict" (a prompted slice, an anchor) or "propagate"; prompts/prediction are set for
-    "predict" only; result for "propagate".
+    kind: "predict" (a prompted slice, an anchor), "propagate" or "refine" (orthogonal refinement);
+    prompts/prediction are set for "predict" only; result for "propagate".
     """
 
     kind: str
@@ -394,6 +396,36 @@ class VolumeSession:
         result, planes = propagate_object(self, key, direction, rules, progress)
         self.apply_planes("propagate", key, planes, result=result)
         return result
+
+    def refine_orthogonal(
+        self, options: RefineOptions | None = None, axis: str | int | None = None, batch_size: int = 4
+    ) -> np.ndarray:
+        """Refine the draft's 3D mask by orthogonal consensus (one undoable step; returns the new mask).
+
+        Its slices along the two axes other than ``axis`` (default: the axis of the latest propagation,
+        else the current slice's) are re-segmented from its tight box there and combined with it
+        (:mod:`imis.session.orthogonal`); those slices are encoded ``batch_size`` at a time.
+        """
+        key = self._require_slice()
+        if self._draft is None or not self._draft.mask.any():
+            raise PromptError("nothing to refine: the object is empty; prompt (and propagate) it first")
+        walks = [a.axis for a in self._draft.actions if a.kind == "propagate"]
+        ax = self.axis_index(axis) if axis is not None else (walks[-1] if walks else key[0])
+        before = self._draft.mask.copy()
+        refined = refine_orthogonal(
+            self.model,
+            lambda a, i: self.embedding((a, i)),
+            before,
+            ax,
+            options,
+            prefetch=self.encode_slices,
+            batch_size=batch_size,
+        )
+        other = tuple(d for d in range(3) if d != ax)
+        changed = np.nonzero((refined ^ before).any(axis=other))[0]
+        planes = {(ax, int(i)): _view(refined, (ax, int(i))) for i in changed}
+        self.apply_planes("refine", key, planes)
+        return refined
 
     # ---- history -------------------------------------------------------------------------------
     def undo(self) -> bool:
