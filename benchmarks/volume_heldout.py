@@ -165,10 +165,12 @@ def assemble(
         for s in r[d]:
             # records made before the stability / quality-ratio / IoU signals were recorded lack them
             # (1.0: never a stop); the seed ratio is recomputed for those too
-            known = {k: s[k] for k in SliceRecord.__dataclass_fields__ if k in s}
-            known["seed_ratio"] = s["area"] / seed_mask.sum()
-            known["reach"] = s.get("reach", reach_of(s["index"]))
-            if stop_reason(SliceRecord(**known), rules):
+            row = {
+                **s,
+                "seed_ratio": s["area"] / seed_mask.sum(),
+                "reach": s.get("reach", reach_of(s["index"])),
+            }
+            if stop_reason(SliceRecord.from_row(row), rules):
                 last = None
                 break
             last = s
