@@ -27,7 +27,9 @@ that are asked for (`masks_for`: the 4x upscaling needs them). On a CPU the deco
 over memory, so the layout avoids them: the coefficients are kept as one contiguous block per layer
 (never concatenated), per-head products are one matrix product with block-diagonal queries (a product
 over 16 channels per head is slow and its output needs a transposing copy), biases are folded into the
-per-image matrices. Outputs equal the plain decoder's up to float rounding (tests bound it). The
+per-image matrices, the LayerNorms' products of the basis with the base come from the blocks' 16-channel
+value vectors (`_cross_tables`), and the final token->image attention runs for the IoU token only (the
+mask tokens' is finished in `masks_for`, for the prompts whose masks are kept). Outputs equal the plain decoder's up to float rounding (tests bound it). The
 per-image part (`SharedImage`) is about 13 embeddings' worth of memory.
 
 Only click (and box) prompts without mask or text input take this path; anything else goes through
