@@ -19,6 +19,7 @@ import numpy as np
 
 from imis.errors import PromptError
 from imis.models.interactive import Embedding, PromptSpec
+from imis.session.propagation import PropagationRules, grown_box
 
 __all__ = [
     "COMBINES",
@@ -52,20 +53,6 @@ EmbeddingOf = Callable[[int, int], Embedding]  # (array axis, slice index) -> em
 Prefetch = Callable[[int, list[int]], None]  # encode these slices of an axis ahead (batched)
 
 
-def _box(plane: np.ndarray, margin: int) -> np.ndarray:
-    ys, xs = np.nonzero(plane)
-    h, w = plane.shape
-    return np.array(
-        [
-            max(0, xs.min() - margin),
-            max(0, ys.min() - margin),
-            min(w - 1, xs.max() + margin),
-            min(h - 1, ys.max() + margin),
-        ],
-        dtype=np.float32,
-    )
-
-
 def orthogonal_masks(
     model,
     embedding: EmbeddingOf,
@@ -79,6 +66,7 @@ def orthogonal_masks(
     the tight box of ``mask`` there; slices where ``mask`` is empty stay empty. ``prefetch`` is called
     with ``batch_size`` slices at a time just before they are decoded (so a small LRU cache holds them)."""
     out = {}
+    margin = PropagationRules(box_margin=box_margin)
     for ax in (a for a in range(3) if a != axis):
         other = tuple(d for d in range(3) if d != ax)
         indices = [int(i) for i in np.nonzero(mask.any(axis=other))[0]]
@@ -87,7 +75,7 @@ def orthogonal_masks(
             if prefetch is not None and n % batch_size == 0:
                 prefetch(ax, indices[n : n + batch_size])
             plane = np.take(mask, i, axis=ax)
-            pred = model.decode(embedding(ax, i), PromptSpec(box=_box(plane, box_margin)))
+            pred = model.decode(embedding(ax, i), PromptSpec(box=grown_box(plane, margin)))
             result[(slice(None),) * ax + (i,)] = pred.mask
         out[ax] = result
     return out

@@ -66,6 +66,7 @@ __all__ = [
     "next_prompt",
     "predict_next",
     "refine_seed",
+    "grown_box",
     "ring_points",
     "seed_reach",
     "slice_record",
@@ -231,6 +232,16 @@ def _grown_side(lo: int, hi: int, size: int, rules: PropagationRules) -> tuple[i
     return a, b
 
 
+def grown_box(mask: np.ndarray, rules: PropagationRules) -> np.ndarray:
+    """(x0, y0, x1, y1) float32: the tight box of ``mask`` (bool (h, w), not empty) grown by the rules'
+    margin (`_grown_side`), inside the image."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    x0, x1 = _grown_side(xs.min(), xs.max(), w, rules)
+    y0, y1 = _grown_side(ys.min(), ys.max(), h, rules)
+    return np.array([x0, y0, x1, y1], dtype=np.float32)
+
+
 def ring_points(mask: np.ndarray, n: int, distance: int) -> list[tuple[int, int]]:
     """Up to ``n`` (x, y) background pixels at ``distance`` px (Euclidean, rounded) outside ``mask``,
     evenly spread by angle around the mask's centroid; fewer where the ring leaves the image."""
@@ -258,15 +269,7 @@ def next_prompt(
     parts = rules.parts
     box = points = labels = None
     if "box" in parts:
-        ys, xs = np.nonzero(seed if rules.box_from == "seed" and seed is not None else prev)
-        h, w = prev.shape
-        box = np.array(
-            [
-                *_grown_side(xs.min(), xs.max(), w, rules),
-                *_grown_side(ys.min(), ys.max(), h, rules),
-            ],
-            dtype=np.float32,
-        )[[0, 2, 1, 3]]
+        box = grown_box(seed if rules.box_from == "seed" and seed is not None else prev, rules)
     pts: list[tuple[int, int]] = [interior_point(prev)] if "point" in parts else []
     negs = ring_points(prev, rules.neg_clicks, rules.neg_distance) if rules.neg_clicks else []
     if pts or negs:
