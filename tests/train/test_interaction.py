@@ -108,3 +108,34 @@ def test_no_error_left_adds_no_click(schedule):
     p = next_prompt(st, 1, cfg, 2, False)
     assert len(st.clicks) == 1
     assert len(p.clicks) <= 1
+
+
+def test_paper_schedule_rules():
+    """imis bench --protocol imis-paper's loop: one first prompt alone, then only the newest click plus
+    the previous logits; every step decoded with the multimask outputs."""
+    cfg = _cfg(interactions=4, schedule="paper")
+    firsts = set()
+    for seed in range(6):
+        seq = _sequence(seed, cfg)
+        clicks, box, text, logits, multimask = seq[0]
+        assert len(clicks) + (box is not None) + (text is not None) == 1 and not logits and multimask
+        firsts.add("click" if clicks else "box" if box else "text")
+        for clicks, box, text, logits, multimask in seq[1:]:
+            assert len(clicks) == 1 and box is None and text is None and logits and multimask
+        assert len({c for step in seq[1:] for c in step[0]}) == 4  # a new click every step, no history
+    assert firsts == {"click", "box", "text"}
+
+
+def test_mixed_schedule_draws_per_mask_and_paper_masks_get_the_benchmarks_prompts():
+    cfg = _cfg(schedule={"plain": 1.0, "paper": 1.0}, first_prompts={"click+box": 1.0}, box_jitter=5)
+    drawn = {}
+    for seed in range(40):
+        st = MaskState(Target(_mask(), "liver", "gt"), 0, np.random.default_rng(seed), text_index=3)
+        draw_first(st, cfg, text_ok=True)
+        drawn.setdefault(st.schedule, []).append(st)
+    assert set(drawn) == {"plain", "paper"}
+    assert all(st.first == "click+box" for st in drawn["plain"])  # the configuration's prompts
+    for st in drawn["paper"]:  # the benchmark's: one of click, tight box, text; uniform corrections
+        assert st.first in ("click", "box", "text") and st.corrector == "uniform"
+        assert st.box in (None, (20, 10, 49, 39))
+    assert {st.first for st in drawn["paper"]} == {"click", "box", "text"}

@@ -343,3 +343,60 @@ def test_encoder_tail_config_errors(btcv_dir, tmp_path):
     )
     with pytest.raises(InputError, match=r"train_encoder_tail: tail must be 1\.\.2 blocks"):
         train(too_many, progress=False)
+
+
+@pytest.mark.parametrize("parts", ["multimask-heads", "multimask-tokens"])
+def test_multimask_parts_train_alone_and_keep_the_single_outputs_own_rows(
+    btcv_dir, tmp_path, embedding_cache, parts
+):
+    """decoder_parts multimask-heads / -tokens (paper schedule) move only the multimask outputs'
+    hypernetworks, their IoU rows (and with -tokens their mask tokens); every other tensor of the starting
+    checkpoint, the single output's IoU row and mask token included, comes out bit-identical, and
+    validation reports the imis-paper loop."""
+    base = train(
+        _cfg(btcv_dir, tmp_path, embedding_cache, name="base", click_output="single"), progress=False
+    )
+    cfg = _cfg(
+        btcv_dir,
+        tmp_path,
+        embedding_cache,
+        name=parts,
+        model={
+            "arch": "imis-net",
+            "init": str(base.model_path),
+            "arch_kwargs": dict(TINY_IMIS),
+            "decoder_parts": parts,
+        },
+        schedule={"plain": 1.0, "paper": 1.0},
+        click_output="single",
+        val_datasets=[{"path": str(btcv_dir), "split": "train", "max_images": 1}],
+        val_max_targets=2,
+        val_interactions=2,
+        steps_per_epoch=4,
+    )
+    res = train(cfg, progress=False)
+    before, after = _weights(base.out), _weights(res.out)
+    assert before.keys() == after.keys()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    rows = sorted(k for k in before if k.startswith("mask_decoder.iou_prediction_head.layers."))[-2:]
+    if parts == "multimask-tokens":
+        rows.append("mask_decoder.mask_tokens.weight")
+    heads = {
+        k for k in before if k.startswith("mask_decoder.output_hypernetworks_mlps.") and ".mlps.0." not in k
+    }
+    assert moved and moved <= heads | set(rows), sorted(moved)
+    for k in rows:  # the single output's row kept, the multimask rows learned
+        assert torch.equal(before[k][0], after[k][0]) and not torch.equal(before[k][1:], after[k][1:]), k
+    assert {"paper:box@1", "paper:box@2", "paper:click@2"} <= set(res.val)
+
+
+def test_multimask_heads_config_errors(btcv_dir, tmp_path):
+    base = tiny_config(btcv_dir, tmp_path / "o", tmp_path / "c")
+    model = {**base["model"], "decoder_parts": "heads"}
+    with pytest.raises(
+        InputError, match="decoder_parts must be one of all, multimask-heads, multimask-tokens"
+    ):
+        load_train_config(write_config(tmp_path / "a.yaml", {**base, "model": model}))
+    model = {**base["model"], "decoder_parts": "multimask-heads"}
+    with pytest.raises(InputError, match="needs weight_decay 0"):
+        load_train_config(write_config(tmp_path / "b.yaml", {**base, "model": model, "weight_decay": 0.01}))

@@ -14,6 +14,10 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
       freeze_image_encoder: true
       train_encoder_tail: 0    # N > 0 (with the encoder frozen): its last N stages (TinyViT) or blocks
                                # (ViT) and its neck train too, over cached outputs of the frozen rest
+      decoder_parts: all       # all: prompt encoder, mask decoder and text layers train; multimask-heads:
+                               # only the multimask outputs' hypernetworks and their rows of the IoU head
+                               # (the single output and everything it reads stay bit-identical);
+                               # multimask-tokens: those and the mask tokens 1.. (rows of mask_tokens)
     datasets:                  # IMed-361M-format folders (btcv-demo, `imis prepare` outputs)
       - {path: ../shared/data/btcv-demo, split: train, repeat: 2, imask: true}
       - {kind: synthetic, path: runs/synthetic, btcv: ../shared/data/btcv-demo, count: 200, seed: 0}
@@ -30,6 +34,9 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
     schedule: plain            # plain: clicks accumulate, first box/text kept, previous logits fed
                                # reference: IMIS-Net's (latest click + logits; text + logits at one
                                # random step and the last)
+                               # paper: `imis bench --protocol imis-paper`'s loop (its first prompts,
+                               # then the newest uniform error click + logits only), best of the
+                               # multimask outputs; a mapping mixes them per mask: {plain: 1, paper: 1}
     first_prompts: {click: 0.3, box: 0.3, text: 0.15, click+box: 0.1, box+text: 0.05, click+text: 0.1}
     first_clicks: {centroid: 0.5, center: 0.25, uniform: 0.25}
     corrections: {uniform: 0.4, ritm: 0.4, largest-component: 0.2}
@@ -87,7 +94,8 @@ __all__ = [
 FIRST_PROMPTS = ("click", "box", "text", "click+box", "box+text", "click+text")
 FIRST_CLICKS = ("centroid", "center", "uniform")
 CORRECTIONS = ("uniform", "ritm", "largest-component")
-SCHEDULES = ("plain", "reference")
+SCHEDULES = ("plain", "reference", "paper")
+DECODER_PARTS = ("all", "multimask-heads", "multimask-tokens")
 CLICK_OUTPUTS = ("multimask", "single")
 
 
@@ -262,6 +270,8 @@ class ModelConfig:
     freeze_image_encoder: bool = True
     # the top of a frozen encoder trains over cached trunk outputs: a CPU-sized encoder fine-tune
     train_encoder_tail: int = 0
+    # "multimask-heads": a stage that teaches the multimask outputs without moving the single output
+    decoder_parts: str = "all"
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> ModelConfig:
@@ -294,7 +304,12 @@ class ModelConfig:
                 f"{where}: model.train_encoder_tail needs freeze_image_encoder: true "
                 "(with it false the whole encoder trains already)"
             )
-        return cls(arch, init, dict(kwargs), freeze, tail)
+        parts = data.get("decoder_parts", "all")
+        if parts not in DECODER_PARTS:
+            raise InputError(
+                f"{where}: model.decoder_parts must be one of {', '.join(DECODER_PARTS)}, not {parts!r}"
+            )
+        return cls(arch, init, dict(kwargs), freeze, tail, parts)
 
 
 _DEFAULT_FIRST = {
@@ -323,7 +338,7 @@ class TrainConfig:
     imasks_per_image: int = 2
     interactions: int = 8
     grad_steps: int | None = None  # None: all
-    schedule: str = "plain"
+    schedule: str | dict[str, float] = "plain"
     first_prompts: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_FIRST))
     first_clicks: dict[str, float] = field(
         default_factory=lambda: {"centroid": 0.5, "center": 0.25, "uniform": 0.25}
@@ -439,9 +454,14 @@ class TrainConfig:
             p = Path(str(data["embedding_cache"]))
             kw["embedding_cache"] = str(p if p.is_absolute() else (base / p).resolve())
         if "schedule" in data:
-            if data["schedule"] not in SCHEDULES:
-                raise InputError(f"{source}: schedule must be one of {', '.join(SCHEDULES)}")
-            kw["schedule"] = data["schedule"]
+            if isinstance(data["schedule"], dict):
+                kw["schedule"] = _probs(data["schedule"], SCHEDULES, source, "schedule")
+            elif data["schedule"] not in SCHEDULES:
+                raise InputError(
+                    f"{source}: schedule must be one of {', '.join(SCHEDULES)}, or a mapping of them to weights"
+                )
+            else:
+                kw["schedule"] = data["schedule"]
         if "click_output" in data:
             if data["click_output"] not in CLICK_OUTPUTS:
                 raise InputError(f"{source}: click_output must be one of {', '.join(CLICK_OUTPUTS)}")
@@ -453,9 +473,20 @@ class TrainConfig:
         if "corrections" in data:
             kw["corrections"] = _probs(data["corrections"], CORRECTIONS, source, "corrections")
         cfg = cls(**kw)
+        if cfg.model.decoder_parts != "all" and cfg.weight_decay:
+            raise InputError(
+                f"{source}: model.decoder_parts {cfg.model.decoder_parts} needs weight_decay 0 (decay would move the "
+                "single output's IoU row, which must stay as it is)"
+            )
         if cfg.masks_per_image + cfg.imasks_per_image < 1:
             raise InputError(f"{source}: masks_per_image + imasks_per_image must be at least 1")
         return cfg
+
+    def schedule_weights(self) -> dict[str, float]:
+        """The schedules a mask may be given, with their weights (one name: that one alone)."""
+        if isinstance(self.schedule, str):
+            return {self.schedule: 1.0}
+        return {k: v for k, v in self.schedule.items() if v > 0}
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -5,7 +5,7 @@ All prompts live in the decoder's low-res frame (``lowres`` x ``lowres`` pixels,
 generator per mask, seeded by (seed, epoch, step, mask index): the sequence does not depend on the
 number of processes or on where a run was resumed.
 
-Schedules (``TrainConfig.schedule``):
+Schedules (``TrainConfig.schedule``: one name, or a mix ``{plain: 0.5, paper: 0.5}`` drawn per mask):
 
 * ``plain`` (default): clicks accumulate; the first box/text stays; the previous low-res logits are fed
   back as the mask prompt. This is how the benchmark's ``iterative`` protocol and the Session use a
@@ -13,6 +13,9 @@ Schedules (``TrainConfig.schedule``):
 * ``reference``: IMIS-Net's ``train.py`` (reference report §4.4): each step gets only its latest click
   plus the previous logits (with probability 0.4 the text instead of the logits for ground-truth
   targets); at one random step and at the last, text + logits only (logits only for imask targets).
+* ``paper``: the loop of ``imis bench --protocol imis-paper`` (IMIS-Bench's ``test.py``): the first prompt,
+  then only the newest correction click plus the previous logits, every step decoded with the multimask
+  outputs (the best one learns the mask, the IoU head learns all and picks the one fed back).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class MaskState:
     rng: np.random.Generator
     first: str = "box"
     corrector: str = "ritm"
+    schedule: str = "plain"
     text_index: int | None = None
     clicks: list[Click] = field(default_factory=list)
     box: tuple[int, int, int, int] | None = None
@@ -93,10 +97,24 @@ def _first_click(mask: np.ndarray, kind: str, rng: np.random.Generator) -> Click
 
 
 def draw_first(state: MaskState, cfg: TrainConfig, text_ok: bool) -> None:
-    """Choose and draw the first prompt of ``state`` (text only for named ground-truth targets)."""
+    """Choose the schedule of ``state`` (a mix draws one per mask) and draw its first prompt (text only
+    for named ground-truth targets). The ``paper`` schedule draws the benchmark's own first prompts (one
+    of a click among the half of the mask nearest its centroid, the tight box, the text) and uniform error
+    corrections, whatever the configuration's distributions, which the other schedules use."""
     rng = state.rng
+    mix = cfg.schedule_weights()
+    state.schedule = next(iter(mix)) if len(mix) == 1 else _choice(mix, rng)
+    named = text_ok and state.text_index is not None
+    if state.schedule == "paper":
+        state.first = _choice({"click": 1.0, "box": 1.0, "text": 1.0 if named else 0.0}, rng)
+        state.corrector = "uniform"
+        if state.first == "click":
+            state.clicks = [centroid_click(state.target.mask, rng)]
+        elif state.first == "box":
+            state.box = _tight(state.target.mask)
+        return
     allowed = set(cfg.first_prompts)
-    if not (text_ok and state.text_index is not None):
+    if not named:
         allowed = {k for k in allowed if "text" not in k} or {"box"}
     state.first = _choice(cfg.first_prompts, rng, allowed)
     state.corrector = _choice(cfg.corrections, rng)
@@ -127,12 +145,15 @@ def next_prompt(state: MaskState, step: int, cfg: TrainConfig, t_star: int, text
     text = state.text_index if "text" in state.first else None
     if step == 0:
         lone_click = state.first == "click" and cfg.click_output == "multimask"
-        return Prompt(list(state.clicks), state.box, text, False, multimask=lone_click)
+        multimask = lone_click or state.schedule == "paper"
+        return Prompt(list(state.clicks), state.box, text, False, multimask=multimask)
     new = _correction(state)
     if new is not None:
         state.clicks.append(new)
-    if cfg.schedule == "plain":
+    if state.schedule == "plain":
         return Prompt(list(state.clicks), state.box, text, state.logits is not None)
+    if state.schedule == "paper":
+        return Prompt([new] if new is not None else [], None, None, True, multimask=True)
     # reference schedule
     name_text = state.target.name is not None and state.text_index is not None and text_ok
     tindex = state.text_index if name_text else None

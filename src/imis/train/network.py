@@ -44,6 +44,36 @@ def build_network(cfg: TrainConfig) -> tuple[torch.nn.Module, Preprocess, dict[s
     return net, pre, report
 
 
+def multimask_heads(
+    net: torch.nn.Module, tokens: bool = False
+) -> list[tuple[str, torch.nn.Parameter, torch.Tensor | None]]:
+    """The parameters that only the multimask outputs read, as (name, parameter, row mask): the
+    hypernetwork MLPs of mask tokens 1.. and the IoU head's last layer, whose row 0 (the single output's
+    IoU) must keep its value: its row mask is 0 there and 1 elsewhere (None: the whole tensor trains).
+    Training these alone leaves the single output, its IoU and everything they read bit-identical.
+
+    ``tokens``: the mask tokens 1.. as well (rows of ``mask_tokens``): they let the multimask outputs ask
+    the transformer for their own information; the single output then moves a little, through the
+    tokens' self-attention."""
+    dec = net.mask_decoder
+    out = []
+    for i in range(1, dec.num_mask_tokens):
+        for n, p in dec.output_hypernetworks_mlps[i].named_parameters():
+            out.append((f"mask_decoder.output_hypernetworks_mlps.{i}.{n}", p, None))
+    last = len(dec.iou_prediction_head.layers) - 1
+    named = [
+        (f"mask_decoder.iou_prediction_head.layers.{last}.{n}", p)
+        for n, p in dec.iou_prediction_head.layers[last].named_parameters()
+    ]
+    if tokens:
+        named.append(("mask_decoder.mask_tokens.weight", dec.mask_tokens.weight))
+    for name, p in named:
+        rows = torch.ones(p.shape[0], *([1] * (p.dim() - 1)), dtype=p.dtype, device=p.device)
+        rows[0] = 0
+        out.append((name, p, rows))
+    return out
+
+
 def trained_spec(cfg: TrainConfig, net: torch.nn.Module, pre: Preprocess):
     """The registry spec of the model a run trains: its architecture's recipe with this run's name,
     sizes, preprocessing, mask choice and text template."""

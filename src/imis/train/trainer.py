@@ -39,6 +39,7 @@ from imis.train.network import (
     build_network,
     encoder_split,
     export_model,
+    multimask_heads,
     text_features,
     train_mode,
 )
@@ -158,6 +159,8 @@ def _optimizer(
 ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], set[str]]:
     """Adam over the trained parts (the text layers in their own group), the trained parameters and the
     names of every trained tensor (what a checkpoint stores)."""
+    if cfg.model.decoder_parts != "all":
+        return _multimask_heads_optimizer(cfg, net)
     trainable_prefixes = ["prompt_encoder", "mask_decoder", "text_projection"]
     if not cfg.model.freeze_image_encoder:
         trainable_prefixes.append("image_encoder")
@@ -185,6 +188,24 @@ def _optimizer(
         groups.append({"params": text_params, "scale": cfg.text_lr_scale})
     optimizer = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return optimizer, params + text_params, trainable_names
+
+
+def _multimask_heads_optimizer(
+    cfg: TrainConfig, net: torch.nn.Module
+) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], set[str]]:
+    """Adam over the multimask outputs' own parameters (``model.decoder_parts: multimask-heads``); the
+    single output's IoU row gets a zero gradient, so Adam (no weight decay) never moves it."""
+    for p in net.parameters():
+        p.requires_grad_(False)
+    params, names = [], set()
+    for name, p, rows in multimask_heads(net, tokens=cfg.model.decoder_parts == "multimask-tokens"):
+        p.requires_grad_(True)
+        if rows is not None:
+            p.register_hook(lambda g, rows=rows: g * rows)
+        params.append(p)
+        names.add(name)
+    optimizer = torch.optim.Adam([{"params": params, "scale": 1.0}], lr=cfg.lr, weight_decay=0.0)
+    return optimizer, params, names
 
 
 def _embedding_store(cfg, net, trunk, pre, data: _Data, device, d: Dist, out: Path, progress: bool):
@@ -238,6 +259,9 @@ def _logs(cfg: TrainConfig, out: Path, d: Dist) -> tuple[CsvLog, CsvLog]:
     val_fields = ["epoch", "step", "click", "box", "text"]
     if cfg.val_interactions:
         val_fields.append(f"click@{cfg.val_interactions}")
+    if "paper" in cfg.schedule_weights():
+        last = max(2, cfg.val_interactions)
+        val_fields += [f"paper:{k}@{n}" for k in ("click", "box", "text") for n in (1, last)]
     return step_log, CsvLog(out / "val_log.csv", [*val_fields, "targets"], d.main)
 
 

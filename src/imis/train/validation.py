@@ -1,5 +1,6 @@
 """Validation during training: the benchmark's Dice of a centre click, a tight box, the target's name
-as text and (optionally) click@N after RITM corrections, decoded in the low-res frame."""
+as text and (optionally) click@N after RITM corrections, decoded in the low-res frame; with the ``paper``
+schedule also the imis-paper loop's Dice after its first and its last round."""
 
 from __future__ import annotations
 
@@ -68,6 +69,13 @@ def evaluate(
             if cfg.val_interactions:
                 key = f"click@{cfg.val_interactions}"
                 scores.setdefault(key, []).append(_iterative_dice(net, emb, t, feats, scale, cfg, device))
+            if "paper" in cfg.schedule_weights():
+                for first in ("click", "box", "text"):
+                    if first == "text" and "text" not in prompts:
+                        continue
+                    rounds = _paper_dice(net, emb, t, first, name_index, feats, scale, cfg, device)
+                    for k in (1, len(rounds)):
+                        scores.setdefault(f"paper:{first}@{k}", []).append(rounds[k - 1])
     res = {k: float(np.mean(v)) for k, v in scores.items() if v}
     res["targets"] = float(n)
     return res
@@ -117,3 +125,41 @@ def _iterative_dice(
         st.logits = _decode_one(net, emb, st, p, feats, scale, device)
         st.pred = (st.logits[0] > 0).cpu().numpy()
     return dice(st.pred, target.mask)
+
+
+def _paper_dice(
+    net: torch.nn.Module,
+    emb: torch.Tensor,
+    target: Any,
+    first: str,
+    name_index: dict[str, int],
+    feats: torch.Tensor | None,
+    scale: float,
+    cfg: TrainConfig,
+    device: torch.device,
+) -> list[float]:
+    """Dice after each round of ``max(2, cfg.val_interactions)`` of the imis-paper loop from ``first``
+    (click among the half of the mask nearest its centroid, tight box or text): later rounds decode only
+    the newest uniform error click plus the previous logits; the best multimask output by predicted IoU
+    every round; clicks drawn from a generator seeded by the target's area (deterministic)."""
+    from imis.bench.metrics import dice
+    from imis.prompts import centroid_click, tight_box, uniform_error_click
+    from imis.train.interaction import Prompt
+
+    rng = np.random.default_rng([int(target.mask.sum()), len(first)])
+    st = MaskState(target=target, image_index=0, rng=rng)
+    if first == "click":
+        p = Prompt([centroid_click(target.mask, rng)], None, None, False, multimask=True)
+    elif first == "box":
+        p = Prompt([], tight_box(target.mask), None, False, multimask=True)
+    else:
+        p = Prompt([], None, name_index[target.name], False, multimask=True)
+    out = []
+    for k in range(max(2, cfg.val_interactions)):
+        if k:
+            new = uniform_error_click(st.pred, target.mask, rng, [])
+            p = Prompt([new] if new is not None else [], None, None, True, multimask=True)
+        st.logits = _decode_one(net, emb, st, p, feats, scale, device)
+        st.pred = (st.logits[0] > 0).cpu().numpy()
+        out.append(dice(st.pred, target.mask))
+    return out
