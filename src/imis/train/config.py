@@ -58,7 +58,8 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
     variant_rotate: 10.0       # bounds of the geometric variants a dataset asks for (``variants: N``):
     variant_scale: 0.1         #   rotation +-degrees, zoom +-fraction, shift +-fraction of the side
     variant_shift: 0.05
-    embedding_cache: null      # folder for fp16 image embeddings (frozen encoder); null: <out>/embeddings
+    embedding_cache: null      # folder for fp16 image embeddings (frozen encoder) and the MiniLM text
+                               # features (text/minilm.pt); null: <out>/embeddings
     amp: true                  # autocast on CUDA (bf16 where supported, else fp16 with a grad scaler)
     device: auto               # auto | cpu | cuda | cuda:N
     seed: 0

@@ -96,9 +96,16 @@ def trained_spec(cfg: TrainConfig, net: torch.nn.Module, pre: Preprocess):
     )
 
 
-def text_features(cfg: TrainConfig, net: torch.nn.Module, names: list[str], device) -> torch.Tensor | None:
+def text_features(
+    cfg: TrainConfig, net: torch.nn.Module, names: list[str], device, cache: Path | None = None
+) -> torch.Tensor | None:
     """(len(names), T) frozen text-tower features of each name's text prompt (the same sentence and tower
-    as at inference: :mod:`imis.models.text.towers`), or None."""
+    as at inference: :mod:`imis.models.text.towers`), or None.
+
+    ``cache``: a folder where the features of a tower with fixed weights of its own (MiniLM) are kept
+    per sentence (``text/minilm.pt``); a run whose sentences are all there never loads the tower, so a
+    machine without its weights (a lent GPU, where 88 MB of MiniLM do not travel) can train with text
+    from the few kilobytes of that file. A CLIP tower is part of the network, so it is never cached."""
     from imis.models.spec import get_architecture
     from imis.models.text.towers import tower_features
     from imis.prompts.text import text_prompt
@@ -106,9 +113,43 @@ def text_features(cfg: TrainConfig, net: torch.nn.Module, names: list[str], devi
     tower = get_architecture(cfg.model.arch).text_tower
     if getattr(net, "text_projection", None) is None or not names or tower is None:
         return None
+    sentences = [text_prompt(n, cfg.text_template) for n in names]
     with torch.no_grad():
-        feats = tower_features(tower, net, [text_prompt(n, cfg.text_template) for n in names])
+        if tower == "minilm" and cache is not None:
+            feats = _cached_tower_features(tower, net, sentences, cache / "text" / f"{tower}.pt")
+        else:
+            feats = tower_features(tower, net, sentences)
     return feats.float().to(device)
+
+
+def _cached_tower_features(
+    tower: str, net: torch.nn.Module, sentences: list[str], path: Path
+) -> torch.Tensor:
+    """The tower's features of ``sentences`` from ``path`` (a {sentence: (T,) tensor} file), computing
+    and adding (atomically) only the missing ones."""
+    from imis.errors import CheckpointError
+    from imis.io.files import atomic_output
+    from imis.models.formats.torchfile import load_torch_file
+    from imis.models.text.towers import tower_features
+
+    known: dict[str, torch.Tensor] = {}
+    if path.is_file():
+        try:
+            obj = load_torch_file(path)
+        except CheckpointError as e:
+            raise InputError(f"{path}: not a text feature cache ({e}); delete it to rebuild") from None
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise InputError(
+                f"{path}: not a text feature cache (a mapping of sentences to tensors); delete it"
+            )
+        known = obj
+    missing = [s for s in dict.fromkeys(sentences) if s not in known]
+    if missing:
+        new = tower_features(tower, net, missing).float().cpu()
+        known.update({s: new[i].clone() for i, s in enumerate(missing)})
+        with atomic_output(path) as tmp:
+            torch.save(known, tmp)
+    return torch.stack([known[s] for s in sentences])
 
 
 def encoder_split(net: torch.nn.Module, tail: int) -> tuple[Any, Any]:

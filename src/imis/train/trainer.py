@@ -139,7 +139,14 @@ def _setup_device(cfg: TrainConfig) -> tuple[torch.device, Dist]:
     return device, init_distributed(device)
 
 
-def _load_data(cfg: TrainConfig, net: torch.nn.Module, pre: Preprocess, device: torch.device) -> _Data:
+def _cache_dir(cfg: TrainConfig, out: Path) -> Path:
+    """Where a run keeps its cached image embeddings and text features."""
+    return Path(cfg.embedding_cache) if cfg.embedding_cache else out / "embeddings"
+
+
+def _load_data(
+    cfg: TrainConfig, net: torch.nn.Module, pre: Preprocess, device: torch.device, cache: Path
+) -> _Data:
     lowres = 4 * int(net.prompt_encoder.image_embedding_size[0])
     geometry = Geometry(cfg.variant_rotate, cfg.variant_scale, cfg.variant_shift)
     train_images: list[TrainImage] = []
@@ -151,7 +158,7 @@ def _load_data(cfg: TrainConfig, net: torch.nn.Module, pre: Preprocess, device: 
         val_images += load_images(spec, pre, lowres, cfg.clean_imask, with_imask=False)
     names = sorted({t.name for im in train_images + val_images for t in im.gt if t.name})
     name_index = {n: i for i, n in enumerate(names)}
-    return _Data(train_images, val_images, name_index, text_features(cfg, net, names, device))
+    return _Data(train_images, val_images, name_index, text_features(cfg, net, names, device, cache))
 
 
 def _optimizer(
@@ -213,7 +220,7 @@ def _embedding_store(cfg, net, trunk, pre, data: _Data, device, d: Dist, out: Pa
     processes) before the first step."""
     from imis.train.embeddings import EmbeddingStore, encoder_id
 
-    cache = Path(cfg.embedding_cache) if cfg.embedding_cache else out / "embeddings"
+    cache = _cache_dir(cfg, out)
     enc_name = base_model_name(cfg.model.init) or cfg.model.arch
     frozen = net.image_encoder if trunk is None else trunk
     if trunk is not None:
@@ -511,7 +518,7 @@ def _start(cfg: TrainConfig, progress: bool, resume: bool) -> tuple[_Loop, CsvLo
     net, pre, load_report = build_network(cfg)
     net.to(device)
     trunk, head = encoder_split(net, cfg.model.train_encoder_tail)
-    data = _load_data(cfg, net, pre, device)
+    data = _load_data(cfg, net, pre, device, _cache_dir(cfg, out))
     optimizer, params, trainable_names = _optimizer(cfg, net, head)
     store = None
     if cfg.model.freeze_image_encoder:
