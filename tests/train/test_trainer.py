@@ -397,6 +397,9 @@ def test_multimask_heads_config_errors(btcv_dir, tmp_path):
         InputError, match="decoder_parts must be one of all, multimask-heads, multimask-tokens"
     ):
         load_train_config(write_config(tmp_path / "a.yaml", {**base, "model": model}))
+    model = {**base["model"], "decoder_parts": "multimask-heads", "freeze_image_encoder": False}
+    with pytest.raises(InputError, match="trains only decoder heads: it needs freeze_image_encoder: true"):
+        load_train_config(write_config(tmp_path / "c.yaml", {**base, "model": model}))
     model = {**base["model"], "decoder_parts": "multimask-heads"}
     with pytest.raises(InputError, match="needs weight_decay 0"):
         load_train_config(write_config(tmp_path / "b.yaml", {**base, "model": model, "weight_decay": 0.01}))

@@ -271,7 +271,8 @@ class ModelConfig:
     freeze_image_encoder: bool = True
     # the top of a frozen encoder trains over cached trunk outputs: a CPU-sized encoder fine-tune
     train_encoder_tail: int = 0
-    # "multimask-heads": a stage that teaches the multimask outputs without moving the single output
+    # "multimask-heads" / "multimask-tokens": a stage that teaches the multimask outputs without moving
+    # (or barely moving) the single output
     decoder_parts: str = "all"
 
     @classmethod
@@ -309,6 +310,11 @@ class ModelConfig:
         if parts not in DECODER_PARTS:
             raise InputError(
                 f"{where}: model.decoder_parts must be one of {', '.join(DECODER_PARTS)}, not {parts!r}"
+            )
+        if parts != "all" and (not freeze or tail):
+            raise InputError(
+                f"{where}: model.decoder_parts {parts} trains only decoder heads: it needs "
+                "freeze_image_encoder: true and train_encoder_tail: 0"
             )
         return cls(arch, init, dict(kwargs), freeze, tail, parts)
 

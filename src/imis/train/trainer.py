@@ -200,8 +200,9 @@ def _optimizer(
 def _multimask_heads_optimizer(
     cfg: TrainConfig, net: torch.nn.Module
 ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], set[str]]:
-    """Adam over the multimask outputs' own parameters (``model.decoder_parts: multimask-heads``); the
-    single output's IoU row gets a zero gradient, so Adam (no weight decay) never moves it."""
+    """Adam over the multimask outputs' own parameters (``model.decoder_parts`` multimask-heads or
+    multimask-tokens, :func:`multimask_heads`); the single output's rows get a zero gradient, so Adam
+    (no weight decay: the configuration refuses it) never moves them."""
     for p in net.parameters():
         p.requires_grad_(False)
     params, names = [], set()
