@@ -44,7 +44,7 @@ from imis.train.network import (
     train_mode,
 )
 from imis.train.state import STATE_FILE, config_key, save_state, trainable_state
-from imis.train.validation import evaluate
+from imis.train.validation import PAPER_FIRSTS, evaluate, paper_rounds
 
 __all__ = ["STATE_FILE", "TrainResult", "train"]
 
@@ -268,8 +268,8 @@ def _logs(cfg: TrainConfig, out: Path, d: Dist) -> tuple[CsvLog, CsvLog]:
     if cfg.val_interactions:
         val_fields.append(f"click@{cfg.val_interactions}")
     if "paper" in cfg.schedule_weights():
-        last = max(2, cfg.val_interactions)
-        val_fields += [f"paper:{k}@{n}" for k in ("click", "box", "text") for n in (1, last)]
+        last = paper_rounds(cfg)
+        val_fields += [f"paper:{k}@{n}" for k in PAPER_FIRSTS for n in (1, last)]
     return step_log, CsvLog(out / "val_log.csv", [*val_fields, "targets"], d.main)
 
 

@@ -14,6 +14,15 @@ from imis.train.config import TrainConfig
 from imis.train.data import TrainImage, train_input
 from imis.train.interaction import MaskState
 
+#: The imis-paper loop's first prompts, as the benchmark's sequences.
+PAPER_FIRSTS = ("click", "box", "text")
+
+
+def paper_rounds(cfg: TrainConfig) -> int:
+    """Rounds of the imis-paper loop a validation scores: ``val_interactions``, at least 2 (a first prompt
+    and one correction)."""
+    return max(2, cfg.val_interactions)
+
 
 # ---------------------------------------------------------------------------------------------------------
 # validation and export
@@ -70,7 +79,7 @@ def evaluate(
                 key = f"click@{cfg.val_interactions}"
                 scores.setdefault(key, []).append(_iterative_dice(net, emb, t, feats, scale, cfg, device))
             if "paper" in cfg.schedule_weights():
-                for first in ("click", "box", "text"):
+                for first in PAPER_FIRSTS:
                     if first == "text" and "text" not in prompts:
                         continue
                     rounds = _paper_dice(net, emb, t, first, name_index, feats, scale, cfg, device)
@@ -138,7 +147,7 @@ def _paper_dice(
     cfg: TrainConfig,
     device: torch.device,
 ) -> list[float]:
-    """Dice after each round of ``max(2, cfg.val_interactions)`` of the imis-paper loop from ``first``
+    """Dice after each of the :func:`paper_rounds` rounds of the imis-paper loop from ``first``
     (click among the half of the mask nearest its centroid, tight box or text): later rounds decode only
     the newest uniform error click plus the previous logits; the best multimask output by predicted IoU
     every round; clicks drawn from a generator seeded by the target's area (deterministic)."""
@@ -146,6 +155,7 @@ def _paper_dice(
     from imis.prompts import centroid_click, tight_box, uniform_error_click
     from imis.train.interaction import Prompt
 
+    # keyed by the kind's name length (distinct for the three): the validations in docs/training.md used it
     rng = np.random.default_rng([int(target.mask.sum()), len(first)])
     st = MaskState(target=target, image_index=0, rng=rng)
     if first == "click":
@@ -155,7 +165,7 @@ def _paper_dice(
     else:
         p = Prompt([], None, name_index[target.name], False, multimask=True)
     out = []
-    for k in range(max(2, cfg.val_interactions)):
+    for k in range(paper_rounds(cfg)):
         if k:
             new = uniform_error_click(st.pred, target.mask, rng, [])
             p = Prompt([new] if new is not None else [], None, None, True, multimask=True)
