@@ -107,3 +107,36 @@ def test_val_interactions_is_checked_and_does_not_change_the_resume_key(tmp_path
     b = TrainConfig.from_mapping(base, "cfg.yaml")
     assert b.val_interactions == 5
     assert config_key(a) == config_key(b)
+
+
+def test_several_validation_datasets_are_also_scored_apart(held_out_slice, tmp_path):
+    """btcv-demo's held-out case beside the OOD set (imis.data.ood): the pooled means are the targets'
+    means over both, and each dataset gets its own columns (what a run selects on)."""
+    from imis.data.ood import OodConfig, write_ood_datasets
+    from imis.train.data import load_images
+    from imis.train.validation import evaluate, per_dataset_fields
+
+    model, image = held_out_slice
+    first = image.__class__(**{**image.__dict__, "gt": image.gt[:3]})
+    write_ood_datasets(tmp_path, OodConfig(per_background=(1, 1)))
+    lowres = 4 * int(model.net.prompt_encoder.image_embedding_size[0])
+    spec = DatasetSpec(path=str(tmp_path / "ood-val"), split="test")
+    ood = load_images(spec, model.preprocess, lowres, with_imask=False)[:1]
+    n_ood = min(len(ood[0].gt), 6 - 3)
+    res = _evaluate(model, first, val_interactions=2)
+    assert not any(":" in k for k in res)  # one dataset: the pooled columns are its own
+    cfg = replace(TrainConfig(datasets=()), click_output="single", val_max_targets=6, val_interactions=2)
+    both = evaluate(model.net, [first, *ood], None, None, {}, model.preprocess, cfg, torch.device("cpu"))
+    names = sorted({first.dataset, ood[0].dataset})
+    assert names == ["BTCV", "ood-val"]
+    for metric in ("click", "box", "click@2"):
+        assert both[f"BTCV:{metric}"] == pytest.approx(res[metric], abs=1e-9)
+        pooled = (3 * both[f"BTCV:{metric}"] + n_ood * both[f"ood-val:{metric}"]) / (3 + n_ood)
+        assert both[metric] == pytest.approx(pooled, abs=1e-9)
+    assert per_dataset_fields([first, *ood], ["click", "box"]) == [
+        "BTCV:click",
+        "BTCV:box",
+        "ood-val:click",
+        "ood-val:box",
+    ]
+    assert per_dataset_fields([first], ["click"]) == []

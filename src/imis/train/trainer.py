@@ -44,7 +44,7 @@ from imis.train.network import (
     train_mode,
 )
 from imis.train.state import STATE_FILE, config_key, save_state, trainable_state
-from imis.train.validation import PAPER_FIRSTS, evaluate, paper_rounds
+from imis.train.validation import PAPER_FIRSTS, evaluate, paper_rounds, per_dataset_fields
 
 __all__ = ["STATE_FILE", "TrainResult", "train"]
 
@@ -251,7 +251,7 @@ def _resume(cfg: TrainConfig, state_path: Path, net, optimizer, resume: bool) ->
     return _Position(st["epoch"], st["step_in_epoch"], st["global_step"], st["skipped"])
 
 
-def _logs(cfg: TrainConfig, out: Path, d: Dist) -> tuple[CsvLog, CsvLog]:
+def _logs(cfg: TrainConfig, out: Path, d: Dist, val_images: list) -> tuple[CsvLog, CsvLog]:
     step_fields = [
         "epoch",
         "step",
@@ -270,7 +270,8 @@ def _logs(cfg: TrainConfig, out: Path, d: Dist) -> tuple[CsvLog, CsvLog]:
     if "paper" in cfg.schedule_weights():
         last = paper_rounds(cfg)
         val_fields += [f"paper:{k}@{n}" for k in PAPER_FIRSTS for n in (1, last)]
-    return step_log, CsvLog(out / "val_log.csv", [*val_fields, "targets"], d.main)
+    per_dataset = per_dataset_fields(val_images, val_fields[2:])
+    return step_log, CsvLog(out / "val_log.csv", [*val_fields, "targets", *per_dataset], d.main)
 
 
 def _amp(cfg: TrainConfig, device: torch.device):
@@ -527,7 +528,7 @@ def _start(cfg: TrainConfig, progress: bool, resume: bool) -> tuple[_Loop, CsvLo
     state_path = out / STATE_FILE
     pos = _resume(cfg, state_path, net, optimizer, resume)
     (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2, default=str) + "\n")
-    step_log, val_log = _logs(cfg, out, d)
+    step_log, val_log = _logs(cfg, out, d, data.val)
     tb = tensorboard(out, d.main)
     amp_ctx, scaler = _amp(cfg, device)
     loop = _Loop(

@@ -1,6 +1,8 @@
 """Validation during training: the benchmark's Dice of a centre click, a tight box, the target's name
 as text and (optionally) click@N after RITM corrections, decoded in the low-res frame; with the ``paper``
-schedule also the imis-paper loop's Dice after its first and its last round."""
+schedule also the imis-paper loop's Dice after its first and its last round. With several validation
+datasets each metric is also reported per dataset (``<dataset>:<metric>``, the dataset.json name), so a
+run selects on the in-distribution cases and the out-of-distribution set (imis.data.ood) apart."""
 
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ from imis.train.interaction import MaskState
 
 #: The imis-paper loop's first prompts, as the benchmark's sequences.
 PAPER_FIRSTS = ("click", "box", "text")
+
+
+def per_dataset_fields(images: list[TrainImage], metrics: list[str]) -> list[str]:
+    """The per-dataset columns of a validation over ``images``: none for a single dataset (the pooled
+    columns are that dataset's), else ``<dataset>:<metric>`` for each dataset and metric."""
+    names = sorted({img.dataset for img in images})
+    return [f"{n}:{m}" for n in names for m in metrics] if len(names) > 1 else []
 
 
 def paper_rounds(cfg: TrainConfig) -> int:
@@ -50,7 +59,8 @@ def evaluate(
 
     net.eval()
     multimask = cfg.click_output == "multimask"
-    scores: dict[str, list[float]] = {"click": [], "box": [], "text": []}
+    # per metric: (dataset of the target, Dice), so the means pool or split by dataset alike
+    scores: dict[str, list[tuple[str, float]]] = {"click": [], "box": [], "text": []}
     n = 0
     for img in images:
         if n >= cfg.val_max_targets:
@@ -62,6 +72,7 @@ def evaluate(
         else:
             x = train_input(img, pre)
             emb = net.image_encoder(x.to(device)).float()
+        ds = img.dataset
         for t in img.gt[: cfg.val_max_targets - n]:
             n += 1
             st = MaskState(target=t, image_index=0, rng=np.random.default_rng(0))
@@ -74,19 +85,27 @@ def evaluate(
             scale = pre.input_size / t.mask.shape[0]
             for kind, p in prompts.items():
                 logits = _decode_one(net, emb, st, p, feats, scale, device)
-                scores[kind].append(dice(logits[0].cpu().numpy() > 0, t.mask))
+                scores[kind].append((ds, dice(logits[0].cpu().numpy() > 0, t.mask)))
             if cfg.val_interactions:
                 key = f"click@{cfg.val_interactions}"
-                scores.setdefault(key, []).append(_iterative_dice(net, emb, t, feats, scale, cfg, device))
+                value = _iterative_dice(net, emb, t, feats, scale, cfg, device)
+                scores.setdefault(key, []).append((ds, value))
             if "paper" in cfg.schedule_weights():
                 for first in PAPER_FIRSTS:
                     if first == "text" and "text" not in prompts:
                         continue
                     rounds = _paper_dice(net, emb, t, first, name_index, feats, scale, cfg, device)
                     for k in (1, len(rounds)):
-                        scores.setdefault(f"paper:{first}@{k}", []).append(rounds[k - 1])
-    res = {k: float(np.mean(v)) for k, v in scores.items() if v}
+                        scores.setdefault(f"paper:{first}@{k}", []).append((ds, rounds[k - 1]))
+    res = {k: float(np.mean([x for _, x in v])) for k, v in scores.items() if v}
     res["targets"] = float(n)
+    datasets = sorted({d for v in scores.values() for d, _ in v})
+    if len(datasets) > 1:
+        for k, v in scores.items():
+            for name in datasets:
+                vals = [x for d, x in v if d == name]
+                if vals:
+                    res[f"{name}:{k}"] = float(np.mean(vals))
     return res
 
 
