@@ -123,3 +123,42 @@ def test_validation_cases_left_out_of_labels_and_backgrounds(btcv_dir) -> None:
     full = LabelMaps(btcv_dir)
     n_val = sum(p.name.startswith(val) for p in full.backgrounds)
     assert n_val > 0 and len(maps.of("btcv")) == len(full.of("btcv")) - n_val
+
+
+def test_a_config_keeps_the_validation_cases_out_of_the_synthetic_data(btcv_dir, tmp_path) -> None:
+    """exclude_cases of a synthetic entry reaches the generator (it was once dropped by the parser)."""
+    base = tiny_config(btcv_dir, tmp_path / "run", tmp_path / "cache")
+    entry = {
+        "kind": "synthetic",
+        "path": str(tmp_path / "syn"),
+        "btcv": str(btcv_dir),
+        "exclude_cases": ["ABD_034", "ABD_035"],
+        "label_cache": "labels.npz",
+    }
+    spec = load_train_config(write_config(tmp_path / "a.yaml", dict(base, datasets=[entry]))).datasets[0]
+    assert spec.exclude_cases == ("ABD_034", "ABD_035")
+    assert spec.label_cache == str((tmp_path / "labels.npz").resolve())
+
+
+def test_the_brain_label_cache_generates_the_same_images(maps, btcv_dir, tmp_path) -> None:
+    """A lent GPU has no mricron-data, nilearn or NIfTI reader: the cache must stand in exactly."""
+    from imis.data.synthetic import write_brain_cache
+
+    path = write_brain_cache(maps, tmp_path / "labels.npz")
+    assert path.stat().st_size < 2_000_000
+    cached = LabelMaps(btcv_dir, (), path)
+    for source in ("aal", "brodmann", "mni152"):
+        a, b = maps.of(source), cached.of(source)
+        assert len(a) == len(b) and all(
+            np.array_equal(x, y) and nx == ny for (x, nx), (y, ny) in zip(a, b, strict=True)
+        )
+    cfg = SynthConfig(btcv=btcv_dir, sources=("aal", "brodmann", "mni152"))
+    for i in range(4):
+        s1, s2 = synth_sample(maps, cfg, 5, i), synth_sample(cached, cfg, 5, i)
+        assert np.array_equal(s1.image, s2.image)
+        assert [(n, m.tobytes()) for n, m in s1.targets] == [(n, m.tobytes()) for n, m in s2.targets]
+    with pytest.raises(InputError, match="label cache not found"):
+        LabelMaps(btcv_dir, (), tmp_path / "missing.npz").of("aal")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a synthetic label cache"):
+        LabelMaps(btcv_dir, (), tmp_path / "bad.npz").of("aal")

@@ -78,11 +78,23 @@ def sample_rng(seed: int, index: int, what: str = "") -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-class LabelMaps:
-    """The label maps (2D int id maps with ``{id: name}``) of each source, read once, lazily."""
+#: The sources read from the brain templates (mricron-data, nilearn): what a label cache holds.
+BRAIN_SOURCES = ("aal", "brodmann", "mni152")
 
-    def __init__(self, btcv: Path, exclude_cases: tuple[str, ...] = ()) -> None:
+
+class LabelMaps:
+    """The label maps (2D int id maps with ``{id: name}``) of each source, read once, lazily.
+
+    ``brain_cache``: an ``.npz`` written by :func:`write_brain_cache`; the brain sources are then read
+    from it instead of the template volumes, so a machine without mricron-data, nilearn or a NIfTI
+    reader (a lent GPU) generates the same images.
+    """
+
+    def __init__(
+        self, btcv: Path, exclude_cases: tuple[str, ...] = (), brain_cache: Path | None = None
+    ) -> None:
         self.btcv, self.exclude_cases = Path(btcv), tuple(exclude_cases)
+        self.brain_cache = Path(brain_cache) if brain_cache is not None else None
 
     def of(self, source: str) -> list[tuple[np.ndarray, dict[int, str]]]:
         maps = {"btcv": self._btcv, "aal": self._aal, "brodmann": self._brodmann, "mni152": self._mni}
@@ -127,7 +139,13 @@ class LabelMaps:
         return TemplateFiles.locate()
 
     @cached_property
+    def _cached(self) -> dict[str, list[tuple[np.ndarray, dict[int, str]]]]:
+        return read_brain_cache(self.brain_cache)
+
+    @cached_property
     def _aal(self) -> list[tuple[np.ndarray, dict[int, str]]]:
+        if self.brain_cache is not None:
+            return self._cached["aal"]
         from imis.data.brain_templates import heldout_aal_labels, read_aal_names
 
         names = read_aal_names(self._files.aal_names)
@@ -138,16 +156,61 @@ class LabelMaps:
 
     @cached_property
     def _brodmann(self) -> list[tuple[np.ndarray, dict[int, str]]]:
+        if self.brain_cache is not None:
+            return self._cached["brodmann"]
         vol = _volume(self._files.brodmann)
         return _slices(vol, {int(v): f"Brodmann area {int(v)}" for v in np.unique(vol) if v > 0})
 
     @cached_property
     def _mni(self) -> list[tuple[np.ndarray, dict[int, str]]]:
+        if self.brain_cache is not None:
+            return self._cached["mni152"]
         gm, wm = _volume(self._files.mni_gm, float), _volume(self._files.mni_wm, float)
         vol = np.zeros(gm.shape, np.int32)
         vol[gm > 0.5] = 1
         vol[(wm > 0.5) & (wm >= gm)] = 2
         return _slices(vol, {1: "grey matter", 2: "white matter"})
+
+
+def write_brain_cache(maps: LabelMaps, path: str | Path) -> Path:
+    """The brain sources' label-map slices of ``maps`` (read from the templates) in one compressed
+    ``.npz`` (written atomically): ``<source>/<k>`` int16 slices and ``<source>/names`` (JSON)."""
+    import json
+
+    from imis.io import atomic_output
+
+    arrays: dict[str, np.ndarray] = {}
+    for source, slices in (("aal", maps._aal), ("brodmann", maps._brodmann), ("mni152", maps._mni)):
+        for k, (ids, _) in enumerate(slices):
+            arrays[f"{source}/{k}"] = ids.astype(np.int16)
+        names = slices[0][1] if slices else {}
+        arrays[f"{source}/names"] = np.array(json.dumps({str(v): n for v, n in names.items()}))
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return path
+
+
+def read_brain_cache(path: Path | None) -> dict[str, list[tuple[np.ndarray, dict[int, str]]]]:
+    """What :func:`write_brain_cache` wrote, per brain source; a missing or damaged file is an
+    InputError naming it."""
+    import json
+
+    if path is None or not Path(path).is_file():
+        raise InputError(f"{path}: synthetic label cache not found (write it with write_brain_cache)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {}
+            for source in BRAIN_SOURCES:
+                names = {int(v): n for v, n in json.loads(str(z[f"{source}/names"])).items()}
+                n = sum(
+                    1 for key in z.files if key.startswith(f"{source}/") and key[len(source) + 1 :].isdigit()
+                )
+                out[source] = [(z[f"{source}/{k}"].astype(np.int32), names) for k in range(n)]
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: not a synthetic label cache ({e})") from e
+    return out
 
 
 def _volume(path: Path, dtype=np.int32) -> np.ndarray:

@@ -148,7 +148,10 @@ class DatasetSpec:
     With a frozen encoder the intensity augmentation cannot act (embeddings are cached), so these
     variants are what augments: each one is encoded once and cached like an image. zoom_variants: N
     crops around one small target each, as the zoom-in refinement sees an object at inference
-    (``imis.train.data.zoom_window``), also encoded once and cached.
+    (``imis.train.data.zoom_window``), also encoded once and cached. kind ``synthetic``: ``count``
+    generated images (``seed``, ``sources``, ``btcv``; imis.data.synthetic), ``exclude_cases`` kept out of
+    its labels and backgrounds, ``label_cache`` an ``.npz`` of the brain label maps
+    (imis.data.synthetic.write_brain_cache) read instead of the template volumes.
     """
 
     path: str
@@ -167,6 +170,7 @@ class DatasetSpec:
     sources: tuple[str, ...] = ()
     btcv: str | None = None
     zoom_variants: int = 0
+    label_cache: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> DatasetSpec:
@@ -231,7 +235,17 @@ class DatasetSpec:
     def _synthetic(cls, data: dict, where: str, base: Path, path: str) -> DatasetSpec:
         from imis.data.synthetic import SOURCES
 
-        allowed = {"path", "kind", "count", "seed", "sources", "btcv", "repeat", "exclude_cases"}
+        allowed = {
+            "path",
+            "kind",
+            "count",
+            "seed",
+            "sources",
+            "btcv",
+            "repeat",
+            "exclude_cases",
+            "label_cache",
+        }
         if set(data) - allowed:
             raise InputError(
                 f"{where}: kind synthetic takes {sorted(allowed)}, not {sorted(set(data) - allowed)}"
@@ -249,8 +263,21 @@ class DatasetSpec:
             raise InputError(f"{where}: kind synthetic needs 'btcv': the btcv-demo folder")
         btcv = str(data["btcv"])
         btcv = btcv if Path(btcv).is_absolute() else str((base / btcv).resolve())
+        cache = data.get("label_cache")
+        if cache is not None:
+            cache = str(cache) if Path(str(cache)).is_absolute() else str((base / str(cache)).resolve())
+        exclude_cases = _strings(data.get("exclude_cases", ()), where, "exclude_cases", "case ids")
         return cls(
-            path, "train", repeat, kind="synthetic", count=count, seed=seed, sources=sources, btcv=btcv
+            path,
+            "train",
+            repeat,
+            exclude_cases=exclude_cases,
+            kind="synthetic",
+            count=count,
+            seed=seed,
+            sources=sources,
+            btcv=btcv,
+            label_cache=cache,
         )
 
 

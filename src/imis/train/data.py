@@ -366,7 +366,8 @@ def load_synthetic(spec: DatasetSpec, preprocess: Preprocess, lowres: int) -> li
         btcv=Path(spec.btcv or ""), sources=spec.sources or SOURCES, exclude_cases=spec.exclude_cases
     )
     cfg.validate(f"synthetic dataset {spec.path}")
-    maps = LabelMaps(cfg.btcv, cfg.exclude_cases)
+    cache = Path(spec.label_cache) if spec.label_cache else None
+    maps = LabelMaps(cfg.btcv, cfg.exclude_cases, cache)
     root = Path(spec.path)
     root.mkdir(parents=True, exist_ok=True)
     images: list[TrainImage] = []
