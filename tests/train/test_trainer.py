@@ -4,6 +4,7 @@ exactly, runs data-parallel on CPU (gloo) with the single-process result, and fa
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -435,3 +436,30 @@ def test_text_features_are_cached_per_sentence_and_need_no_tower_once_there(tmp_
     (tmp_path / "text" / "minilm.pt").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="minilm.pt: not a text feature cache"):
         text_features(cfg, net, ["liver"], "cpu", cache=tmp_path)
+
+
+def test_select_on_exports_the_best_validation(btcv_dir, tmp_path, capsys):
+    """best.pt follows the best mean of select_on's metrics over the run's validations, best.json says
+    which; a metric the validation lacks leaves best.pt alone with a warning."""
+    import csv
+
+    from imis.models.registry import load_model
+
+    val = [{"path": str(btcv_dir), "split": "train", "cases": ["ABD_034"], "max_images": 1}]
+    over = dict(epochs=3, steps_per_epoch=1, val_datasets=val, val_interactions=0, lr=5e-3)
+    cfg = tiny_config(btcv_dir, tmp_path / "run", tmp_path / "cache", select_on=["click", "box"], **over)
+    train(load_train_config(write_config(tmp_path / "t.yaml", cfg)), progress=False)
+    with open(tmp_path / "run" / "val_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    scores = [(float(r["click"]) + float(r["box"])) / 2 for r in rows]
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    first_best = next(i for i, s in enumerate(scores) if s == max(scores))
+    assert best["step"] == int(rows[first_best]["step"])
+    assert best["score"] == pytest.approx(max(scores), abs=1e-5)
+    model = load_model(checkpoint=tmp_path / "run" / "best.pt")
+    assert model.net is not None
+
+    cfg2 = tiny_config(btcv_dir, tmp_path / "run2", tmp_path / "cache", select_on=["ood-val:click"], **over)
+    train(load_train_config(write_config(tmp_path / "t2.yaml", cfg2)), progress=False)
+    assert "select_on: ['ood-val:click'] not in this validation" in capsys.readouterr().err
+    assert not (tmp_path / "run2" / "best.pt").exists()

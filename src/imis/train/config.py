@@ -68,6 +68,9 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
     val_max_targets: 200       # targets scored per validation
     val_interactions: 5        # validation also scores a centre click + N-1 RITM corrections (the
                                # benchmark's iterative protocol); 0: only click, box and text
+    select_on: []              # val_log columns (e.g. [BTCV:click@5, ood-val:click]): after each
+                               # validation whose mean of them is the best so far, the model is also
+                               # exported to <out>/best.pt (best.json: step, score, metrics)
     num_threads: null          # torch CPU threads (null: torch's default)
 """
 
@@ -405,6 +408,7 @@ class TrainConfig:
     val_max_targets: int = 200
     val_interactions: int = 5
     num_threads: int | None = None
+    select_on: tuple[str, ...] = ()
 
     @classmethod
     def from_mapping(cls, data: Any, source: str, base: Path | None = None) -> TrainConfig:
@@ -444,6 +448,7 @@ class TrainConfig:
                 if v < lo:
                     raise InputError(f"{source}: {key} must be >= {lo}, not {v}")
                 kw[key] = v
+        kw["select_on"] = _strings(data.get("select_on", ()), source, "select_on", "val_log column names")
         for key in ("steps_per_epoch", "num_threads"):
             if data.get(key) is not None:
                 v = _check_type(data[key], int, source, key)

@@ -55,6 +55,7 @@ def config_key(cfg: TrainConfig) -> dict[str, Any]:
         "checkpoint_every",
         "max_nan_steps",
         "val_interactions",
+        "select_on",
     ):
         d.pop(k, None)
     # options added after a run started, left at their default, do not make it "another configuration"
@@ -64,7 +65,13 @@ def config_key(cfg: TrainConfig) -> dict[str, Any]:
     if not d.get("model", {}).get("train_encoder_tail"):
         d.get("model", {}).pop("train_encoder_tail", None)
     for spec in d.get("datasets", []) + d.get("val_datasets", []):
-        for k, default in (("variants", 0), ("zoom_variants", 0), ("cases", []), ("exclude_cases", [])):
+        for k, default in (
+            ("variants", 0),
+            ("zoom_variants", 0),
+            ("cases", []),
+            ("exclude_cases", []),
+            ("label_cache", None),
+        ):
             if spec.get(k) in (default, ()):
                 spec.pop(k, None)
     return json.loads(json.dumps(d, default=str))

@@ -13,6 +13,7 @@ while writing leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from imis.errors import ImisError, InputError
+from imis.io.files import atomic_output
 from imis.models.preprocess import Preprocess
 from imis.train.config import TrainConfig
 from imis.train.data import Geometry, TrainImage, load_images, train_input
@@ -49,6 +51,9 @@ from imis.train.validation import PAPER_FIRSTS, evaluate, paper_rounds, per_data
 __all__ = ["STATE_FILE", "TrainResult", "train"]
 
 MODEL_FILE = "model.pt"
+#: The model of the best validation by ``select_on``, and its record.
+BEST_FILE = "best.pt"
+BEST_RECORD = "best.json"
 
 
 @dataclass
@@ -457,8 +462,39 @@ class _Loop:
         if self.tb is not None:
             for key, v in val.items():
                 self.tb.add_scalar(f"val/{key}", v, self.pos.global_step)
+        if cfg.select_on:
+            self.keep_if_best(val)
         train_mode(self.net, cfg.model.freeze_image_encoder, self.head)
         return val
+
+    def keep_if_best(self, val: dict[str, float]) -> None:
+        """Export the model to ``best.pt`` when the mean of ``select_on``'s metrics is the best of the run
+        (``best.json`` holds the step, the score and the metrics; read back on resume)."""
+        out = Path(self.cfg.out)
+        missing = [k for k in self.cfg.select_on if k not in val]
+        if missing:
+            print(
+                f"select_on: {missing} not in this validation ({sorted(val)}); best.pt not updated",
+                file=sys.stderr,
+            )
+            return
+        score = float(np.mean([val[k] for k in self.cfg.select_on]))
+        record = out / BEST_RECORD
+        if record.is_file():
+            best = json.loads(record.read_text(encoding="utf-8"))
+            if best.get("select_on") == list(self.cfg.select_on) and best["score"] >= score:
+                return
+        # export from a copy: export_model moves the network to the CPU
+        net = copy.deepcopy(self.net)
+        export_model(net, self.cfg, self.pre, out / BEST_FILE, {}, val, self.pos.global_step)
+        entry = {
+            "step": self.pos.global_step,
+            "score": score,
+            "select_on": list(self.cfg.select_on),
+            "val": val,
+        }
+        with atomic_output(record) as tmp:
+            tmp.write_text(json.dumps(entry, indent=1) + "\n", encoding="utf-8")
 
 
 def train(
