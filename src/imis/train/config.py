@@ -70,7 +70,7 @@ relative to the file. The defaults follow the paper's recipe (§4.1-4.2: K=8 int
                                # benchmark's iterative protocol); 0: only click, box and text
     select_on: []              # val_log columns (e.g. [BTCV:click@5, ood-val:click]): after each
                                # validation whose mean of them is the best so far, the model is also
-                               # exported to <out>/best.pt (best.json: step, score, metrics)
+                               # exported (fp16) to <out>/best.pt (best.json: step, score, metrics)
     num_threads: null          # torch CPU threads (null: torch's default)
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -22,6 +23,9 @@ from imis.models.preprocess import Frame, Preprocess, frame_for, prepare_image
 from imis.models.zoom import ZoomConfig, crop_window
 from imis.train.config import DatasetSpec
 
+if TYPE_CHECKING:
+    from imis.data.formats.imed import ImedDataset, ImedEntry
+
 __all__ = [
     "Geometry",
     "Target",
@@ -29,6 +33,7 @@ __all__ = [
     "clean_imask",
     "load_images",
     "load_synthetic",
+    "select_entries",
     "read_train_image",
     "to_lowres",
     "train_input",
@@ -268,19 +273,10 @@ def load_images(
     """
     if spec.kind == "synthetic":
         return load_synthetic(spec, preprocess, lowres)
-    from imis.data.formats.imed import read_dataset, read_imask, read_label, select_cases
+    from imis.data.formats.imed import read_imask, read_label
 
     root = Path(spec.path)
-    if not root.exists():
-        raise InputError(f"{root}: training dataset not found")
-    ds = read_dataset(root)
-    entries = ds.entries if spec.split == "all" else ds.split(spec.split)
-    entries = select_cases(entries, spec.cases, spec.exclude_cases, f"{root}: split {spec.split!r}")
-    entries = sorted(entries, key=lambda e: e.stem)[:: spec.every]
-    if spec.max_images is not None:
-        entries = entries[: spec.max_images]
-    if not entries:
-        raise InputError(f"{root}: split {spec.split!r} has no images")
+    ds, entries = select_entries(spec)
     excluded = {n.lower() for n in spec.exclude_targets}
     use_imask = spec.imask if with_imask is None else with_imask
     images: list[TrainImage] = []
@@ -322,6 +318,26 @@ def load_images(
             f"smaller than {MIN_TARGET_PIXELS} pixels at the network's resolution)"
         )
     return images
+
+
+def select_entries(spec: DatasetSpec) -> tuple[ImedDataset, list[ImedEntry]]:
+    """The dataset of an ``imed`` entry and the images it trains or validates on (its split, cases,
+    exclude_cases, every and max_images applied, sorted by stem). InputError when the folder is not a
+    dataset or nothing is left."""
+    from imis.data.formats.imed import read_dataset, select_cases
+
+    root = Path(spec.path)
+    if not root.exists():
+        raise InputError(f"{root}: training dataset not found")
+    ds = read_dataset(root)
+    entries = ds.entries if spec.split == "all" else ds.split(spec.split)
+    entries = select_cases(entries, spec.cases, spec.exclude_cases, f"{root}: split {spec.split!r}")
+    entries = sorted(entries, key=lambda e: e.stem)[:: spec.every]
+    if spec.max_images is not None:
+        entries = entries[: spec.max_images]
+    if not entries:
+        raise InputError(f"{root}: split {spec.split!r} has no images")
+    return ds, entries
 
 
 def _view_targets(

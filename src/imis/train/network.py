@@ -205,9 +205,11 @@ def export_model(
     load_report: dict[str, Any],
     val: dict[str, float],
     steps: int,
+    half: bool | None = None,
 ) -> Path:
     """Write the trained model as one of our checkpoints: only the trained parts, in fp16, when the
-    image encoder was frozen (the base model named in the metadata supplies it)."""
+    image encoder was frozen (the base model named in the metadata supplies it). ``half``: fp16 weights
+    for a whole network too (True), or never (False); None: only for the trained parts."""
     from imis.models.registry import model_from_spec, save_checkpoint
 
     # only a wholly frozen encoder can come from the base model; a trained top makes it this model's own
@@ -227,5 +229,5 @@ def export_model(
     if partial:
         metadata["base"] = base
     only = ("prompt_encoder", "mask_decoder", "text_projection") if partial else None
-    save_checkpoint(path, model, metadata=metadata, half=bool(partial), only=only)
+    save_checkpoint(path, model, metadata=metadata, half=bool(partial) if half is None else half, only=only)
     return path

@@ -468,8 +468,8 @@ class _Loop:
         return val
 
     def keep_if_best(self, val: dict[str, float]) -> None:
-        """Export the model to ``best.pt`` when the mean of ``select_on``'s metrics is the best of the run
-        (``best.json`` holds the step, the score and the metrics; read back on resume)."""
+        """Export the model (fp16) to ``best.pt`` when the mean of ``select_on``'s metrics is the best of
+        the run (``best.json`` holds the step, the score and the metrics; read back on resume)."""
         out = Path(self.cfg.out)
         missing = [k for k in self.cfg.select_on if k not in val]
         if missing:
@@ -484,9 +484,9 @@ class _Loop:
             best = json.loads(record.read_text(encoding="utf-8"))
             if best.get("select_on") == list(self.cfg.select_on) and best["score"] >= score:
                 return
-        # export from a copy: export_model moves the network to the CPU
+        # export from a copy (export_model moves the network to the CPU), in fp16 as imis-lite ships
         net = copy.deepcopy(self.net)
-        export_model(net, self.cfg, self.pre, out / BEST_FILE, {}, val, self.pos.global_step)
+        export_model(net, self.cfg, self.pre, out / BEST_FILE, {}, val, self.pos.global_step, half=True)
         entry = {
             "step": self.pos.global_step,
             "score": score,
