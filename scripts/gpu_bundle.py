@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -47,28 +48,36 @@ BUNDLE = ROOT / ".gpu"
 
 
 def _rel(path: Path, start: Path) -> str:
-    return str(Path(*([".."] * len(start.relative_to(ROOT).parts))) / path.relative_to(ROOT))
+    return os.path.relpath(path, start)
 
 
 def copy_selection(spec, data_dir: Path) -> Path:
     """The images ``spec`` reads, copied (grey where they are) into a folder of their own; returns it."""
     from imis.train.data import select_entries
 
-    ds, entries = select_entries(spec)
+    _, entries = select_entries(spec)
     stems = sorted(Path(e.image).stem for e in entries)
     digest = hashlib.sha1("\n".join([spec.path, *stems]).encode()).hexdigest()[:8]
     out = data_dir / f"{Path(spec.path).name}-{digest}"
     if (out / "dataset.json").is_file():
         return out
+    from imis.data.formats.imed import imask_path
+    from imis.errors import InputError
+
     src = Path(spec.path)
+    for e in entries:  # the reader's paths: an imask is found by name (.npy, or btcv-demo's .npz)
+        files = [Path(e.image), Path(e.label)]
+        if e.imask is not None:
+            try:
+                files.append(imask_path(e.imask))
+            except InputError:
+                pass  # an image without its imask trains on its ground truth, there as here
+        for f in files:
+            _copy_file(f, out / f.relative_to(src))
     meta = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
     keep = set(stems)
     for key in ("training", "test"):
         meta[key] = [e for e in meta.get(key, []) if Path(e["image"]).stem in keep]
-        for e in meta[key]:
-            for field in ("image", "label", "imask"):
-                if field in e and (src / e[field]).is_file():
-                    _copy_file(src / e[field], out / e[field])
     meta["numTraining"], meta["numTest"] = len(meta["training"]), len(meta["test"])
     (out / "dataset.json").write_text(json.dumps(meta, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
@@ -90,7 +99,7 @@ def _copy_file(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
-def rewrite_config(path: Path, bundle: Path, labels: Path) -> tuple[str, Path]:
+def rewrite_config(path: Path, bundle: Path, labels: Path, runs: Path) -> tuple[str, Path]:
     """The config at ``path`` rewritten to read from the bundle; returns (name, new config path)."""
     from imis.train.config import DatasetSpec, load_train_config
 
@@ -107,7 +116,7 @@ def rewrite_config(path: Path, bundle: Path, labels: Path) -> tuple[str, Path]:
                 btcv = DatasetSpec(path=spec.btcv, split="train", exclude_cases=spec.exclude_cases)
                 entry["btcv"] = _rel(copy_selection(btcv, bundle / "data"), cfg_dir)
                 entry["label_cache"] = _rel(labels, cfg_dir)
-                entry["path"] = _rel(ROOT / "runs" / "gpu" / name / "synthetic", cfg_dir)
+                entry["path"] = _rel(runs / name / "synthetic", cfg_dir)
                 entry.pop("exclude_cases", None)  # already left out of the bundled folder
             else:
                 entry["path"] = _rel(copy_selection(spec, bundle / "data"), cfg_dir)
@@ -122,12 +131,10 @@ def rewrite_config(path: Path, bundle: Path, labels: Path) -> tuple[str, Path]:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(init, dst)
         raw["model"]["init"] = _rel(dst, cfg_dir)
-    raw["out"] = _rel(ROOT / "runs" / "gpu" / name, cfg_dir)
+    raw["out"] = _rel(runs / name, cfg_dir)
     raw["embedding_cache"] = _rel(bundle / "cache", cfg_dir)
     out = cfg_dir / f"{name}.yaml"
-    out.write_text(
-        f"# {path.relative_to(ROOT)} packed by scripts/gpu_bundle.py\n" + yaml.safe_dump(raw, sort_keys=False)
-    )
+    out.write_text(f"# {path.name} packed by scripts/gpu_bundle.py\n" + yaml.safe_dump(raw, sort_keys=False))
     return name, out
 
 
@@ -189,31 +196,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("configs", nargs="+", type=Path, help="imis train configs (YAML)")
     ap.add_argument("--time-limit", type=int, default=420, help="seconds of training per run (default 420)")
     ap.add_argument("--budget-mb", type=float, default=64.0, help="what may travel, MiB (default 64)")
+    ap.add_argument("--out", type=Path, default=BUNDLE, help="bundle folder (default .gpu in the repository)")
     args = ap.parse_args(argv)
     from imis.data.synthetic import LabelMaps, write_brain_cache
 
-    exclude = ROOT / ".git" / "info" / "exclude"
-    exclude.parent.mkdir(parents=True, exist_ok=True)
-    if "/.gpu/" not in (exclude.read_text() if exclude.is_file() else ""):
-        with open(exclude, "a") as f:
-            f.write("/.gpu/\n")
-    if BUNDLE.exists():
-        shutil.rmtree(BUNDLE)
-    labels = write_brain_cache(LabelMaps(ROOT), BUNDLE / "labels.npz")  # btcv is not read for the brain maps
+    bundle = args.out.resolve()
+    inside = bundle.is_relative_to(ROOT)
+    if inside:
+        exclude = ROOT / ".git" / "info" / "exclude"
+        exclude.parent.mkdir(parents=True, exist_ok=True)
+        line = f"/{bundle.relative_to(ROOT).as_posix()}/"
+        if line not in (exclude.read_text() if exclude.is_file() else ""):
+            with open(exclude, "a") as f:
+                f.write(line + "\n")
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    labels = write_brain_cache(LabelMaps(ROOT), bundle / "labels.npz")  # btcv is not read for the brain maps
+    runs = ROOT / "runs" / "gpu" if inside else bundle / "runs"
     names = []
     for path in args.configs:
-        name, new = rewrite_config(path.resolve(), BUNDLE, labels)
+        name, new = rewrite_config(path.resolve(), bundle, labels, runs)
         n_names = warm_text_cache(new)
-        print(f"{name}: {new.relative_to(ROOT)} loads; {n_names} target names in the text cache", flush=True)
+        print(f"{name}: {new} loads; {n_names} target names in the text cache", flush=True)
         names.append(name)
-    run = BUNDLE / "run.sh"
-    run.write_text(RUN_SH.format(names=", ".join(names), time_limit=args.time_limit))
+    run = bundle / "run.sh"
+    cfg_glob = _rel(bundle / "configs", ROOT) if inside else str(bundle / "configs")
+    text = RUN_SH.format(names=", ".join(names), time_limit=args.time_limit)
+    run.write_text(text.replace(".gpu/configs", cfg_glob).replace("runs/gpu", _rel(runs, ROOT)))
     run.chmod(0o755)
-    for p in BUNDLE.rglob("*"):  # what the local check wrote that must not travel
+    for p in bundle.rglob("*"):  # what the local check wrote that must not travel
         if p.is_dir() and p.name == "embeddings":
             shutil.rmtree(p, ignore_errors=True)
-    size = sum(p.stat().st_size for p in BUNDLE.rglob("*") if p.is_file())
-    total = size + tree_bytes()
+    size = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    total = size + (tree_bytes() if inside else 0)
     print(
         f"bundle {size / 2**20:.1f} MiB; with the working tree {total / 2**20:.1f} MiB of {args.budget_mb:g}"
     )
