@@ -38,20 +38,7 @@ from imis.models.interactive import PromptSpec  # noqa: E402
 from imis.session.propagation import PropagationRules, default_rules, grown_box, predict_next  # noqa: E402
 
 T = Path("/usr/share/mricron/templates")
-ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-ap.add_argument("--structures", default=",".join(TRAIN_STRUCTURES))
-ap.add_argument("--emb-dir", type=Path, default=Path("runs/emb/bf16"))
-ap.add_argument("--threads", type=int, default=2)
-args = ap.parse_args()
-torch.set_num_threads(args.threads)
-names_arg = args.structures
-image = read_image(T / "ch2.nii.gz").array
-aal = read_image(T / "aal.nii.gz").array
-names = read_aal_names(T / "aal.nii.txt")
-by_name = {n: v for v, n in names.items()}
-model = load_model("imis-lite")
-slices = vh.Slices(model, image, args.emb_dir, 0)
-rules = PropagationRules()
+rules = PropagationRules()  # the default walk's prompt (box + 1 px and logits)
 REACH = (0.5, 0.75, 1.0, 1.5)
 
 
@@ -59,9 +46,8 @@ def dice(a, b):
     return 2 * float((a & b).sum()) / max(1, a.sum() + b.sum())
 
 
-def run(name: str, kind: str) -> dict:
-    assert not any(name.startswith(h) for h in HELDOUT_AAL_STRUCTURES), name
-    gt3 = aal == by_name[name]
+def run(model, slices, gt3: np.ndarray, kind: str) -> dict:
+    """3D Dice of every variant and reach for one structure (``gt3``) and seed kind."""
     areas = gt3.sum((1, 2))
     seed = int(np.argmax(areas))
     pred, _ = vh.seed_prediction(model, slices[seed], gt3[seed], kind, default_rules(kind))
@@ -122,15 +108,34 @@ def run(name: str, kind: str) -> dict:
     return out
 
 
-rows = {}
-for name in names_arg.split(","):
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--structures", default=",".join(TRAIN_STRUCTURES))
+    ap.add_argument("--emb-dir", type=Path, default=Path("runs/emb/bf16"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    structures = args.structures.split(",")
+    held = [n for n in structures if any(n.startswith(h) for h in HELDOUT_AAL_STRUCTURES)]
+    if held:
+        raise SystemExit(f"held-out structures are for evaluation only: {held}")
+    image = read_image(T / "ch2.nii.gz").array
+    aal = read_image(T / "aal.nii.gz").array
+    by_name = {n: v for v, n in read_aal_names(T / "aal.nii.txt").items()}
+    model = load_model("imis-lite")
+    slices = vh.Slices(model, image, args.emb_dir, 0)
+    rows = {}
+    for name in structures:
+        for kind in ("box", "click"):
+            rows[(name, kind)] = run(model, slices, aal == by_name[name], kind)
+            print(name, kind, json.dumps(rows[(name, kind)]), file=sys.stderr, flush=True)
+    summary = {}
     for kind in ("box", "click"):
-        rows[(name, kind)] = run(name, kind)
-        print(name, kind, json.dumps(rows[(name, kind)]), file=sys.stderr, flush=True)
-summary = {}
-for kind in ("box", "click"):
-    keys = rows[(names_arg.split(",")[0], kind)].keys()
-    summary[kind] = {
-        k: round(float(np.mean([rows[(n, kind)][k] for n in names_arg.split(",")])), 4) for k in keys
-    }
-print(json.dumps(summary, indent=0))
+        keys = rows[(structures[0], kind)].keys()
+        summary[kind] = {k: round(float(np.mean([rows[(n, kind)][k] for n in structures])), 4) for k in keys}
+    print(json.dumps(summary, indent=0))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

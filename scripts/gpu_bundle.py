@@ -169,14 +169,14 @@ done
 for p in "${{pids[@]}}"; do wait "$p"; done
 for d in runs/gpu/*/; do
   n=$(basename "$d")
+  # best.pt when a validation chose one, else the last model: one of them travels back
+  model=best.pt; [ -f "$d$model" ] || model=model.pt
   files=()
-  for f in best.pt best.json model.pt val_log.csv train_log.csv summary.json; do
+  for f in "$model" best.json val_log.csv train_log.csv summary.json; do
     [ -f "$d$f" ] && files+=("$f")
   done
-  # best.pt when a validation chose one, else the last model: one of them travels back
-  if [ -f "${{d}}best.pt" ]; then files=("${{files[@]/model.pt}}"); fi
   [ ${{#files[@]}} -gt 0 ] || continue
-  tar -cf "$OUT/$n.tar" -C "$d" ${{files[@]}} && split -b 15m -d "$OUT/$n.tar" "$OUT/$n.tar." && rm "$OUT/$n.tar"
+  tar -cf "$OUT/$n.tar" -C "$d" "${{files[@]}}" && split -b 15m -d "$OUT/$n.tar" "$OUT/$n.tar." && rm "$OUT/$n.tar"
 done
 tail -n 4 "$OUT"/*.log
 ls -la "$OUT"

@@ -97,8 +97,9 @@ class LabelMaps:
         self.brain_cache = Path(brain_cache) if brain_cache is not None else None
 
     def of(self, source: str) -> list[tuple[np.ndarray, dict[int, str]]]:
-        maps = {"btcv": self._btcv, "aal": self._aal, "brodmann": self._brodmann, "mni152": self._mni}
-        out = maps[source]
+        # by name, so that only the source asked for is read (the dict of properties read all four)
+        attr = {"btcv": "_btcv", "aal": "_aal", "brodmann": "_brodmann", "mni152": "_mni"}[source]
+        out = getattr(self, attr)
         if not out:
             raise InputError(f"synthetic source {source!r}: no label map with {MIN_LABELS}+ labels")
         return out
@@ -180,10 +181,11 @@ def write_brain_cache(maps: LabelMaps, path: str | Path) -> Path:
     from imis.io import atomic_output
 
     arrays: dict[str, np.ndarray] = {}
-    for source, slices in (("aal", maps._aal), ("brodmann", maps._brodmann), ("mni152", maps._mni)):
+    for source in BRAIN_SOURCES:
+        slices = maps.of(source)
         for k, (ids, _) in enumerate(slices):
             arrays[f"{source}/{k}"] = ids.astype(np.int16)
-        names = slices[0][1] if slices else {}
+        names = slices[0][1]  # one name table per source (of() refuses an empty source)
         arrays[f"{source}/names"] = np.array(json.dumps({str(v): n for v, n in names.items()}))
     path = Path(path)
     with atomic_output(path) as tmp:
@@ -204,9 +206,7 @@ def read_brain_cache(path: Path | None) -> dict[str, list[tuple[np.ndarray, dict
             out = {}
             for source in BRAIN_SOURCES:
                 names = {int(v): n for v, n in json.loads(str(z[f"{source}/names"])).items()}
-                n = sum(
-                    1 for key in z.files if key.startswith(f"{source}/") and key[len(source) + 1 :].isdigit()
-                )
+                n = sum(key.startswith(f"{source}/") for key in z.files) - 1  # the slices, not the names
                 out[source] = [(z[f"{source}/{k}"].astype(np.int32), names) for k in range(n)]
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{path}: not a synthetic label cache ({e})") from e

@@ -256,7 +256,7 @@ def _resume(cfg: TrainConfig, state_path: Path, net, optimizer, resume: bool) ->
     return _Position(st["epoch"], st["step_in_epoch"], st["global_step"], st["skipped"])
 
 
-def _logs(cfg: TrainConfig, out: Path, d: Dist, val_images: list) -> tuple[CsvLog, CsvLog]:
+def _logs(cfg: TrainConfig, out: Path, d: Dist, val_images: list[TrainImage]) -> tuple[CsvLog, CsvLog]:
     step_fields = [
         "epoch",
         "step",

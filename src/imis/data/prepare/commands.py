@@ -352,12 +352,11 @@ def cmd_prepare_ood(args: argparse.Namespace) -> int:
     from imis.data.ood import OodConfig, write_ood_datasets
 
     t0 = time.perf_counter()
-    cfg = OodConfig(seed=args.seed)
-    if args.per_background is not None:
-        cfg = OodConfig(per_background=tuple(args.per_background), seed=args.seed)
-    counts = write_ood_datasets(args.out, cfg, progress=lambda line: print(line, flush=True))
+    counts = {} if args.per_background is None else {"per_background": tuple(args.per_background)}
+    cfg = OodConfig(seed=args.seed, **counts)
+    written = write_ood_datasets(args.out, cfg, progress=lambda line: print(line, flush=True))
     print()
-    rows = [{"dataset": f"ood-{half}", **c} for half, c in counts.items()]
+    rows = [{"dataset": f"ood-{half}", **c} for half, c in written.items()]
     print_table(rows, ["dataset", "backgrounds", "images", "regions"])
     print(f"time: {time.perf_counter() - t0:.1f} s")
     return 0
