@@ -373,10 +373,10 @@ def _load_for(args: argparse.Namespace):
     model = load_model(
         _model_name(args), checkpoint=args.checkpoint, device=args.device, dtype=dtype, backend=backend
     )
-    if getattr(args, "zoom", False):  # imis segment --zoom (zoom-in refinement, imis.models.zoom)
-        from imis.models.zoom import ZoomModel
+    if getattr(args, "zoom", None):  # imis segment --zoom [K] (zoom-in refinement, imis.models.zoom)
+        from imis.models.zoom import ZoomConfig, ZoomModel
 
-        return ZoomModel(model)
+        return ZoomModel(model, ZoomConfig(start=args.zoom))
     return model
 
 

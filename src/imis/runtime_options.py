@@ -51,12 +51,28 @@ def add_model_arguments(parser) -> None:
 
 
 ZOOM_HELP = (
-    "zoom-in refinement: after the first mask, decode again on a crop around a small object at the "
-    "model's full input size (one more encoder run per crop; imis.models.zoom). Off by default: the "
-    "shipped imis-lite was not trained on zoomed views and loses Dice with it (README)"
+    "zoom-in refinement: decode again on a crop around a small object at the model's full input size "
+    "(one more encoder run per crop; imis.models.zoom). --zoom zooms every prompt; --zoom K only from "
+    "the K-th interaction on (a box, a text and each click count one), keeping the first masks the "
+    "whole image's. Off by default (docs/training.md: measured gains and costs)"
 )
 
 
 def add_zoom_argument(parser) -> None:
-    """--zoom, as `imis segment`, `imis bench` and `imis serve` take it."""
-    parser.add_argument("--zoom", action="store_true", help=ZOOM_HELP)
+    """--zoom [K], as `imis segment`, `imis bench` and `imis serve` take it: None (off), else the
+    interaction zoom starts at (1 for a bare --zoom)."""
+    parser.add_argument(
+        "--zoom", nargs="?", type=_interaction, const=1, default=None, metavar="K", help=ZOOM_HELP
+    )
+
+
+def _interaction(text: str) -> int:
+    import argparse
+
+    try:
+        k = int(text)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"--zoom takes an interaction number >= 1, not {text!r}")
+    return k

@@ -147,3 +147,20 @@ def test_bad_name_is_refused(btcv_dir: Path) -> None:
         BenchConfig(models=("x",), data=btcv_dir, perturb="sepia").validate()
     with pytest.raises(InputError, match="perturbation must be one of"):
         perturb_image(np.zeros((4, 4), np.uint8), "sepia", 0, "k")
+
+
+def test_random_remap_is_a_seeded_intensity_map_of_varied_kinds(slices) -> None:
+    from imis.data.perturb import random_remap
+
+    stem, img, label = slices[0]
+    outs = [random_remap(img, 0, f"{stem}/random/{v}") for v in range(1, 13)]
+    for v, a in enumerate(outs, start=1):
+        assert a.shape == img.shape and a.dtype == img.dtype
+        assert np.array_equal(a, random_remap(img, 0, f"{stem}/random/{v}"))
+        assert np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])
+    # (a plain inversion has no parameter: two variants may both be one)
+    assert len({a.tobytes() for a in outs}) >= 9
+    # a family, not one map: some keep the organs' order, some reverse or shuffle it
+    base = np.argsort(_organ_means(img, label))
+    orders = {tuple(np.argsort(_organ_means(a, label))) for a in outs}
+    assert tuple(base) in orders and len(orders) >= 3

@@ -98,6 +98,25 @@ def test_zoom_refines_a_small_organ_and_keeps_the_mask_inside_the_crop(lite, btc
     assert _dice(again.mask, gt) > 0.7
 
 
+def test_zoom_from_a_later_interaction_keeps_the_first_mask_and_zooms_the_corrections(lite, btcv_dir):
+    from imis.prompts.clicks import center_click
+
+    image, gt = _slice(btcv_dir, "aorta")
+    c = center_click(gt)
+    spec = PromptSpec(points=np.array([[c.x, c.y]], dtype=np.float64), labels=np.array([1]))
+    zoom = ZoomModel(lite, ZoomConfig(start=2))
+    emb = zoom.encode(image)
+    first = zoom.decode(emb, spec)
+    np.testing.assert_array_equal(first.mask, lite.decode(emb.full, spec).mask)
+    assert not emb.crops  # the first prompt was not zoomed
+    # a second click (here the same point again, positive) is the second interaction: zoomed
+    two = PromptSpec(
+        points=np.repeat(spec.points, 2, 0), labels=np.array([1, 1]), mask_logits=first.low_res_logits
+    )
+    again = zoom.decode(emb, two)
+    assert len(emb.crops) == 1 and _dice(again.mask, gt) > 0.7
+
+
 def test_zoom_leaves_a_large_object_to_the_whole_image(lite, btcv_dir):
     from imis.prompts.boxes import tight_box
 
@@ -143,5 +162,11 @@ def test_segment_and_bench_take_zoom(lite, btcv_dir, tmp_path):
     assert (
         build_parser().parse_args(["bench", "--models", "imis-lite", "--data", "d", "-o", "r", "--zoom"]).zoom
     )
+    parse = build_parser().parse_args
+    assert parse(["bench", "--models", "imis-lite", "--data", "d", "-o", "r", "--zoom", "3"]).zoom == 3
+    assert parse(["bench", "--models", "imis-lite", "--data", "d", "-o", "r"]).zoom is None
+    with pytest.raises(SystemExit):
+        parse(["bench", "--models", "imis-lite", "--data", "d", "-o", "r", "--zoom", "0"])
+    assert load_any_model("imis-lite", zoom=3).config.start == 3
     assert isinstance(load_any_model("imis-lite", zoom=True), ZoomModel)
     assert not isinstance(load_any_model("random-walker", zoom=True), ZoomModel)

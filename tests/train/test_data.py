@@ -191,3 +191,60 @@ def test_zoom_variants_config(btcv_dir, tmp_path):
         {"datasets": [{"path": str(btcv_dir), "zoom_variants": 2}]}, "x.yaml", tmp_path
     )
     assert config_key(with_z)["datasets"][0]["zoom_variants"] == 2
+
+
+def test_intensity_variants_are_remapped_copies_with_their_own_cache_keys(btcv_dir):
+    from imis.data.formats.imed import read_image
+    from imis.train.data import remap_image, train_input
+
+    pre = _pre()
+    imgs = load_images(_spec(btcv_dir, intensity_variants=2), pre, 256, geometry=Geometry())
+    plain = [im for im in imgs if im.remap is None]
+    remapped = [im for im in imgs if im.remap is not None]
+    assert len(plain) == 2 and len(remapped) == 4 and len({im.key for im in imgs}) == 6
+    assert sorted({im.remap for im in remapped}) == ["random/1", "random/2"]
+    one = next(im for im in remapped if im.stem == plain[0].stem)
+    # same targets as the image itself (intensities only), another network input
+    assert [t.name for t in one.gt] == [t.name for t in plain[0].gt]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(one.gt, plain[0].gt, strict=True))
+    assert not torch.allclose(train_input(one, pre), train_input(plain[0], pre))
+    image = read_image(one.path)
+    assert np.array_equal(remap_image(image, one.remap, one.stem), remap_image(image, one.remap, one.stem))
+    # validation images (no geometry) get no variants
+    assert len(load_images(_spec(btcv_dir, intensity_variants=2), pre, 256)) == 2
+
+
+def test_a_perturbed_validation_set_is_remapped_as_imis_bench_does_and_named_apart(btcv_dir):
+    from imis.data.formats.imed import read_image
+    from imis.data.perturb import perturb_image
+    from imis.models.preprocess import prepare_image
+    from imis.train.data import train_input
+
+    pre = _pre()
+    imgs = load_images(_spec(btcv_dir, perturb="invert"), pre, 256)
+    plain = load_images(_spec(btcv_dir), pre, 256)
+    assert [im.dataset for im in imgs] == [f"{p.dataset}+invert" for p in plain]
+    assert len({im.key for im in imgs} | {p.key for p in plain}) == 4
+    image = read_image(imgs[0].path)
+    expect, _ = prepare_image(perturb_image(image, "invert", 0, imgs[0].stem), pre, "x")
+    torch.testing.assert_close(train_input(imgs[0], pre), expect)
+
+
+def test_intensity_variant_and_perturb_config(btcv_dir, tmp_path):
+    for bad, msg in (
+        ({"intensity_variants": -1}, "intensity_variants must be >= 0"),
+        ({"perturb": "blur"}, "perturb must be one of invert, gamma, noise, t2like"),
+    ):
+        with pytest.raises(InputError, match=msg):
+            TrainConfig.from_mapping({"datasets": [{"path": str(btcv_dir), **bad}]}, "x.yaml", tmp_path)
+    plain = TrainConfig.from_mapping({"datasets": [str(btcv_dir)]}, "x.yaml", tmp_path)
+    assert not {"intensity_variants", "perturb"} & set(config_key(plain)["datasets"][0])
+    cfg = TrainConfig.from_mapping(
+        {
+            "datasets": [{"path": str(btcv_dir), "intensity_variants": 2}],
+            "val_datasets": [{"path": str(btcv_dir), "perturb": "t2like"}],
+        },
+        "x.yaml",
+        tmp_path,
+    )
+    assert cfg.datasets[0].intensity_variants == 2 and cfg.val_datasets[0].perturb == "t2like"

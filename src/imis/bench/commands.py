@@ -185,7 +185,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
         perturb=args.perturb,
-        zoom=args.zoom,
+        zoom=args.zoom or 0,
     )
     summary = _run_leaving_no_empty_folder(run_bench, config, Path(args.output), not args.no_progress)
     print(format_table(merge_runs([args.output])), end="")

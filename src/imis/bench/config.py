@@ -42,7 +42,9 @@ class BenchConfig:
     backend: str = "torch"  # torch | onnx | auto (imis.models.onnx.backend.resolve_runtime)
     precision: str = "fp32"  # fp32 | bf16 | int8 | auto
     perturb: str | None = None
-    zoom: bool = False  # zoom-in refinement of the learned models (imis.models.zoom)
+    zoom: int = (
+        0  # zoom-in refinement of the learned models from this interaction on; 0: off (imis.models.zoom)
+    )
     model_loader: Callable[[str], PromptableModel] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:

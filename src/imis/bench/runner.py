@@ -73,11 +73,11 @@ def load_any_model(
     checkpoint: str | Path | None = None,
     backend: str = "torch",
     precision: str = "fp32",
-    zoom: bool = False,
+    zoom: bool | int = False,
 ) -> PromptableModel:
     """A registry model (``load_model`` with ``checkpoint`` for one without embedded weights, on
     ``backend`` at ``precision``, see ``imis.models.onnx.backend.resolve_runtime``; with zoom-in
-    refinement if ``zoom``, see ``imis.models.zoom``) or a weight-free baseline (``grabcut``,
+    refinement if ``zoom``: True or K, zoomed from interaction K on, see ``imis.models.zoom``) or a weight-free baseline (``grabcut``,
     ``random-walker``; ``zoom`` does not apply to them)."""
     if name in BASELINES:
         try:
@@ -91,9 +91,9 @@ def load_any_model(
     backend, dtype = resolve_runtime(backend, precision, device, name)
     model = load_model(name, checkpoint=checkpoint, device=device, dtype=dtype, backend=backend)
     if zoom:
-        from imis.models.zoom import ZoomModel
+        from imis.models.zoom import ZoomConfig, ZoomModel
 
-        return ZoomModel(model)
+        return ZoomModel(model, ZoomConfig(start=int(zoom)))
     return model
 
 

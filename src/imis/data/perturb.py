@@ -13,6 +13,11 @@ image on every run.
   [0.15, 1] and then gamma 0.8: CT's order above air (fat darker than soft tissue, bone brightest) is
   reversed while the background stays dark, roughly as a T2-weighted MRI differs from CT (a non-monotone
   remap that neither a linear normalisation nor an inversion undoes).
+
+``random_remap`` is the training side (``intensity_variants`` in `imis train`): a random member of a
+wider family drawn per (image, variant) that covers the kinds of the four above (inversions, gammas,
+non-monotone maps with dark air) without containing them exactly, so that a model trained on it is
+checked on remaps it was not fitted to.
 """
 
 from __future__ import annotations
@@ -70,6 +75,40 @@ def remap_unit(u: np.ndarray, name: str, rng: np.random.Generator, gamma: float 
         inv = 0.15 + 0.85 * (1.0 - (u - AIR_LEVEL) / (1.0 - AIR_LEVEL))
         return np.where(tissue, np.clip(inv, 0.0, 1.0) ** 0.8, u)
     raise InputError(f"perturbation must be one of {', '.join(PERTURBATIONS)}, not {name!r}")
+
+
+def random_lut(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Knots (x, y) of a random piecewise-linear intensity map on [0, 1]: 4-7 knots whose levels are
+    drawn independently, so the map is in general neither monotone nor invertible (tissues swap order,
+    some merge), as between CT and an MR sequence."""
+    n = int(rng.integers(4, 8))
+    x = np.concatenate([[0.0], np.sort(rng.uniform(0.05, 0.95, n - 2)), [1.0]])
+    y = rng.uniform(0.0, 1.0, n)
+    return x, y
+
+
+def random_remap(image: np.ndarray, seed: int, key: str) -> np.ndarray:
+    """``image`` remapped by one random intensity map drawn from ``(seed, key)`` (a pure function of
+    them): with equal odds an inversion, a gamma in [0.35, 2.8], or a random piecewise-linear map
+    (`random_lut`), the last keeping air dark half the time; an inversion or gamma is followed by
+    mild noise a third of the time. Returned in the input's dtype and range."""
+    u, lo, hi = _unit(np.asarray(image))
+    rng = perturb_rng(seed, "random", key)
+    kind = int(rng.integers(3))
+    if kind == 0:
+        out = 1.0 - u
+    elif kind == 1:
+        out = u ** float(np.exp(rng.uniform(np.log(0.35), np.log(2.8))))
+    else:
+        x, y = random_lut(rng)
+        out = np.interp(u, x, y)
+        if rng.random() < 0.5:
+            air = float(rng.uniform(0.03, 0.12))
+            out = np.where(u < air, u * float(rng.uniform(0.0, 1.0)), 0.1 + 0.9 * out)
+    if kind < 2 and rng.random() < 1 / 3:
+        noise = rng.normal(0.0, float(rng.uniform(0.01, 0.05)), size=u.shape[:2])
+        out = out + (noise[..., None] if out.ndim == 3 else noise)
+    return _back(out, lo, hi, np.asarray(image).dtype)
 
 
 def perturb_image(image: np.ndarray, name: str | None, seed: int, key: str) -> np.ndarray:

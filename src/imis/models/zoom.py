@@ -43,13 +43,15 @@ OUTSIDE_LOGIT = -20.0
 class ZoomConfig:
     """max_object_frac: zoom only when the object's longer side is at most this share of the image's;
     expand: crop side / object's longer side; min_crop: smallest crop side in pixels; cache: crops
-    kept per image."""
+    kept per image; start: zoom from this interaction on (`interaction_count`: a box, a text and each
+    click count one), so that with ``start`` > 1 the first masks are the unzoomed model's."""
 
     max_object_frac: float = 0.5
     expand: float = 4.0
     min_crop: int = 96
     cache: int = 4
     feed_first: bool = True
+    start: int = 1
 
 
 @dataclass
@@ -63,6 +65,12 @@ class ZoomEmbedding:
     @property
     def value_range(self) -> tuple[float, float]:
         return float(self.image.min()), float(self.image.max())
+
+
+def interaction_count(prompts: PromptSpec) -> int:
+    """The interactions a prompt holds: one per click, one for a box, one for a text."""
+    clicks = 0 if prompts.points is None else len(prompts.points)
+    return clicks + int(prompts.box is not None) + int(prompts.text is not None)
 
 
 def object_extent(mask: np.ndarray, prompts: PromptSpec) -> tuple[int, int, int, int] | None:
@@ -162,6 +170,8 @@ class ZoomModel:
         if not isinstance(embedding, ZoomEmbedding):  # an embedding made by the wrapped model itself
             return self.model.decode(embedding, prompts, threshold, multimask)
         first = self.model.decode(embedding.full, prompts, threshold, multimask)
+        if interaction_count(prompts) < self.config.start:
+            return first
         hw = first.mask.shape
         extent = object_extent(first.mask, prompts)
         window = crop_window(extent, hw, self.config) if extent is not None else None

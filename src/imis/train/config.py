@@ -82,6 +82,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from imis.data.perturb import PERTURBATIONS
 from imis.errors import InputError
 from imis.prompts.text import DEFAULT_TEMPLATE
 
@@ -151,7 +152,11 @@ class DatasetSpec:
     With a frozen encoder the intensity augmentation cannot act (embeddings are cached), so these
     variants are what augments: each one is encoded once and cached like an image. zoom_variants: N
     crops around one small target each, as the zoom-in refinement sees an object at inference
-    (``imis.train.data.zoom_window``), also encoded once and cached. kind ``synthetic``: ``count``
+    (``imis.train.data.zoom_window``), also encoded once and cached. intensity_variants: N copies of
+    each image under a random intensity remap each (inversion, gamma, non-monotone maps;
+    ``imis.data.perturb.random_remap``), encoded once and cached, the frozen encoder's substitute for
+    intensity augmentation. perturb: one of ``imis bench --perturb``'s remaps applied to every image, for
+    a validation set that measures robustness (its per-dataset columns read ``<name>+<perturb>:``). kind ``synthetic``: ``count``
     generated images (``seed``, ``sources``, ``btcv``; imis.data.synthetic), ``exclude_cases`` kept out of
     its labels and backgrounds, ``label_cache`` an ``.npz`` of the brain label maps
     (imis.data.synthetic.write_brain_cache) read instead of the template volumes.
@@ -174,6 +179,8 @@ class DatasetSpec:
     btcv: str | None = None
     zoom_variants: int = 0
     label_cache: str | None = None
+    intensity_variants: int = 0
+    perturb: str | None = None
 
     @classmethod
     def from_mapping(cls, data: Any, where: str, base: Path) -> DatasetSpec:
@@ -212,6 +219,12 @@ class DatasetSpec:
         zoom_variants = _check_type(data.get("zoom_variants", 0), int, where, "zoom_variants")
         if zoom_variants < 0:
             raise InputError(f"{where}: zoom_variants must be >= 0, not {zoom_variants}")
+        intensity_variants = _check_type(data.get("intensity_variants", 0), int, where, "intensity_variants")
+        if intensity_variants < 0:
+            raise InputError(f"{where}: intensity_variants must be >= 0, not {intensity_variants}")
+        perturb = data.get("perturb")
+        if perturb is not None and perturb not in PERTURBATIONS:
+            raise InputError(f"{where}: perturb must be one of {', '.join(PERTURBATIONS)}, not {perturb!r}")
         cases = _strings(data.get("cases", ()), where, "cases", "case ids (e.g. [ABD_035])")
         exclude_cases = _strings(
             data.get("exclude_cases", ()), where, "exclude_cases", "case ids (e.g. [ABD_035])"
@@ -232,6 +245,8 @@ class DatasetSpec:
             cases,
             exclude_cases,
             zoom_variants=zoom_variants,
+            intensity_variants=intensity_variants,
+            perturb=perturb,
         )
 
     @classmethod

@@ -62,7 +62,9 @@ class TrainImage:
     ``affine``: for a geometric variant, the (2, 3) map applied to the native image (its targets are
     already warped); None for the image itself. ``size``: (H, W) of the warped view when it is not the
     image's (a zoom crop); ``whole_range``: normalise the view's intensities with the whole image's
-    range, as the zoom-in refinement does at inference (`imis.models.zoom`).
+    range, as the zoom-in refinement does at inference (`imis.models.zoom`). ``remap``: an intensity
+    remap applied to the native image first (`remap_image`): ``random/<n>`` for an intensity variant,
+    or a perturbation name (`imis.data.perturb`) for a perturbed validation set; None for none.
     """
 
     key: str
@@ -75,6 +77,7 @@ class TrainImage:
     affine: np.ndarray | None = None
     size: tuple[int, int] | None = None
     whole_range: bool = False
+    remap: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,11 +174,24 @@ def read_train_image(
     return image if affine is None else warp_image(image, affine, size)
 
 
+def remap_image(image: np.ndarray, remap: str | None, stem: str) -> np.ndarray:
+    """``image`` with the intensity remap ``remap`` of `TrainImage` (None: unchanged). ``random/<n>``
+    draws `imis.data.perturb.random_remap` from (stem, n); a perturbation name applies it as
+    ``imis bench --perturb`` does (seed 0, keyed by the image's stem)."""
+    from imis.data.perturb import perturb_image, random_remap
+
+    if remap is None:
+        return image
+    if remap.startswith("random/"):
+        return random_remap(image, 0, f"{stem}/{remap}")
+    return perturb_image(image, remap, 0, stem)
+
+
 def train_input(img: TrainImage, pre: Preprocess) -> torch.Tensor:
     """The network input (1, 3, S, S) of a training image or variant, preprocessed by ``pre``."""
     from imis.data.formats.imed import read_image
 
-    image = read_image(img.path)
+    image = remap_image(read_image(img.path), img.remap, img.stem)
     value_range = (float(image.min()), float(image.max())) if img.whole_range else None
     if img.affine is not None:
         image = warp_image(image, img.affine, img.size)
@@ -267,7 +283,9 @@ def load_images(
 ) -> list[TrainImage]:
     """Read one dataset's images and warp their targets to the low-res frame; with ``geometry``, each
     image is followed by its ``spec.variants`` geometric variants; then by its ``spec.zoom_variants``
-    zoom crops (`zoom_window`), which teach the zoom-in refinement's views.
+    zoom crops (`zoom_window`), which teach the zoom-in refinement's views, then by its
+    ``spec.intensity_variants`` intensity-remapped copies (`remap_image`). ``spec.perturb`` remaps every
+    view (a perturbed validation set; its dataset is named ``<name>+<perturbation>``).
 
     Raises InputError when the folder is not a dataset or has no usable target at all.
     """
@@ -295,22 +313,31 @@ def load_images(
                 ids = None  # an image without its imask file still trains on its ground truth
         key = _image_key(Path(e.image))
         allowed = [c for c in range(label.shape[0]) if names[c].lower() not in excluded and label[c].any()]
-        views: list[tuple[np.ndarray | None, tuple[int, int] | None]] = [(None, None)]
+        views: list[tuple[np.ndarray | None, tuple[int, int] | None, str | None]] = [(None, None, None)]
         if geometry is not None:  # variants augment training, validation images are seen as they are
-            views += [(variant_affine(key, v, (h, w), geometry), None) for v in range(1, spec.variants + 1)]
+            views += [
+                (variant_affine(key, v, (h, w), geometry), None, None) for v in range(1, spec.variants + 1)
+            ]
         for z in range(1, spec.zoom_variants + 1 if geometry is not None else 1):
             zoom = zoom_window(key, z, label, allowed)
             if zoom is not None:
                 x0, y0, x1, y1 = zoom[1]
-                views.append((np.array([[1.0, 0, -x0], [0, 1.0, -y0]]), (y1 - y0, x1 - x0)))
-        for m, size in views:
+                views.append((np.array([[1.0, 0, -x0], [0, 1.0, -y0]]), (y1 - y0, x1 - x0), None))
+        for v in range(1, spec.intensity_variants + 1 if geometry is not None else 1):
+            views.append((None, None, f"random/{v}"))
+        for m, size, remap in views:
             view = _view_targets(label, names, allowed, ids, m, size, preprocess, lowres, clean_imasks)
             if view is None:
                 continue
             frame, gt, imask = view
+            remap = remap or spec.perturb
             vkey = key if m is None else _variant_key(key, m, size)
+            vkey = vkey if remap is None else f"{vkey}-{remap.replace('/', '')}"
+            name = ds.name if spec.perturb is None else f"{ds.name}+{spec.perturb}"
             images.append(
-                TrainImage(vkey, Path(e.image), ds.name, e.stem, frame, gt, imask, m, size, size is not None)
+                TrainImage(
+                    vkey, Path(e.image), name, e.stem, frame, gt, imask, m, size, size is not None, remap
+                )
             )
     if not images:
         raise InputError(

@@ -71,6 +71,8 @@ def config_key(cfg: TrainConfig) -> dict[str, Any]:
             ("cases", []),
             ("exclude_cases", []),
             ("label_cache", None),
+            ("intensity_variants", 0),
+            ("perturb", None),
         ):
             if spec.get(k) in (default, ()):
                 spec.pop(k, None)
