@@ -59,7 +59,8 @@ class Session:
     model: any :class:`~imis.models.interactive.PromptableModel` (an InteractiveModel from
     `imis.models.load_model`, a baseline); cache_size: how many image embeddings are kept (LRU), so
     going back to a slice of a volume does not re-encode it; zoom: zoom-in refinement of small objects
-    (True, or a :class:`~imis.models.zoom.ZoomConfig`; see :mod:`imis.models.zoom`).
+    (True, or a :class:`~imis.models.zoom.ZoomConfig`, e.g. ``ZoomConfig(start=2)`` to zoom only the
+    corrections; see :mod:`imis.models.zoom`).
     """
 
     def __init__(self, model: PromptableModel, cache_size: int = 8, zoom: bool | ZoomConfig = False) -> None:
