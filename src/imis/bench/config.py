@@ -42,9 +42,8 @@ class BenchConfig:
     backend: str = "torch"  # torch | onnx | auto (imis.models.onnx.backend.resolve_runtime)
     precision: str = "fp32"  # fp32 | bf16 | int8 | auto
     perturb: str | None = None
-    zoom: int = (
-        0  # zoom-in refinement of the learned models from this interaction on; 0: off (imis.models.zoom)
-    )
+    # zoom-in refinement of the learned models from this interaction on; 0: off (imis.models.zoom)
+    zoom: int = 0
     model_loader: Callable[[str], PromptableModel] | None = field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:

@@ -77,8 +77,8 @@ def load_any_model(
 ) -> PromptableModel:
     """A registry model (``load_model`` with ``checkpoint`` for one without embedded weights, on
     ``backend`` at ``precision``, see ``imis.models.onnx.backend.resolve_runtime``; with zoom-in
-    refinement if ``zoom``: True or K, zoomed from interaction K on, see ``imis.models.zoom``) or a weight-free baseline (``grabcut``,
-    ``random-walker``; ``zoom`` does not apply to them)."""
+    refinement if ``zoom``: True or K, zoomed from interaction K on, see ``imis.models.zoom``) or a
+    weight-free baseline (``grabcut``, ``random-walker``; ``zoom`` does not apply to them)."""
     if name in BASELINES:
         try:
             from imis.bench.baselines import load_baseline

@@ -155,9 +155,9 @@ class DatasetSpec:
     (``imis.train.data.zoom_window``), also encoded once and cached. intensity_variants: N copies of
     each image under a random intensity remap each (inversion, gamma, non-monotone maps;
     ``imis.data.perturb.random_remap``), encoded once and cached, the frozen encoder's substitute for
-    intensity augmentation. perturb: one of ``imis bench --perturb``'s remaps applied to every image, for
-    a validation set that measures robustness (its per-dataset columns read ``<name>+<perturb>:``). kind ``synthetic``: ``count``
-    generated images (``seed``, ``sources``, ``btcv``; imis.data.synthetic), ``exclude_cases`` kept out of
+    intensity augmentation. perturb: one of ``imis bench --perturb``'s remaps applied to every image,
+    for a validation set that measures robustness (its per-dataset columns read ``<name>+<perturb>:``).
+    kind ``synthetic``: ``count`` generated images (``seed``, ``sources``, ``btcv``; imis.data.synthetic), ``exclude_cases`` kept out of
     its labels and backgrounds, ``label_cache`` an ``.npz`` of the brain label maps
     (imis.data.synthetic.write_brain_cache) read instead of the template volumes.
     """

@@ -296,6 +296,7 @@ def load_images(
     root = Path(spec.path)
     ds, entries = select_entries(spec)
     excluded = {n.lower() for n in spec.exclude_targets}
+    name = ds.name if spec.perturb is None else f"{ds.name}+{spec.perturb}"  # a perturbed set's columns
     use_imask = spec.imask if with_imask is None else with_imask
     images: list[TrainImage] = []
     for e in entries:
@@ -333,7 +334,6 @@ def load_images(
             remap = remap or spec.perturb
             vkey = key if m is None else _variant_key(key, m, size)
             vkey = vkey if remap is None else f"{vkey}-{remap.replace('/', '')}"
-            name = ds.name if spec.perturb is None else f"{ds.name}+{spec.perturb}"
             images.append(
                 TrainImage(
                     vkey, Path(e.image), name, e.stem, frame, gt, imask, m, size, size is not None, remap
